@@ -1,0 +1,236 @@
+"""How to reach a NATS server, and the one place nats-py errors are translated.
+
+``ConnectOptions`` holds the URL and credentials; its repr and ``describe()``
+never show a password, token or seed. ``open_nats`` returns a nats-py client;
+the fast scanner (``_scan``) speaks the protocol itself from the same options.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import ssl
+import urllib.parse
+from collections.abc import Iterator
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+from ._errors import (
+    AuditError,
+    AuthenticationFailed,
+    ConnectionFailed,
+    PermissionDenied,
+    StreamNotFound,
+)
+
+__all__ = ["ConnectOptions", "open_nats", "redact_url", "translate_errors"]
+
+logger = logging.getLogger("aether_audit")
+
+# JetStream API error codes (nats-server's errors.json) we give a meaning to.
+JS_ERR_STREAM_NOT_FOUND = 10059
+JS_ERR_WRONG_LAST_SEQUENCE = 10071
+
+
+def redact_url(url: str) -> str:
+    """``nats://user:secret@host:4222`` → ``nats://user:***@host:4222``.
+
+    Example:
+        >>> redact_url("nats://alice:s3cret@localhost:4222")
+        'nats://alice:***@localhost:4222'
+    """
+    parts = urllib.parse.urlsplit(url)
+    if not parts.username and not parts.password:
+        return url
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    if parts.password is not None:
+        userinfo = f"{parts.username}:***"
+    else:
+        # A lone userinfo is a token (nats://TOKEN@host): hide it whole.
+        userinfo = "***"
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{userinfo}@{host}"))
+
+
+@dataclass(frozen=True, repr=False)
+class ConnectOptions:
+    """Where the server is and how to log in.
+
+    Secrets (``password``, ``token``, the seed inside ``nkey`` and ``creds``
+    files) are held here only; ``repr`` and ``describe`` redact them.
+
+    Example:
+        >>> ConnectOptions(servers=("nats://bob:pw@127.0.0.1:4222",))
+        ConnectOptions(nats://bob:***@127.0.0.1:4222)
+    """
+
+    servers: tuple[str, ...] = ("nats://127.0.0.1:4222",)
+    user: str | None = None
+    password: str | None = field(default=None)
+    token: str | None = field(default=None)
+    nkey: str | None = None  # path to an NKey seed file
+    creds: str | None = None  # path to a JWT .creds file
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    name: str = "aether_audit"
+    connect_timeout: float = 5.0
+    # How long a broken connection is retried before the call fails.
+    reconnect_seconds: float = 30.0
+
+    @classmethod
+    def from_arguments(cls, url: str | None = None, **credentials: Any) -> ConnectOptions:
+        """Options from a URL (comma-separated for a cluster) and credentials.
+
+        Unknown credential names are refused, so a typo never silently
+        connects without the intended credentials.
+        """
+        known = {f.name for f in fields(cls)} - {"servers"}
+        unknown = set(credentials) - known
+        if unknown:
+            raise TypeError(f"unknown connection option(s): {', '.join(sorted(unknown))}")
+        values = {k: v for k, v in credentials.items() if v is not None}
+        servers = tuple(s.strip() for s in (url or "").split(",") if s.strip())
+        if servers:
+            values["servers"] = tuple(s if "://" in s else f"nats://{s}" for s in servers)
+        return cls(**values)
+
+    def with_servers(self, *servers: str) -> ConnectOptions:
+        return replace(self, servers=tuple(servers))
+
+    def describe(self) -> str:
+        """The servers, safe to print."""
+        return ",".join(redact_url(s) for s in self.servers)
+
+    def __repr__(self) -> str:
+        return f"ConnectOptions({self.describe()})"
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """A TLS context when any TLS option is set or a URL says ``tls://``."""
+        wants_tls = any((self.tls_ca, self.tls_cert)) or any(
+            s.startswith("tls://") for s in self.servers
+        )
+        if not wants_tls:
+            return None
+        context = ssl.create_default_context(cafile=self.tls_ca)
+        if self.tls_cert:
+            context.load_cert_chain(self.tls_cert, self.tls_key)
+        return context
+
+    def nats_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for ``nats.connect``."""
+        kwargs: dict[str, Any] = {
+            "servers": list(self.servers),
+            "name": self.name,
+            "connect_timeout": self.connect_timeout,
+            "allow_reconnect": True,
+            "reconnect_time_wait": 0.5,
+            "max_reconnect_attempts": max(1, int(self.reconnect_seconds / 0.5)),
+            "error_cb": _log_error,
+            "disconnected_cb": _log_disconnected,
+        }
+        if self.user is not None:
+            kwargs["user"] = self.user
+        if self.password is not None:
+            kwargs["password"] = self.password
+        if self.token is not None:
+            kwargs["token"] = self.token
+        if self.nkey:
+            kwargs["nkeys_seed"] = self.nkey
+        if self.creds:
+            kwargs["user_credentials"] = self.creds
+        context = self.ssl_context()
+        if context is not None:
+            kwargs["tls"] = context
+        return kwargs
+
+    def env_credentials(self) -> dict[str, str]:
+        """Non-secret description of which credentials are in use, for logs."""
+        used = {
+            "user": self.user,
+            "password": "***" if self.password else None,
+            "token": "***" if self.token else None,
+            "nkey": self.nkey,
+            "creds": self.creds,
+            "tls_ca": self.tls_ca,
+        }
+        return {k: v for k, v in used.items() if v}
+
+
+async def _log_error(exc: Exception) -> None:
+    # nats-py reports asynchronous protocol errors here (e.g. permission
+    # violations); they also surface on the failing call, so keep it quiet.
+    logger.debug("nats error: %s", type(exc).__name__)
+
+
+async def _log_disconnected() -> None:
+    logger.debug("nats disconnected")
+
+
+def default_url() -> str | None:
+    """``NATS_URL`` if set (and not empty)."""
+    return os.environ.get("NATS_URL") or None
+
+
+async def open_nats(options: ConnectOptions) -> Any:
+    """Connect nats-py with ``options``; failures become ``ConnectionFailed``."""
+    import nats
+
+    with translate_errors(options):
+        try:
+            return await nats.connect(**options.nats_kwargs())
+        except asyncio.TimeoutError as exc:
+            raise ConnectionFailed(f"timed out connecting to {options.describe()}") from exc
+
+
+def _message_of(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text.strip().strip("'\"")
+
+
+@contextlib.contextmanager
+def translate_errors(options: ConnectOptions | None = None, stream: str | None = None) -> Iterator[None]:
+    """Turn nats-py and socket errors into the ``AuditError`` tree.
+
+    The one boundary where nats-py's exceptions are mapped; messages carry
+    the redacted server list only.
+    """
+    from nats import errors as nats_errors
+    from nats.js import errors as js_errors
+
+    where = options.describe() if options else "the NATS server"
+    try:
+        yield
+    except AuditError:
+        raise
+    except js_errors.NotFoundError as exc:
+        if stream is not None and getattr(exc, "err_code", None) == JS_ERR_STREAM_NOT_FOUND:
+            raise StreamNotFound(stream) from exc
+        raise
+    except js_errors.APIError as exc:
+        text = (getattr(exc, "description", None) or _message_of(exc)).lower()
+        if getattr(exc, "err_code", None) == JS_ERR_STREAM_NOT_FOUND and stream is not None:
+            raise StreamNotFound(stream) from exc
+        if "permission" in text or "authorization" in text:
+            raise PermissionDenied(f"permission denied by {where}: {text}") from exc
+        raise
+    except nats_errors.AuthorizationError as exc:
+        raise AuthenticationFailed(f"authorization failed at {where}") from exc
+    except nats_errors.NoRespondersError as exc:
+        raise ConnectionFailed(
+            f"no JetStream responders at {where} (is JetStream enabled, and may this user use it?)"
+        ) from exc
+    except (nats_errors.NoServersError, ConnectionRefusedError, OSError) as exc:
+        raise ConnectionFailed(f"cannot connect to {where}: {_message_of(exc)}") from exc
+    except (nats_errors.ConnectionClosedError, nats_errors.StaleConnectionError) as exc:
+        raise ConnectionFailed(f"connection to {where} closed") from exc
+    except nats_errors.Error as exc:
+        text = _message_of(exc)
+        if "authorization" in text.lower():
+            raise AuthenticationFailed(f"authorization failed at {where}") from exc
+        if "permission" in text.lower():
+            raise PermissionDenied(f"permission denied by {where}: {text}") from exc
+        raise ConnectionFailed(f"NATS error from {where}: {text}") from exc

@@ -1,0 +1,104 @@
+"""The one error hierarchy of aether_audit.
+
+Every error the package raises on purpose derives from ``AuditError``; errors
+from nats-py are translated at the boundary (``_connection.translate``) with
+``raise ... from exc`` so callers never need to import nats.
+
+    AuditError
+    ├── ConnectionFailed          cannot reach or talk to the server
+    │   ├── AuthenticationFailed  the server refused the credentials
+    │   └── PermissionDenied      the credentials may not do this (e.g. write)
+    ├── StreamNotFound            the stream does not exist
+    ├── NotFoundError             a look-up found nothing
+    │   └── SnapshotNotFoundError no snapshot for that actor (as the Go store)
+    ├── VersionConflictError      the append's version is not above the latest
+    ├── InvalidEventError         an event or snapshot that cannot be written
+    ├── EmbeddedServerError       no usable nats-server binary, or it failed
+    ├── ScenarioError             a scenario file that cannot be seeded
+    └── ExportError               an export directory that cannot be used
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AuditError",
+    "AuthenticationFailed",
+    "ConnectionFailed",
+    "EmbeddedServerError",
+    "ExportError",
+    "InvalidEventError",
+    "NotFoundError",
+    "PermissionDenied",
+    "ScenarioError",
+    "SnapshotNotFoundError",
+    "StreamNotFound",
+    "VersionConflictError",
+]
+
+
+class AuditError(Exception):
+    """Root of every error raised by aether_audit."""
+
+
+class ConnectionFailed(AuditError):
+    """The NATS server could not be reached, or the connection broke."""
+
+
+class AuthenticationFailed(ConnectionFailed):
+    """The server refused the credentials."""
+
+
+class PermissionDenied(ConnectionFailed):
+    """The credentials are valid but not allowed to do this."""
+
+
+class StreamNotFound(AuditError):
+    """The JetStream stream does not exist (auditing never creates it)."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(f"stream {stream!r} not found")
+        self.stream = stream
+
+
+class NotFoundError(AuditError):
+    """A look-up found nothing."""
+
+
+class SnapshotNotFoundError(NotFoundError):
+    """No snapshot exists for the actor (the Go store's "no snapshot found")."""
+
+    def __init__(self, actor_id: str) -> None:
+        super().__init__(f"no snapshot found for actor {actor_id}")
+        self.actor_id = actor_id
+
+
+class VersionConflictError(AuditError):
+    """The append's version is not strictly greater than the actor's latest.
+
+    Carries the same fields as the Go store's ``VersionConflictError``.
+    """
+
+    def __init__(self, actor_id: str, attempted_version: int, current_version: int) -> None:
+        super().__init__(
+            f"version conflict for actor {actor_id}: "
+            f"attempted version {attempted_version}, current version {current_version}"
+        )
+        self.actor_id = actor_id
+        self.attempted_version = attempted_version
+        self.current_version = current_version
+
+
+class InvalidEventError(AuditError):
+    """An event or snapshot that cannot be written; nothing was written."""
+
+
+class EmbeddedServerError(AuditError):
+    """The embedded nats-server could not be found or started."""
+
+
+class ScenarioError(AuditError):
+    """A scenario file that cannot be read or seeded."""
+
+
+class ExportError(AuditError):
+    """An export directory that cannot be written, read or verified."""
