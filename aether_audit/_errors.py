@@ -13,6 +13,7 @@ from nats-py are translated at the boundary (``_connection.translate``) with
     │   └── SnapshotNotFoundError no snapshot for that actor (as the Go store)
     ├── VersionConflictError      the append's version is not above the latest
     ├── InvalidEventError         an event or snapshot that cannot be written
+    ├── MalformedMessageError     a stored message that does not decode
     ├── EmbeddedServerError       no usable nats-server binary, or it failed
     ├── ScenarioError             a scenario file that cannot be seeded
     └── ExportError               an export directory that cannot be used
@@ -27,6 +28,7 @@ __all__ = [
     "EmbeddedServerError",
     "ExportError",
     "InvalidEventError",
+    "MalformedMessageError",
     "NotFoundError",
     "PermissionDenied",
     "ScenarioError",
@@ -90,6 +92,15 @@ class VersionConflictError(AuditError):
 
 class InvalidEventError(AuditError):
     """An event or snapshot that cannot be written; nothing was written."""
+
+
+class MalformedMessageError(AuditError):
+    """A stored message that does not decode where one record was asked for."""
+
+    def __init__(self, sequence_number: int, raw_data: bytes, reason: str) -> None:
+        super().__init__(f"message at stream sequence {sequence_number} does not decode: {reason}")
+        self.sequence_number = sequence_number
+        self.raw_data = raw_data
 
 
 class EmbeddedServerError(AuditError):

@@ -21,6 +21,7 @@ __all__ = [
     "JetStreamConfig",
     "ReplayError",
     "ReplayResult",
+    "StreamState",
     "now",
 ]
 
@@ -132,3 +133,57 @@ class JetStreamConfig:
     stream_retention: timedelta = DEFAULT_STREAM_RETENTION
     replica_count: int = DEFAULT_REPLICA_COUNT
     namespace: str | None = None
+
+
+@dataclass(frozen=True)
+class StreamState:
+    """What the server says about a stream: its range and its configuration.
+
+    The checks need it for tamper evidence (``deny_delete``/``deny_purge``),
+    retention (``max_age``) and deleted sequences. Built from the JetStream
+    stream-info response; it holds no connection.
+    """
+
+    name: str
+    messages: int = 0
+    first_seq: int = 0
+    last_seq: int = 0
+    first_ts: pd.Timestamp | None = None
+    last_ts: pd.Timestamp | None = None
+    num_deleted: int = 0
+    deleted: tuple[int, ...] = ()
+    max_age: timedelta | None = None  # None: kept forever
+    deny_delete: bool = False
+    deny_purge: bool = False
+    allow_direct: bool = False
+    replicas: int = 1
+    subjects: tuple[str, ...] = ()
+
+    @classmethod
+    def from_info(cls, info: dict[str, Any]) -> StreamState:
+        """From the JSON of ``$JS.API.STREAM.INFO`` (``config`` and ``state``)."""
+        config = info.get("config", {})
+        state = info.get("state", {})
+        max_age_ns = int(config.get("max_age") or 0)
+
+        def stamp(text: Any) -> pd.Timestamp | None:
+            if not text or str(text).startswith("0001-01-01"):
+                return None
+            return to_timestamp(text)
+
+        return cls(
+            name=config.get("name", ""),
+            messages=int(state.get("messages") or 0),
+            first_seq=int(state.get("first_seq") or 0),
+            last_seq=int(state.get("last_seq") or 0),
+            first_ts=stamp(state.get("first_ts")),
+            last_ts=stamp(state.get("last_ts")),
+            num_deleted=int(state.get("num_deleted") or 0),
+            deleted=tuple(state.get("deleted") or ()),
+            max_age=timedelta(microseconds=max_age_ns / 1000) if max_age_ns else None,
+            deny_delete=bool(config.get("deny_delete")),
+            deny_purge=bool(config.get("deny_purge")),
+            allow_direct=bool(config.get("allow_direct")),
+            replicas=int(config.get("num_replicas") or 1),
+            subjects=tuple(config.get("subjects") or ()),
+        )

@@ -1,0 +1,554 @@
+"""The asyncio core: the Go store's operations, the loaders and the audit.
+
+``AsyncEventStore`` holds every piece of logic that does I/O; the
+synchronous ``EventStore`` (``_sync``) only forwards to it. Writes and
+single look-ups go through nats-py; bulk reads go through ``StreamScanner``,
+which speaks the protocol itself because nats-py's per-message path is the
+bottleneck of a whole-stream read (see ``../shared/tools/js-drain``).
+
+Reading never creates, changes or deletes a stream or a message: the stream
+is created lazily by the first write, and only if it does not exist.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ._broadcast import EventBroadcaster, deliver, event_stored
+from ._connection import (
+    JS_ERR_STREAM_NOT_FOUND,
+    JS_ERR_WRONG_LAST_SEQUENCE,
+    ConnectOptions,
+    default_url,
+    logger,
+    open_nats,
+    translate_errors,
+)
+from ._errors import MalformedMessageError, SnapshotNotFoundError, StreamNotFound, VersionConflictError
+from ._frames import (
+    SCHEMAS,
+    DecodedBatch,
+    StreamFrames,
+    decode_messages,
+    errors_to_records,
+    events_to_records,
+    snapshot_to_record,
+    to_pandas,
+)
+from ._progress import progress_bar
+from ._records import ActorSnapshot, Event, JetStreamConfig, ReplayResult, StreamState, to_timestamp
+from ._scan import StreamScanner
+from ._wire import (
+    DecodeError,
+    decode_event,
+    encode_event,
+    encode_snapshot,
+    event_subject,
+    snapshot_subject,
+    stream_name,
+)
+
+__all__ = ["AsyncEventStore", "connect_async"]
+
+# Retries of an append whose subject moved under it (another writer, or an
+# actor whose ID collides on the same subject) before giving up.
+MAX_APPEND_ATTEMPTS = 50
+# Up to this many actor IDs a load reads each actor's subject (a fast exact
+# filter); beyond it one whole-stream pass filtered here is cheaper.
+PER_ACTOR_READ_LIMIT = 64
+
+
+@dataclasses.dataclass(frozen=True)
+class _Head:
+    """Where an actor's subject ends: the last message's sequence on the
+    subject (any actor) and this actor's latest version."""
+
+    subject_seq: int
+    version: int
+
+
+class AsyncEventStore:
+    """The aether JetStream event store, asyncio flavour.
+
+    Create it with ``await connect_async(...)``; see ``EventStore`` for the
+    synchronous twin with the same methods.
+
+    Example:
+        >>> async with await connect_async(stream="orders") as store:  # doctest: +SKIP
+        ...     await store.save_event(Event.new("order-1", "OrderPlaced", 1))
+        ...     frame = await store.history("order-1")
+    """
+
+    def __init__(
+        self,
+        connection: Any,
+        options: ConnectOptions,
+        stream: str,
+        config: JetStreamConfig,
+        broadcaster: EventBroadcaster | None = None,
+    ) -> None:
+        self._nc = connection
+        self._js = connection.jetstream()
+        self._options = options
+        self.config = config
+        self.stream = stream
+        self.stream_name = stream_name(stream, config.namespace)
+        self.broadcaster = broadcaster
+        self._scanner = StreamScanner(options)
+        self._stream_exists = False
+        self._allow_direct: bool | None = None
+        self._heads: dict[str, _Head] = {}  # actor -> head, a hint for the append guard
+
+    # --- identity ------------------------------------------------------------
+
+    @property
+    def namespace(self) -> str:
+        """The namespace, or ``""`` when none (the Go store's ``GetNamespace``)."""
+        return self.config.namespace or ""
+
+    @property
+    def server(self) -> str:
+        """The server URL(s), with any password redacted."""
+        return self._options.describe()
+
+    def __repr__(self) -> str:
+        return f"<AsyncEventStore stream={self.stream_name!r} server={self.server!r}>"
+
+    async def aclose(self) -> None:
+        """Close both connections."""
+        await self._scanner.close()
+        if not self._nc.is_closed:
+            await self._nc.drain() if self._nc.is_connected else await self._nc.close()
+
+    async def __aenter__(self) -> AsyncEventStore:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    # --- the stream --------------------------------------------------------------
+
+    async def stream_state(self, *, deleted_details: bool = False) -> StreamState:
+        """The stream's range and configuration; ``StreamNotFound`` if absent."""
+        info = await self._scanner.stream_info(self.stream_name, deleted_details=deleted_details)
+        self._stream_exists = True
+        self._allow_direct = bool(info.get("config", {}).get("allow_direct"))
+        return StreamState.from_info(info)
+
+    async def _ensure_stream(self) -> None:
+        """Create the stream with the Go store's config, only if it is missing."""
+        if self._stream_exists:
+            return
+        from nats.js.api import RetentionPolicy, StorageType, StreamConfig
+        from nats.js.errors import BadRequestError
+
+        try:
+            await self.stream_state()
+            return
+        except StreamNotFound:
+            pass
+        config = StreamConfig(
+            name=self.stream_name,
+            subjects=[f"{self.stream_name}.events.>", f"{self.stream_name}.snapshots.>"],
+            storage=StorageType.FILE,
+            retention=RetentionPolicy.LIMITS,
+            max_age=self.config.stream_retention.total_seconds(),
+            num_replicas=self.config.replica_count,
+            allow_direct=True,
+        )
+        with translate_errors(self._options, self.stream_name):
+            try:
+                await self._js.add_stream(config)
+            except BadRequestError as exc:
+                # Created meanwhile by another writer: use it as it is.
+                if "already in use" not in str(exc.description or ""):
+                    raise
+        self._stream_exists = True
+        self._allow_direct = None
+
+    async def _last_message(self, subject: str) -> tuple[int, bytes] | None:
+        """The last message stored on ``subject``: one direct look-up."""
+        from nats.js.errors import NotFoundError
+
+        if self._allow_direct is None:
+            try:
+                await self.stream_state()
+            except StreamNotFound:
+                return None
+        with translate_errors(self._options, self.stream_name):
+            try:
+                message = await self._js.get_last_msg(self.stream_name, subject, direct=self._allow_direct)
+            except NotFoundError as exc:
+                if getattr(exc, "err_code", None) == JS_ERR_STREAM_NOT_FOUND:
+                    self._stream_exists = False
+                return None
+        return int(message.seq), message.data or b""
+
+    # --- the Go store's operations --------------------------------------------
+
+    async def save_event(self, event: Event) -> None:
+        """Append ``event``; ``VersionConflictError`` unless its version is above
+        the actor's latest.
+
+        The server guards the append (``Nats-Expected-Last-Subject-Sequence``),
+        so two processes can never both store the same version. A duplicate
+        event ID within the stream's de-duplication window is stored once
+        (``Nats-Msg-Id``), as in the Go store.
+        """
+        from nats.js.errors import APIError
+
+        payload = encode_event(event)  # validates before anything is written
+        subject = event_subject(self.stream_name, event.actor_id)
+        await self._ensure_stream()
+        for _ in range(MAX_APPEND_ATTEMPTS):
+            head = self._heads.get(event.actor_id) or await self._read_head(event.actor_id, subject)
+            if event.version <= head.version:
+                self._heads.pop(event.actor_id, None)
+                raise VersionConflictError(event.actor_id, event.version, head.version)
+            headers = {
+                "Nats-Msg-Id": event.id,
+                "Nats-Expected-Last-Subject-Sequence": str(head.subject_seq),
+            }
+            with translate_errors(self._options, self.stream_name):
+                try:
+                    ack = await self._js.publish(subject, payload, headers=headers)
+                except APIError as exc:
+                    if getattr(exc, "err_code", None) != JS_ERR_WRONG_LAST_SEQUENCE:
+                        raise
+                    # Someone else appended to this subject: look again.
+                    self._heads.pop(event.actor_id, None)
+                    continue
+            if ack.duplicate:
+                self._heads.pop(event.actor_id, None)
+            else:
+                self._heads[event.actor_id] = _Head(int(ack.seq), event.version)
+            await self._broadcast(event)
+            return
+        raise VersionConflictError(event.actor_id, event.version, await self.get_latest_version(event.actor_id))
+
+    async def _broadcast(self, event: Event) -> None:
+        if self.broadcaster is None:
+            return
+        try:
+            await deliver(self.broadcaster, self.namespace, event_stored(event))
+        except Exception:  # a listener's failure must not undo a stored event
+            logger.exception("broadcaster failed for event %s", event.id)
+
+    async def _read_head(self, actor_id: str, subject: str) -> _Head:
+        last = await self._last_message(subject)
+        if last is None:
+            return _Head(0, 0)
+        seq, payload = last
+        try:
+            fields = decode_event(payload)
+            if fields[2] == actor_id:
+                return _Head(seq, fields[3])
+        except DecodeError:
+            pass
+        # The last message belongs to another actor on the same subject, or
+        # does not decode: this actor's latest needs a read of the subject.
+        events = await self._actor_batches(actor_id, subject)
+        versions = [v for batch in events for v in batch.events.column("version").to_pylist()]
+        return _Head(seq, max(versions, default=0))
+
+    async def get_latest_version(self, actor_id: str) -> int:
+        """The actor's latest version, 0 when it has none: one direct look-up."""
+        return (await self._read_head(actor_id, event_subject(self.stream_name, actor_id))).version
+
+    async def get_events(self, actor_id: str, from_version: int = 0) -> list[Event]:
+        """The actor's events with a version above ``from_version``.
+
+        Undecodable messages are left out, as in the Go store; use
+        ``get_events_with_errors`` to see them.
+        """
+        return (await self.get_events_with_errors(actor_id, from_version)).events
+
+    async def get_events_with_errors(self, actor_id: str, from_version: int = 0) -> ReplayResult:
+        """The actor's events and the messages on its subject that do not decode."""
+        batches = await self._actor_batches(actor_id, event_subject(self.stream_name, actor_id))
+        events, errors = [], []
+        for batch in batches:
+            events += events_to_records(batch.events, from_version=from_version)
+            errors += errors_to_records(batch.errors)
+        return ReplayResult(events=events, errors=errors)
+
+    async def save_snapshot(self, snapshot: ActorSnapshot) -> None:
+        """Store a snapshot of an actor's state (no version check, as in Go)."""
+        payload = encode_snapshot(snapshot)
+        await self._ensure_stream()
+        with translate_errors(self._options, self.stream_name):
+            await self._js.publish(snapshot_subject(self.stream_name, snapshot.actor_id), payload)
+
+    async def get_latest_snapshot(self, actor_id: str) -> ActorSnapshot:
+        """The actor's newest snapshot; ``SnapshotNotFoundError`` when none."""
+        subject = snapshot_subject(self.stream_name, actor_id)
+        last = await self._last_message(subject)
+        if last is None:
+            raise SnapshotNotFoundError(actor_id)
+        seq, payload = last
+        batch = decode_messages([seq], [0], [subject], [payload], snapshot_prefix=subject)
+        rows = batch.snapshots.to_pylist()
+        if rows and rows[0]["actor_id"] == actor_id:
+            return snapshot_to_record(rows[0])
+        if batch.errors.num_rows and batch.errors.column("actor_id")[0].as_py() == actor_id:
+            raise MalformedMessageError(seq, payload, batch.errors.column("message")[0].as_py())
+        # Another actor's snapshot shares the subject: read the subject.
+        rows = []
+        for decoded in await self._actor_batches(actor_id, subject):
+            rows += decoded.snapshots.to_pylist()
+        if not rows:
+            raise SnapshotNotFoundError(actor_id)
+        return snapshot_to_record(rows[-1])
+
+    # --- reading -----------------------------------------------------------------
+
+    async def _actor_batches(self, actor_id: str, subject: str) -> list[DecodedBatch]:
+        """Every message on one subject (a fast exact filter), this actor's only."""
+        try:
+            return [batch async for batch in self.scan(filter_subject=subject, actor_id=actor_id, progress=False)]
+        except StreamNotFound:
+            return []
+
+    async def scan(
+        self,
+        *,
+        start_seq: int | None = None,
+        end_seq: int | None = None,
+        filter_subject: str | None = None,
+        actor_id: str | None = None,
+        progress: bool | None = None,
+        batch_size: int = 10_000,
+    ) -> AsyncIterator[DecodedBatch]:
+        """Decoded batches of the stream in sequence order, bounded in memory.
+
+        The building block of every reader: each batch splits into events,
+        snapshots and replay errors. ``end_seq`` defaults to the stream's last
+        sequence when the scan starts, so the result is a consistent cut.
+        """
+        state = await self.stream_state()
+        first = max(start_seq or 1, state.first_seq or 1)
+        last = state.last_seq if end_seq is None else min(end_seq, state.last_seq)
+        if last < first:
+            return
+        total = last - first + 1 if filter_subject is None else 0
+        bar = progress_bar(total, progress, f"reading {self.stream_name}")
+        prefix = f"{self.stream_name}.snapshots."
+        try:
+            async for raw in self._scanner.scan(
+                self.stream_name, start_seq=first, end_seq=last,
+                filter_subject=filter_subject, batch_size=batch_size,
+            ):
+                bar.update(len(raw.seqs))
+                yield decode_messages(
+                    raw.seqs, raw.stored_ns, raw.subjects, raw.payloads,
+                    snapshot_prefix=prefix, actor_id=actor_id,
+                )
+        finally:
+            bar.close()
+
+    async def iter_batches(
+        self,
+        kind: str = "events",
+        *,
+        actor_type: str | Iterable[str] | None = None,
+        actor_ids: Iterable[str] | None = None,
+        start: Any = None,
+        end: Any = None,
+        start_seq: int | None = None,
+        end_seq: int | None = None,
+        progress: bool | None = None,
+        batch_size: int = 10_000,
+    ) -> AsyncIterator[pa.RecordBatch]:
+        """``pyarrow.RecordBatch`` es of ``kind`` (``events``, ``snapshots`` or
+        ``replay_errors``) for streams larger than memory.
+
+        Filters: ``actor_type`` (one or several), ``actor_ids``, ``start``
+        (inclusive) and ``end`` (exclusive) on the event ``timestamp``, and
+        the stream-sequence range ``start_seq``..``end_seq`` (inclusive).
+        """
+        if kind not in SCHEMAS:
+            raise ValueError(f"kind must be one of {sorted(SCHEMAS)}, not {kind!r}")
+        row_filter = _RowFilter.of(actor_type, actor_ids, start, end)
+        async for batch in self._filtered_scan(row_filter, start_seq, end_seq, progress, batch_size, kind):
+            selected = row_filter.apply(getattr(batch, _BATCH_FIELD[kind]), kind)
+            if selected.num_rows:
+                yield selected
+
+    async def _filtered_scan(
+        self, row_filter: _RowFilter, start_seq: int | None, end_seq: int | None,
+        progress: bool | None, batch_size: int, kind: str,
+    ) -> AsyncIterator[DecodedBatch]:
+        # A few named actors: read their subjects only (exact filters are
+        # fast); otherwise one unfiltered pass, the fastest the server serves.
+        if row_filter.actor_ids is not None and len(row_filter.actor_ids) <= PER_ACTOR_READ_LIMIT:
+            subject_of = event_subject if kind != "snapshots" else snapshot_subject
+            subjects = sorted({subject_of(self.stream_name, actor) for actor in row_filter.actor_ids})
+            for subject in subjects:
+                async for batch in self.scan(
+                    start_seq=start_seq, end_seq=end_seq, filter_subject=subject,
+                    progress=False, batch_size=batch_size,
+                ):
+                    yield batch
+            return
+        filter_subject = f"{self.stream_name}.snapshots.>" if kind == "snapshots" else None
+        async for batch in self.scan(
+            start_seq=start_seq, end_seq=end_seq, filter_subject=filter_subject,
+            progress=progress, batch_size=batch_size,
+        ):
+            yield batch
+
+    async def to_arrow(self, kind: str = "events", **filters: Any) -> pa.Table:
+        """The whole (filtered) ``kind`` as one ``pyarrow.Table``: hand it to
+        DuckDB or polars without a copy through pandas."""
+        batches = [batch async for batch in self.iter_batches(kind, **filters)]
+        table = pa.Table.from_batches(batches, schema=SCHEMAS[kind])
+        if filters.get("actor_ids") is not None and table.num_rows:
+            table = table.sort_by("stream_seq")  # subjects were read one by one
+        return table
+
+    async def load(self, **filters: Any) -> pd.DataFrame:
+        """All events (filtered: see ``iter_batches``) as a DataFrame, SPEC columns.
+
+        Example:
+            >>> frame = await store.load(actor_type="order", start="2026-11-01")  # doctest: +SKIP
+        """
+        return to_pandas(await self.to_arrow("events", **filters))
+
+    async def history(self, actor_id: str, *, from_version: int = 0) -> pd.DataFrame:
+        """One actor's events as a DataFrame, in stream order."""
+        frame = await self.load(actor_ids=[actor_id], progress=False)
+        if from_version:
+            frame = frame[frame["version"] > from_version].reset_index(drop=True)
+        return frame
+
+    async def snapshots(self, **filters: Any) -> pd.DataFrame:
+        """All snapshots as a DataFrame (same filters as ``load``)."""
+        return to_pandas(await self.to_arrow("snapshots", **filters))
+
+    async def replay_errors(self, **filters: Any) -> pd.DataFrame:
+        """Every stored message that does not decode, with its raw bytes."""
+        return to_pandas(await self.to_arrow("replay_errors", **filters))
+
+    async def load_all(self, *, progress: bool | None = None) -> StreamFrames:
+        """Events, snapshots and replay errors of the whole stream in one pass,
+        with the stream's state: what the audit reads."""
+        state = await self.stream_state(deleted_details=True)
+        parts: dict[str, list[pa.RecordBatch]] = {"events": [], "snapshots": [], "replay_errors": []}
+        async for batch in self.scan(end_seq=state.last_seq, progress=progress):
+            parts["events"].append(batch.events)
+            parts["snapshots"].append(batch.snapshots)
+            parts["replay_errors"].append(batch.errors)
+        tables = {kind: pa.Table.from_batches(batches, schema=SCHEMAS[kind]) for kind, batches in parts.items()}
+        return StreamFrames(
+            events=to_pandas(tables["events"]),
+            snapshots=to_pandas(tables["snapshots"]),
+            replay_errors=to_pandas(tables["replay_errors"]),
+            state=state,
+        )
+
+    # --- audit and export ----------------------------------------------------------
+
+    async def audit(
+        self,
+        checks: Sequence[str] | None = None,
+        *,
+        progress: bool | None = None,
+        **options: Any,
+    ) -> Any:
+        """Run the integrity checks (all, or the named ones) and return an
+        ``AuditReport``. Options such as ``clock_skew`` go to the checks."""
+        from ._report import audit_frames
+
+        frames = await self.load_all(progress=progress)
+        return audit_frames(frames, checks=checks, **options)
+
+    async def export_parquet(
+        self,
+        out_dir: str | Path,
+        *,
+        incremental: bool = False,
+        progress: bool | None = None,
+    ) -> dict[str, Any]:
+        """Export events, snapshots and replay errors to Parquet under
+        ``out_dir`` and return the manifest (SPEC §4)."""
+        from ._export import export_stream
+
+        return await export_stream(self, Path(out_dir), incremental=incremental, progress=progress)
+
+
+_BATCH_FIELD = {"events": "events", "snapshots": "snapshots", "replay_errors": "errors"}
+
+
+@dataclasses.dataclass(frozen=True)
+class _RowFilter:
+    """The row filters of a load, applied to Arrow batches."""
+
+    actor_types: tuple[str, ...] | None = None
+    actor_ids: tuple[str, ...] | None = None
+    start: pd.Timestamp | None = None
+    end: pd.Timestamp | None = None
+
+    @classmethod
+    def of(cls, actor_type: Any, actor_ids: Any, start: Any, end: Any) -> _RowFilter:
+        types = (actor_type,) if isinstance(actor_type, str) else actor_type
+        ids = (actor_ids,) if isinstance(actor_ids, str) else actor_ids
+        return cls(
+            actor_types=None if types is None else tuple(types),
+            actor_ids=None if ids is None else tuple(ids),
+            start=None if start is None else to_timestamp(start),
+            end=None if end is None else to_timestamp(end),
+        )
+
+    def apply(self, batch: pa.RecordBatch, kind: str) -> pa.RecordBatch:
+        masks = []
+        if self.actor_types is not None and kind != "replay_errors":
+            masks.append(pc.is_in(batch.column("actor_type"), pa.array(self.actor_types, pa.string())))
+        if self.actor_ids is not None:
+            masks.append(pc.is_in(batch.column("actor_id"), pa.array(self.actor_ids, pa.string())))
+        time_column = "stored_at" if kind == "replay_errors" else "timestamp"
+        if self.start is not None:
+            masks.append(pc.greater_equal(batch.column(time_column), pa.scalar(self.start.value, batch.schema.field(time_column).type)))
+        if self.end is not None:
+            masks.append(pc.less(batch.column(time_column), pa.scalar(self.end.value, batch.schema.field(time_column).type)))
+        if not masks:
+            return batch
+        mask = masks[0]
+        for other in masks[1:]:
+            mask = pc.and_kleene(mask, other)
+        return batch.filter(mask)
+
+
+async def connect_async(
+    url: str | None = None,
+    *,
+    stream: str = "events",
+    namespace: str | None = None,
+    config: JetStreamConfig | None = None,
+    broadcaster: EventBroadcaster | None = None,
+    **credentials: Any,
+) -> AsyncEventStore:
+    """Connect to the store (asyncio). With no ``url`` and no ``NATS_URL``,
+    an embedded nats-server is started for this process.
+
+    Credentials: ``user``, ``password``, ``token``, ``nkey`` (seed file),
+    ``creds`` (JWT file), ``tls_ca``, ``tls_cert``, ``tls_key``.
+
+    Example:
+        >>> store = await connect_async(stream="orders")  # doctest: +SKIP
+    """
+    from ._server import embedded_url
+
+    config = config or JetStreamConfig()
+    if namespace is not None:
+        config = dataclasses.replace(config, namespace=namespace)
+    url = url or default_url() or embedded_url()
+    options = ConnectOptions.from_arguments(url, **credentials)
+    connection = await open_nats(options)
+    return AsyncEventStore(connection, options, stream, config, broadcaster)

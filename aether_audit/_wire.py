@@ -1,0 +1,332 @@
+"""The wire format shared with the Go store (SPEC §1). No I/O here.
+
+Naming: stream and subject names, actor types, sanitising.
+Encoding: the JSON the Go store's ``json.Marshal`` writes, byte for byte
+(struct keys in field order, map keys sorted, ``<>&`` escaped, RFC 3339
+timestamps with up to nine fractional digits and trailing zeros trimmed).
+Decoding: what the Go store's ``json.Unmarshal`` accepts, including its
+case-insensitive key matching; everything it would reject is a decode error
+(a replay error), never an exception and never a silent skip.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import orjson
+import pandas as pd
+
+from ._errors import InvalidEventError
+from ._records import ActorSnapshot, Event, to_timestamp
+
+__all__ = [
+    "actor_type",
+    "decode_event",
+    "decode_snapshot",
+    "encode_event",
+    "encode_snapshot",
+    "event_subject",
+    "format_timestamp",
+    "sanitize",
+    "snapshot_subject",
+    "stream_name",
+]
+
+EVENT_KEYS = ("id", "eventType", "actorId", "version", "data", "timestamp")
+SNAPSHOT_KEYS = ("actorId", "version", "state", "timestamp")
+# Go matches JSON keys to struct fields case-insensitively.
+_EVENT_KEY_BY_FOLDED = {key.lower(): key for key in EVENT_KEYS}
+_SNAPSHOT_KEY_BY_FOLDED = {key.lower(): key for key in SNAPSHOT_KEYS}
+_EVENT_KEY_SET = frozenset(EVENT_KEYS)
+_SNAPSHOT_KEY_SET = frozenset(SNAPSHOT_KEYS)
+
+# What Go's time.Time.UnmarshalJSON (RFC 3339) accepts.
+_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})")
+GO_ZERO_TIME = "0001-01-01T00:00:00Z"
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+
+
+# --- naming --------------------------------------------------------------
+
+
+def sanitize(text: str) -> str:
+    """Replace the characters NATS subjects cannot carry, as the Go store does.
+
+    Example:
+        >>> sanitize("acct.1 *>")
+        'acct_1___'
+    """
+    return text.replace(" ", "_").replace(".", "_").replace("*", "_").replace(">", "_")
+
+
+def actor_type(actor_id: str) -> str:
+    """The part before the first ``-`` at an index > 0, else ``unknown``.
+
+    Example:
+        >>> actor_type("order-17"), actor_type("-x"), actor_type("solo")
+        ('order', 'unknown', 'unknown')
+    """
+    index = actor_id.find("-", 1)
+    return actor_id[:index] if index > 0 else "unknown"
+
+
+def stream_name(stream: str, namespace: str | None = None) -> str:
+    """``stream``, or ``{sanitize(namespace)}_{stream}`` with a namespace."""
+    return f"{sanitize(namespace)}_{stream}" if namespace else stream
+
+
+def event_subject(stream: str, actor_id: str) -> str:
+    """``{stream}.events.{sanitize(actorType)}.{sanitize(actorId)}``."""
+    return f"{stream}.events.{sanitize(actor_type(actor_id))}.{sanitize(actor_id)}"
+
+
+def snapshot_subject(stream: str, actor_id: str) -> str:
+    """``{stream}.snapshots.{sanitize(actorType)}.{sanitize(actorId)}``."""
+    return f"{stream}.snapshots.{sanitize(actor_type(actor_id))}.{sanitize(actor_id)}"
+
+
+def actor_from_subject(subject: str) -> str:
+    """The (sanitised) actor ID a subject names: its last token."""
+    return subject.rsplit(".", 1)[-1]
+
+
+# --- encoding ------------------------------------------------------------
+
+
+def format_timestamp(timestamp: Any) -> str:
+    """RFC 3339 in UTC as Go's ``time.RFC3339Nano`` (trailing zeros trimmed).
+
+    Example:
+        >>> format_timestamp(pd.Timestamp("2024-01-02T03:04:05.120Z"))
+        '2024-01-02T03:04:05.12Z'
+    """
+    stamp = to_timestamp(timestamp)
+    nanos = stamp.value % 1_000_000_000
+    text = stamp.strftime("%Y-%m-%dT%H:%M:%S")
+    if nanos:
+        text += "." + f"{nanos:09d}".rstrip("0")
+    return text + "Z"
+
+
+def _go_json(value: Any) -> bytes:
+    """``json.Marshal`` of a Go ``interface{}`` value: compact, map keys sorted,
+    and the HTML-safe escapes Go applies (they only occur inside strings)."""
+    try:
+        encoded = orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+    except TypeError as exc:
+        raise InvalidEventError(f"not JSON-serialisable: {exc}") from exc
+    if b"<" in encoded or b">" in encoded or b"&" in encoded or b"\xe2\x80" in encoded:
+        encoded = (
+            encoded.replace(b"<", b"\\u003c").replace(b">", b"\\u003e").replace(b"&", b"\\u0026")
+            .replace("\u2028".encode(), b"\\u2028").replace("\u2029".encode(), b"\\u2029")
+        )
+    return encoded
+
+
+def _envelope(pairs: list[tuple[str, Any]]) -> bytes:
+    # Struct fields keep their declared order in Go, so the envelope is built
+    # by hand; only nested maps are sorted.
+    parts = [_go_json(key) + b":" + _go_json(value) for key, value in pairs]
+    return b"{" + b",".join(parts) + b"}"
+
+
+def check_actor_id(actor_id: Any) -> None:
+    if not isinstance(actor_id, str) or not actor_id:
+        raise InvalidEventError(f"actor_id must be a non-empty string, not {actor_id!r}")
+    if any(ch in actor_id for ch in "\r\n\t\0"):
+        raise InvalidEventError(f"actor_id {actor_id!r} contains control characters")
+
+
+def _check_version(version: Any) -> None:
+    if type(version) is not int or not 1 <= version <= _INT64_MAX:
+        raise InvalidEventError(f"version must be an integer from 1 to 2**63-1, not {version!r}")
+
+
+def encode_event(event: Event) -> bytes:
+    """The Go store's JSON for ``event``; invalid events raise ``InvalidEventError``.
+
+    Example:
+        >>> e = Event("e1", "Opened", "acct-1", 1, {"b": 2, "a": 1}, pd.Timestamp("2024-01-01", tz="UTC"))
+        >>> encode_event(e)
+        b'{"id":"e1","eventType":"Opened","actorId":"acct-1","version":1,"data":{"a":1,"b":2},"timestamp":"2024-01-01T00:00:00Z"}'
+    """
+    if not isinstance(event.id, str) or not event.id:
+        raise InvalidEventError("event id must be a non-empty string")
+    if not isinstance(event.event_type, str) or not event.event_type:
+        raise InvalidEventError("event_type must be a non-empty string")
+    check_actor_id(event.actor_id)
+    _check_version(event.version)
+    if event.data is not None and not isinstance(event.data, dict):
+        raise InvalidEventError(f"data must be a dict (a JSON object), not {type(event.data).__name__}")
+    pairs: list[tuple[str, Any]] = [
+        ("id", event.id),
+        ("eventType", event.event_type),
+        ("actorId", event.actor_id),
+        ("version", event.version),
+        ("data", event.data),
+        ("timestamp", format_timestamp(event.timestamp)),
+    ]
+    for key, value in (event.extra or {}).items():
+        if not isinstance(key, str) or key.lower() in _EVENT_KEY_BY_FOLDED:
+            raise InvalidEventError(f"extra key {key!r} clashes with an event field")
+        pairs.append((key, value))
+    return _envelope(pairs)
+
+
+def encode_snapshot(snapshot: ActorSnapshot) -> bytes:
+    """The Go store's JSON for ``snapshot``."""
+    check_actor_id(snapshot.actor_id)
+    if type(snapshot.version) is not int or not 0 <= snapshot.version <= _INT64_MAX:
+        raise InvalidEventError(f"snapshot version must be a non-negative integer, not {snapshot.version!r}")
+    if snapshot.state is not None and not isinstance(snapshot.state, dict):
+        raise InvalidEventError("state must be a dict (a JSON object)")
+    return _envelope([
+        ("actorId", snapshot.actor_id),
+        ("version", snapshot.version),
+        ("state", snapshot.state),
+        ("timestamp", format_timestamp(snapshot.timestamp)),
+    ])
+
+
+# --- decoding --------------------------------------------------------------
+
+
+class DecodeError(ValueError):
+    """Why Go's ``json.Unmarshal`` would reject a payload."""
+
+
+def _string(value: Any, key: str) -> str:
+    if value is None:
+        return ""
+    if type(value) is not str:
+        raise DecodeError(f"json: cannot unmarshal {_json_kind(value)} into field {key} of type string")
+    return value
+
+
+def _integer(value: Any, key: str) -> int:
+    if value is None:
+        return 0
+    if type(value) is not int or not _INT64_MIN <= value <= _INT64_MAX:
+        raise DecodeError(f"json: cannot unmarshal {_json_kind(value)} {value!r:.40} into field {key} of type int64")
+    return value
+
+
+def _object_text(value: Any, key: str) -> str | None:
+    if value is None:
+        return None
+    if type(value) is not dict:
+        raise DecodeError(f"json: cannot unmarshal {_json_kind(value)} into field {key} of type map[string]interface {{}}")
+    return orjson.dumps(value).decode()
+
+
+def _timestamp_text(value: Any) -> str | None:
+    if value is None:
+        return None
+    if type(value) is not str:
+        raise DecodeError(f"json: cannot unmarshal {_json_kind(value)} into field timestamp of type time.Time")
+    if not _RFC3339.fullmatch(value):
+        raise DecodeError(f"parsing time {value[:60]!r} as RFC 3339: cannot parse")
+    return None if value == GO_ZERO_TIME else value
+
+
+def _json_kind(value: Any) -> str:
+    return {
+        str: "string", bool: "bool", int: "number", float: "number",
+        list: "array", dict: "object", type(None): "null",
+    }.get(type(value), "value")
+
+
+def _fold(document: dict[str, Any], known: dict[str, str]) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Split a decoded object into known fields (keys folded to their Go name,
+    the last duplicate winning, as in Go) and the rest (``extra``)."""
+    fields: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
+    for key, value in document.items():
+        canonical = known.get(key.lower())
+        if canonical is None:
+            extra[key] = value
+        else:
+            fields[canonical] = value
+    return fields, (extra or None)
+
+
+def _load_object(payload: bytes) -> dict[str, Any]:
+    try:
+        document = orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
+        raise DecodeError(f"invalid JSON: {exc}") from None
+    if type(document) is not dict:
+        raise DecodeError(f"json: cannot unmarshal {_json_kind(document)} into Go value of type aether.Event")
+    return document
+
+
+# (event_id, event_type, actor_id, version, data_json, timestamp_text, extra_json)
+EventFields = tuple[str, str, str, int, "str | None", "str | None", "str | None"]
+# (actor_id, version, state_json, timestamp_text)
+SnapshotFields = tuple[str, int, "str | None", "str | None"]
+
+
+def decode_event(payload: bytes) -> EventFields:
+    """Decode an event message as Go would; raises ``DecodeError`` where Go fails.
+
+    Empty or missing fields decode to ``""``/``0``/``None`` exactly as Go's zero
+    values do; they are audit findings (``missing_field``), not decode errors.
+    Timestamps stay text here; frames convert them in bulk.
+
+    Example:
+        >>> decode_event(b'{"ID":"e1","eventType":"X","actorId":"a-1","version":2,"data":{},"timestamp":"2024-01-01T00:00:00Z","commandId":"c"}')
+        ('e1', 'X', 'a-1', 2, '{}', '2024-01-01T00:00:00Z', '{"commandId":"c"}')
+    """
+    document = _load_object(payload)
+    if document.keys() == _EVENT_KEY_SET:  # the common case: exactly Go's keys
+        fields, extra = document, None
+    else:
+        fields, extra = _fold(document, _EVENT_KEY_BY_FOLDED)
+    return (
+        _string(fields.get("id"), "id"),
+        _string(fields.get("eventType"), "eventType"),
+        _string(fields.get("actorId"), "actorId"),
+        _integer(fields.get("version"), "version"),
+        _object_text(fields.get("data"), "data"),
+        _timestamp_text(fields.get("timestamp")),
+        orjson.dumps(extra).decode() if extra else None,
+    )
+
+
+def decode_snapshot(payload: bytes) -> SnapshotFields:
+    """Decode a snapshot message as Go would; raises ``DecodeError`` where Go fails."""
+    document = _load_object(payload)
+    if document.keys() == _SNAPSHOT_KEY_SET:
+        fields = document
+    else:
+        fields, _ = _fold(document, _SNAPSHOT_KEY_BY_FOLDED)
+    return (
+        _string(fields.get("actorId"), "actorId"),
+        _integer(fields.get("version"), "version"),
+        _object_text(fields.get("state"), "state"),
+        _timestamp_text(fields.get("timestamp")),
+    )
+
+
+def actor_id_hint(payload: bytes) -> str | None:
+    """The ``actorId`` of a payload that failed to decode, if it can be read."""
+    try:
+        document = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return None
+    if type(document) is dict:
+        for key, value in document.items():
+            if key.lower() == "actorid" and type(value) is str:
+                return value
+    return None
+
+
+def parse_timestamp(text: str | None) -> pd.Timestamp | None:
+    """One RFC 3339 text to a UTC Timestamp (None when missing or unrepresentable)."""
+    if text is None:
+        return None
+    try:
+        return pd.Timestamp(text).tz_convert("UTC")
+    except (ValueError, OverflowError):
+        return None
