@@ -40,9 +40,14 @@ HOW_TO_GET_ONE = (
 
 def find_nats_server() -> str:
     """The path of a usable nats-server binary, or ``EmbeddedServerError``."""
+    chosen = os.environ.get(BINARY_ENV)
+    if chosen:
+        # An explicit choice is never silently replaced by another binary.
+        if not (os.path.isfile(chosen) and os.access(chosen, os.X_OK)):
+            raise EmbeddedServerError(f"{BINARY_ENV}={chosen} is not an executable nats-server: {HOW_TO_GET_ONE}")
+        _check_version(chosen)
+        return chosen
     candidates = []
-    if os.environ.get(BINARY_ENV):
-        candidates.append(os.environ[BINARY_ENV])
     scripts = sysconfig.get_path("scripts")
     candidates.append(os.path.join(scripts, "nats-server"))
     candidates.append(os.path.join(os.path.dirname(sys.executable), "nats-server"))

@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -137,10 +138,22 @@ class AsyncEventStore:
 
     async def stream_state(self, *, deleted_details: bool = False) -> StreamState:
         """The stream's range and configuration; ``StreamNotFound`` if absent."""
-        info = await self._scanner.stream_info(self.stream_name, deleted_details=deleted_details)
+        request = {"deleted_details": True} if deleted_details else {}
+        info = await self._api(f"STREAM.INFO.{self.stream_name}", request)
         self._stream_exists = True
         self._allow_direct = bool(info.get("config", {}).get("allow_direct"))
         return StreamState.from_info(info)
+
+    async def _api(self, endpoint: str, request: dict[str, Any]) -> dict[str, Any]:
+        """One JetStream API request; its error becomes an ``AuditError``."""
+        from nats.js.errors import APIError
+
+        with translate_errors(self._options, self.stream_name):
+            reply = await self._nc.request(f"$JS.API.{endpoint}", orjson.dumps(request), timeout=10)
+            response = orjson.loads(reply.data)
+            if "error" in response:
+                APIError.from_error(response["error"])  # raises the typed error
+        return response
 
     async def _ensure_stream(self) -> None:
         """Create the stream with the Go store's config, only if it is missing."""
