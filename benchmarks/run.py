@@ -1,0 +1,355 @@
+"""The benchmark of SPEC §5: our loaders against the baselines, as ratios.
+
+    python benchmarks/run.py --events 200000 --actors 2000 --json bench.json
+
+Seeds a fresh stream in the Go store's layout (events and snapshots in one
+stream, ~360-byte events with ``Nats-Msg-Id``) on a fresh embedded
+nats-server (or ``--server``), then measures, ``--runs`` times each, and
+reports medians:
+
+- load: ours (cold connection to a finished events DataFrame), the naive
+  nats-py pull consumer filtered on ``{stream}.events.>``, the seed's way
+  ported (one ephemeral consumer per actor, ``fetch(100)`` with the seed's
+  one-second wait), and the Go client draining the stream (when Go exists).
+- history / latest_version: per-actor medians over a sample of actors.
+- append: sequential appends, ours (server-guarded) vs the seed's port.
+- audit: time to load everything vs time to run every check.
+- export: events/s and the exporting process's peak RSS.
+
+The seed port waits up to one second to learn that an actor's history has
+ended (its ``MaxWait``), so it is measured on a sample of actors
+(``--sample``) and reported as events per second over that sample.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import nats
+import orjson
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from aether_audit import Event, NatsServer, connect_async  # noqa: E402
+from aether_audit._report import audit_frames  # noqa: E402
+from aether_audit._wire import encode_event, encode_snapshot, event_subject, snapshot_subject  # noqa: E402
+from aether_audit._records import ActorSnapshot  # noqa: E402
+
+SEED_FETCH_BATCH = 100  # the Go store's Fetch(100, MaxWait(time.Second))
+SEED_MAX_WAIT = 1.0
+NAIVE_FETCH_BATCH = 1000
+
+
+# --- seeding -------------------------------------------------------------------------
+
+
+def actor_ids(actors: int) -> list[str]:
+    kinds = ("order", "account", "cart", "invoice")
+    return [f"{kinds[i % len(kinds)]}-{i:06d}" for i in range(actors)]
+
+
+def seed_messages(stream: str, events: int, actors: int, seed: int = 42):
+    """(subject, payload, headers) of ``events`` events spread at random over
+    ``actors`` actors, plus a snapshot every 50 versions of an actor."""
+    rng = random.Random(seed)
+    ids = actor_ids(actors)
+    versions = dict.fromkeys(ids, 0)
+    base = pd.Timestamp("2026-11-01T00:00:00Z").value
+    for n in range(events):
+        actor = ids[rng.randrange(actors)]
+        versions[actor] += 1
+        version = versions[actor]
+        stamp = pd.Timestamp(base + n * 1_000_003, unit="ns", tz="UTC")
+        event = Event(
+            id=f"{n:08d}-4c1e-4b7a-9d2f-{rng.getrandbits(48):012x}",
+            event_type=rng.choice(("OrderPlaced", "ItemAdded", "PaymentReceived", "OrderShipped")),
+            actor_id=actor,
+            version=version,
+            data={
+                "customer": f"customer-{rng.randrange(10_000):05d}",
+                "sku": f"SKU-{rng.randrange(100_000):06d}",
+                "quantity": rng.randrange(1, 10),
+                "price": round(rng.uniform(1, 500), 2),
+                "currency": "EUR",
+                "note": "x" * 40,
+                "warehouse": rng.choice(("AMS-1", "FRA-2", "DUB-3")),
+            },
+            timestamp=stamp,
+            extra={"commandId": f"cmd-{n:08d}"},
+        )
+        yield event_subject(stream, actor), encode_event(event), {"Nats-Msg-Id": event.id}
+        if version % 50 == 0:
+            snapshot = ActorSnapshot(actor, version, {"version": version, "total": version * 3}, stamp)
+            yield snapshot_subject(stream, actor), encode_snapshot(snapshot), None
+
+
+async def seed_stream(url: str, stream: str, events: int, actors: int) -> int:
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    await js.add_stream(name=stream, subjects=[f"{stream}.events.>", f"{stream}.snapshots.>"],
+                        max_age=365 * 24 * 3600)
+    pending = []
+    count = 0
+    for subject, payload, headers in seed_messages(stream, events, actors):
+        pending.append(js.publish(subject, payload, headers=headers))
+        count += 1
+        if len(pending) >= 2000:
+            await asyncio.gather(*pending)
+            pending.clear()
+    await asyncio.gather(*pending)
+    await nc.close()
+    return count
+
+
+# --- the baselines ---------------------------------------------------------------------
+
+
+async def naive_load(url: str, stream: str) -> pd.DataFrame:
+    """What a user writes first with nats-py."""
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    info = await js.stream_info(stream, subjects_filter=f"{stream}.events.>")
+    total = sum((info.state.subjects or {}).values()) if info.state.subjects else info.state.messages
+    subscription = await js.pull_subscribe(f"{stream}.events.>", durable=None)
+    rows = []
+    while len(rows) < total:
+        for message in await subscription.fetch(NAIVE_FETCH_BATCH, timeout=5):
+            rows.append(json.loads(message.data))
+    await subscription.unsubscribe()
+    await nc.close()
+    return pd.DataFrame(rows)
+
+
+class SeedPort:
+    """The Go store's JetStreamEventStore, ported line by line to nats-py."""
+
+    def __init__(self, nc: Any, stream: str) -> None:
+        self.js = nc.jetstream()
+        self.stream = stream
+        self.lock = asyncio.Lock()
+        self.versions: dict[str, int] = {}
+
+    async def get_events(self, actor_id: str) -> list[dict]:
+        subscription = await self.js.pull_subscribe(event_subject(self.stream, actor_id), durable=None)
+        events = []
+        try:
+            while True:
+                try:
+                    messages = await subscription.fetch(SEED_FETCH_BATCH, timeout=SEED_MAX_WAIT)
+                except nats.errors.TimeoutError:
+                    break
+                for message in messages:
+                    try:
+                        events.append(json.loads(message.data))
+                    except ValueError:
+                        pass
+                    await message.ack()
+                if len(messages) < SEED_FETCH_BATCH:
+                    break
+        finally:
+            await subscription.unsubscribe()
+        return events
+
+    async def get_latest_version(self, actor_id: str) -> int:
+        from nats.js.api import DeliverPolicy
+
+        subscription = await self.js.pull_subscribe(
+            event_subject(self.stream, actor_id), durable=None,
+            config=nats.js.api.ConsumerConfig(deliver_policy=DeliverPolicy.LAST))
+        try:
+            messages = await subscription.fetch(1, timeout=SEED_MAX_WAIT)
+        except nats.errors.TimeoutError:
+            return 0
+        finally:
+            await subscription.unsubscribe()
+        return json.loads(messages[0].data)["version"]
+
+    async def save_event(self, event: Event) -> None:
+        async with self.lock:
+            current = self.versions.get(event.actor_id)
+            if current is None:
+                current = await self.get_latest_version(event.actor_id)
+            if event.version <= current:
+                raise RuntimeError("version conflict")
+            await self.js.publish(event_subject(self.stream, event.actor_id), encode_event(event),
+                                  headers={"Nats-Msg-Id": event.id})
+            self.versions[event.actor_id] = event.version
+
+
+def go_drain(url: str, stream: str) -> float | None:
+    """The Go client's drain rate (``shared/tools/js-drain``), when Go is here."""
+    tool = ROOT.parent / "shared" / "tools" / "js-drain"
+    if not shutil.which("go") or not (tool / "build.sh").exists():
+        return None
+    binary = Path(tempfile.gettempdir()) / "aether-audit-js-drain"
+    if not binary.exists():
+        subprocess.run(["bash", str(tool / "build.sh"), str(binary)], check=True, capture_output=True)
+    output = subprocess.run([str(binary), url, stream], check=True, capture_output=True, text=True)
+    return float(json.loads(output.stdout)["eps"])
+
+
+# --- measurements -------------------------------------------------------------------------
+
+
+def median(values: list[float]) -> float:
+    return float(statistics.median(values))
+
+
+async def timed(coroutine: Any) -> tuple[float, Any]:
+    start = time.perf_counter()
+    result = await coroutine
+    return time.perf_counter() - start, result
+
+
+async def measure(url: str, stream: str, events: int, actors: int, runs: int, sample: int) -> dict[str, Any]:
+    rng = random.Random(7)
+    sampled = rng.sample(actor_ids(actors), min(sample, actors))
+    results: dict[str, list[float]] = {key: [] for key in (
+        "ours_eps", "naive_eps", "seed_port_eps", "go_drain_eps", "history_ours", "history_seed",
+        "latest_ours", "latest_seed", "append_ours", "append_seed", "audit_load", "audit_run")}
+
+    for run in range(runs):
+        # ours: a cold connection to a finished DataFrame of every event.
+        start = time.perf_counter()
+        store = await connect_async(url, stream=stream)
+        frame = await store.load(progress=False)
+        results["ours_eps"].append(len(frame) / (time.perf_counter() - start))
+        assert len(frame) == events, (len(frame), events)
+
+        seconds, naive = await timed(naive_load(url, stream))
+        results["naive_eps"].append(len(naive) / seconds)
+
+        nc = await nats.connect(url)
+        port = SeedPort(nc, stream)
+        read, port_seconds = 0, 0.0
+        for actor in sampled:
+            seconds, history = await timed(port.get_events(actor))
+            read += len(history)
+            port_seconds += seconds
+            results["history_seed"].append(seconds * 1000)
+            seconds, _ = await timed(port.get_latest_version(actor))
+            results["latest_seed"].append(seconds * 1000)
+        results["seed_port_eps"].append(read / port_seconds)
+        for actor in sampled:
+            seconds, _ = await timed(store.history(actor))
+            results["history_ours"].append(seconds * 1000)
+            seconds, _ = await timed(store.get_latest_version(actor))
+            results["latest_ours"].append(seconds * 1000)
+
+        drained = go_drain(url, stream)
+        if drained is not None:
+            results["go_drain_eps"].append(drained)
+
+        # appends: new actors, so both start from an empty history.
+        appends = 1000
+        new_events = [Event.new(f"bench{run}-{i % 100:03d}", "Appended", i // 100 + 1, {"i": i}) for i in range(appends)]
+        seconds, _ = await timed(_append_all(store.save_event, new_events))
+        results["append_ours"].append(appends / seconds)
+        port_events = [Event.new(f"port{run}-{i % 100:03d}", "Appended", i // 100 + 1, {"i": i}) for i in range(appends)]
+        seconds, _ = await timed(_append_all(port.save_event, port_events))
+        results["append_seed"].append(appends / seconds)
+        await nc.close()
+
+        seconds, frames = await timed(store.load_all(progress=False))
+        results["audit_load"].append(seconds)
+        start = time.perf_counter()
+        audit_frames(frames)
+        results["audit_run"].append(time.perf_counter() - start)
+        await store.aclose()
+        print(f"run {run + 1}/{runs}: ours {results['ours_eps'][-1]:,.0f} ev/s, "
+              f"naive {results['naive_eps'][-1]:,.0f} ev/s, seed port {results['seed_port_eps'][-1]:,.0f} ev/s",
+              file=sys.stderr)
+
+    export = measure_export_figures(url, stream)
+    return {
+        "load": {
+            "ours_eps": median(results["ours_eps"]),
+            "naive_eps": median(results["naive_eps"]),
+            "seed_port_eps": median(results["seed_port_eps"]),
+            "go_drain_eps": median(results["go_drain_eps"]) if results["go_drain_eps"] else None,
+        },
+        "history": {"ours_ms": median(results["history_ours"]), "seed_port_ms": median(results["history_seed"])},
+        "latest_version": {"ours_ms": median(results["latest_ours"]), "seed_port_ms": median(results["latest_seed"])},
+        "append": {"ours_eps": median(results["append_ours"]), "seed_port_eps": median(results["append_seed"])},
+        "audit": {"load_s": median(results["audit_load"]), "audit_s": median(results["audit_run"])},
+        "export": export,
+    }
+
+
+async def _append_all(save: Any, events: list[Event]) -> None:
+    for event in events:
+        await save(event)
+
+
+def measure_export_figures(url: str, stream: str) -> dict[str, float | None]:
+    try:
+        sys.path.insert(0, str(ROOT / "benchmarks"))
+        from export_memory import measure_export
+    except ImportError:
+        return {"eps": None, "peak_rss_mb": None}
+    return measure_export(url, stream)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--actors", type=int, default=2_000)
+    parser.add_argument("--runs", type=int, default=3, help="runs of each measurement (medians reported)")
+    parser.add_argument("--sample", type=int, default=40, help="actors sampled for per-actor figures")
+    parser.add_argument("--server", help="use this server instead of a fresh embedded one")
+    parser.add_argument("--json", metavar="FILE", help="write the results here")
+    args = parser.parse_args()
+
+    server = None
+    url = args.server
+    if url is None:
+        server = NatsServer().start()
+        url = server.url
+    stream = f"bench_{os.getpid()}"
+    try:
+        print(f"seeding {args.events:,} events over {args.actors:,} actors into {stream} ...", file=sys.stderr)
+        start = time.perf_counter()
+        asyncio.run(seed_stream(url, stream, args.events, args.actors))
+        print(f"seeded in {time.perf_counter() - start:.1f}s", file=sys.stderr)
+
+        async def version() -> str:
+            nc = await nats.connect(url)
+            text = nc.connected_server_version
+            await nc.close()
+            return str(text)
+
+        figures = asyncio.run(measure(url, stream, args.events, args.actors, args.runs, args.sample))
+        result = {"events": args.events, "actors": args.actors, "server_version": asyncio.run(version()), **figures}
+    finally:
+        if server is not None:
+            server.cleanup()
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.json:
+        Path(args.json).write_text(text + "\n")
+    load = result["load"]
+    print(
+        f"ratios: ours/naive {load['ours_eps'] / load['naive_eps']:.1f}x, "
+        f"ours/seed_port {load['ours_eps'] / load['seed_port_eps']:.1f}x"
+        + (f", ours/go_drain {load['ours_eps'] / load['go_drain_eps']:.2f}" if load["go_drain_eps"] else ""),
+        file=sys.stderr,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
