@@ -38,7 +38,6 @@ from pathlib import Path
 from typing import Any
 
 import nats
-import orjson
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -122,13 +121,13 @@ async def naive_load(url: str, stream: str) -> pd.DataFrame:
     """What a user writes first with nats-py."""
     nc = await nats.connect(url)
     js = nc.jetstream()
-    info = await js.stream_info(stream, subjects_filter=f"{stream}.events.>")
-    total = sum((info.state.subjects or {}).values()) if info.state.subjects else info.state.messages
     subscription = await js.pull_subscribe(f"{stream}.events.>", durable=None)
+    total = (await subscription.consumer_info()).num_pending  # no waiting for a timeout at the end
     rows = []
     while len(rows) < total:
         for message in await subscription.fetch(NAIVE_FETCH_BATCH, timeout=5):
             rows.append(json.loads(message.data))
+            await message.ack()  # as nats-py's examples do (max_ack_pending stalls it otherwise)
     await subscription.unsubscribe()
     await nc.close()
     return pd.DataFrame(rows)
