@@ -256,6 +256,8 @@ def _load_object(payload: bytes) -> dict[str, Any]:
         document = orjson.loads(payload)
     except orjson.JSONDecodeError as exc:
         raise DecodeError(f"invalid JSON: {exc}") from None
+    if document is None:
+        return {}  # Go: unmarshalling null into a struct is a no-op, not an error
     if type(document) is not dict:
         raise DecodeError(f"json: cannot unmarshal {_json_kind(document)} into Go value of type aether.Event")
     return document

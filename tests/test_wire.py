@@ -116,6 +116,8 @@ def test_decoding_matches_keys_case_insensitively_like_go():
 
 
 def test_missing_fields_decode_to_go_zero_values():
+    assert decode_event(b"null") == ("", "", "", 0, None, None, None)  # Go: a no-op, not an error
+    assert decode_event(b'{"a":' * 50 + b"1" + b"}" * 50)[:4] == ("", "", "", 0)
     assert decode_event(b'{"data":null}') == ("", "", "", 0, None, None, None)
     assert decode_event(b'{"timestamp":"0001-01-01T00:00:00Z","version":null}')[3:6] == (0, None, None)
 
