@@ -538,7 +538,26 @@ class _RowFilter:
         return batch.filter(mask)
 
 
-async def connect_async(
+class _Connecting:
+    """What ``connect_async`` returns: await it, or use it with ``async with``."""
+
+    def __init__(self, opener: Any) -> None:
+        self._opener = opener
+        self._store: AsyncEventStore | None = None
+
+    def __await__(self) -> Any:
+        return self._opener().__await__()
+
+    async def __aenter__(self) -> AsyncEventStore:
+        self._store = await self._opener()
+        return self._store
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._store is not None:
+            await self._store.aclose()
+
+
+def connect_async(
     url: str | None = None,
     *,
     stream: str = "events",
@@ -546,7 +565,7 @@ async def connect_async(
     config: JetStreamConfig | None = None,
     broadcaster: EventBroadcaster | None = None,
     **credentials: Any,
-) -> AsyncEventStore:
+) -> _Connecting:
     """Connect to the store (asyncio). With no ``url`` and no ``NATS_URL``,
     an embedded nats-server is started for this process.
 
@@ -555,13 +574,18 @@ async def connect_async(
 
     Example:
         >>> store = await connect_async(stream="orders")  # doctest: +SKIP
+        >>> async with connect_async(stream="orders") as store:  # doctest: +SKIP
+        ...     await store.get_latest_version("order-1")
     """
     from ._server import embedded_url
 
     config = config or JetStreamConfig()
     if namespace is not None:
         config = dataclasses.replace(config, namespace=namespace)
-    url = url or default_url() or embedded_url()
-    options = ConnectOptions.from_arguments(url, **credentials)
-    connection = await open_nats(options)
-    return AsyncEventStore(connection, options, stream, config, broadcaster)
+    options = ConnectOptions.from_arguments(url or default_url() or embedded_url(), **credentials)
+
+    async def open_store() -> AsyncEventStore:
+        connection = await open_nats(options)
+        return AsyncEventStore(connection, options, stream, config, broadcaster)
+
+    return _Connecting(open_store)

@@ -204,7 +204,11 @@ def connect(
         >>> store = connect("nats://127.0.0.1:4222", stream="orders")  # doctest: +SKIP
         >>> store.history("order-1042")  # doctest: +SKIP
     """
-    return EventStore(run_sync(connect_async(
+    return EventStore(run_sync(_opened(connect_async(
         url, stream=stream, namespace=namespace, config=config,
         broadcaster=broadcaster, **credentials,
-    )))
+    ))))
+
+
+async def _opened(connecting: Any) -> AsyncEventStore:
+    return await connecting

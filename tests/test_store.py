@@ -349,7 +349,7 @@ def test_the_sync_store_works_inside_a_running_event_loop(nats_url, stream_name)
 
 def test_async_store_has_the_same_operations(nats_url, stream_name):
     async def go():
-        async with await connect_async(nats_url, stream=stream_name) as store:
+        async with connect_async(nats_url, stream=stream_name) as store:
             await store.save_event(Event.new("order-1", "OrderPlaced", 1))
             await store.save_snapshot(ActorSnapshot("order-1", 1, {}, STAMP))
             return (await store.get_latest_version("order-1"),
