@@ -179,11 +179,18 @@ async def open_nats(options: ConnectOptions) -> Any:
     """Connect nats-py with ``options``; failures become ``ConnectionFailed``."""
     import nats
 
+    kwargs = options.nats_kwargs()
+    reconnect_attempts = kwargs["max_reconnect_attempts"]
+    # nats-py retries the *first* connect as often as later reconnects; a
+    # wrong URL should fail in about a second, a broken link should not.
+    kwargs["max_reconnect_attempts"] = 1
     with translate_errors(options):
         try:
-            return await nats.connect(**options.nats_kwargs())
+            connection = await nats.connect(**kwargs)
         except asyncio.TimeoutError as exc:
             raise ConnectionFailed(f"timed out connecting to {options.describe()}") from exc
+    connection.options["max_reconnect_attempts"] = reconnect_attempts
+    return connection
 
 
 def _message_of(exc: BaseException) -> str:
