@@ -9,6 +9,7 @@ from nats-py are translated at the boundary (``_connection.translate``) with
     │   ├── AuthenticationFailed  the server refused the credentials
     │   └── PermissionDenied      the credentials may not do this (e.g. write)
     ├── StreamNotFound            the stream does not exist
+    ├── JetStreamAPIError         any other error answered by the JetStream API
     ├── NotFoundError             a look-up found nothing
     │   └── SnapshotNotFoundError no snapshot for that actor (as the Go store)
     ├── VersionConflictError      the append's version is not above the latest
@@ -16,18 +17,21 @@ from nats-py are translated at the boundary (``_connection.translate``) with
     ├── MalformedMessageError     a stored message that does not decode
     ├── EmbeddedServerError       no usable nats-server binary, or it failed
     ├── ScenarioError             a scenario file that cannot be seeded
-    └── ExportError               an export directory that cannot be used
+    ├── ExportError               an export directory that cannot be used
+    └── AuditFailed               an audit found problems (raised only when asked)
 """
 
 from __future__ import annotations
 
 __all__ = [
     "AuditError",
+    "AuditFailed",
     "AuthenticationFailed",
     "ConnectionFailed",
     "EmbeddedServerError",
     "ExportError",
     "InvalidEventError",
+    "JetStreamAPIError",
     "MalformedMessageError",
     "NotFoundError",
     "PermissionDenied",
@@ -60,6 +64,14 @@ class StreamNotFound(AuditError):
     def __init__(self, stream: str) -> None:
         super().__init__(f"stream {stream!r} not found")
         self.stream = stream
+
+
+class JetStreamAPIError(AuditError):
+    """A JetStream API call answered with an error (other than a missing stream)."""
+
+    def __init__(self, description: str, code: int = 0, err_code: int = 0) -> None:
+        super().__init__(f"JetStream API error {err_code or code}: {description}")
+        self.description, self.code, self.err_code = description, code, err_code
 
 
 class NotFoundError(AuditError):
@@ -113,3 +125,15 @@ class ScenarioError(AuditError):
 
 class ExportError(AuditError):
     """An export directory that cannot be written, read or verified."""
+
+
+class AuditFailed(AuditError):
+    """An audit has findings at or above a severity (``AuditReport.raise_for_findings``).
+
+    ``report`` is the ``AuditReport``; ``counts`` the offending codes' counts.
+    """
+
+    def __init__(self, message: str, report: object = None, counts: dict[str, int] | None = None) -> None:
+        super().__init__(message)
+        self.report = report
+        self.counts = counts or {}
