@@ -1,0 +1,272 @@
+"""The audit report: runs the checks over frames and presents the findings.
+
+``audit_frames`` composes the checks of ``_checks``; ``AuditReport`` holds
+the findings (a DataFrame in the SPEC §2 shape), the frames they came from
+(to drill in from a notebook), a summary, counts, JSON (the ``check --json``
+object of SPEC §4), an HTML repr for Jupyter and a text one. It raises only
+when asked (``raise_for_findings``): findings are data.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import orjson
+import pandas as pd
+
+from ._checks import CHECKS, FINDING_COLUMNS, SEVERITIES, CheckOptions, run_checks
+from ._errors import AuditFailed
+from ._frames import StreamFrames
+
+__all__ = ["AuditReport", "audit_frames"]
+
+# Findings shown in the HTML repr; a notebook holds the rest in .findings.
+HTML_MAX_ROWS = 200
+_RANK = {severity: rank for rank, severity in enumerate(SEVERITIES)}  # error 0 < warning 1 < info 2
+
+
+def audit_frames(frames: StreamFrames, checks: Sequence[str] | None = None, **options: Any) -> AuditReport:
+    """Run the checks (all, or the named ones in that order) over ``frames``.
+
+    ``options`` go to ``CheckOptions``: ``clock_skew`` (a timedelta or
+    seconds) and ``now``. Unknown check names raise ``ValueError``, unknown
+    options ``TypeError``.
+
+    Example:
+        >>> report = audit_frames(store.load_all(), clock_skew=60)   # doctest: +SKIP
+        >>> report.filter(severity="error").findings                  # doctest: +SKIP
+    """
+    check_options = CheckOptions.of(**options)
+    names = list(CHECKS) if checks is None else list(dict.fromkeys(checks))
+    found = run_checks(frames, names, check_options)
+    return AuditReport(found, frames, checks=names, options=check_options)
+
+
+def _severity_rank(severity: str) -> int:
+    if severity not in _RANK:
+        raise ValueError(f"severity must be one of {', '.join(SEVERITIES)}, not {severity!r}")
+    return _RANK[severity]
+
+
+def _as_set(value: str | Iterable[str]) -> set[str]:
+    return {value} if isinstance(value, str) else set(value)
+
+
+def _plain(value: Any) -> Any:
+    """A JSON-safe Python value: None for nulls, int for numpy/pandas ints."""
+    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
+        return None
+    if hasattr(value, "item"):  # numpy scalars
+        return value.item()
+    return value
+
+
+class AuditReport:
+    """The result of an audit.
+
+    Attributes: ``findings`` (DataFrame: ``code, severity, actor_id,
+    stream_seq, subject, expected, found, message``), ``frames`` (the
+    ``StreamFrames`` audited), ``checks`` (the codes run), ``counts``
+    (code → findings, every code run), ``summary`` (a dict, see
+    ``_summary``), ``max_severity`` and ``ok`` (no ``error`` finding).
+
+    Example:
+        >>> report = store.audit()                       # doctest: +SKIP
+        >>> report.counts["version_gap"], report.ok      # doctest: +SKIP
+        (0, True)
+        >>> report.raise_for_findings(at="warning")      # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        findings: pd.DataFrame,
+        frames: StreamFrames,
+        *,
+        checks: Sequence[str] | None = None,
+        options: CheckOptions | None = None,
+    ) -> None:
+        self.findings = findings.reset_index(drop=True)
+        self.frames = frames
+        self.checks = list(CHECKS) if checks is None else list(checks)
+        self.options = options or CheckOptions()
+        by_code = self.findings["code"].value_counts()
+        self.counts: dict[str, int] = {code: int(by_code.get(code, 0)) for code in self.checks}
+        self.summary: dict[str, Any] = self._summary()
+
+    # --- figures -----------------------------------------------------------------
+
+    def _summary(self) -> dict[str, Any]:
+        events = self.frames.events
+        by_severity = self.findings["severity"].value_counts()
+        first_seq, last_seq = self._seq_range()
+        affected = self.findings["actor_id"].dropna()
+        return {
+            "stream": self._stream_name(),
+            "events_scanned": len(events),
+            "snapshots_scanned": len(self.frames.snapshots),
+            "replay_errors": len(self.frames.replay_errors),
+            "actors": int(events["actor_id"][events["actor_id"].fillna("") != ""].nunique()),
+            "first_seq": first_seq,
+            "last_seq": last_seq,
+            "counts": dict(self.counts),
+            "by_severity": {severity: int(by_severity.get(severity, 0)) for severity in SEVERITIES},
+            "actors_affected": int(affected[affected != ""].nunique()),
+        }
+
+    def _stream_name(self) -> str | None:
+        if self.frames.state is not None:
+            return self.frames.state.name
+        # Offline: the stream is every subject's first token.
+        for frame in (self.frames.events, self.frames.snapshots, self.frames.replay_errors):
+            if len(frame):
+                return str(frame["subject"].iloc[0]).split(".", 1)[0]
+        return None
+
+    def _seq_range(self) -> tuple[int | None, int | None]:
+        state = self.frames.state
+        if state is not None:
+            return int(state.first_seq), int(state.last_seq)
+        seqs = [f["stream_seq"] for f in (self.frames.events, self.frames.snapshots, self.frames.replay_errors) if len(f)]
+        if not seqs:
+            return None, None
+        return int(min(s.min() for s in seqs)), int(max(s.max() for s in seqs))
+
+    @property
+    def max_severity(self) -> str | None:
+        """The most severe finding's severity (``error`` > ``warning`` > ``info``), None if none."""
+        present = set(self.findings["severity"])
+        return next((severity for severity in SEVERITIES if severity in present), None)
+
+    @property
+    def ok(self) -> bool:
+        """True when no finding is an ``error`` (the CLI's default ``--fail-on``)."""
+        return not self.at_least("error")
+
+    def at_least(self, severity: str) -> int:
+        """How many findings are at or above ``severity``."""
+        rank = _severity_rank(severity)
+        return int(self.findings["severity"].map(_RANK).le(rank).sum())
+
+    def __len__(self) -> int:
+        return len(self.findings)
+
+    # --- selecting and failing ---------------------------------------------------------
+
+    def filter(
+        self,
+        code: str | Iterable[str] | None = None,
+        severity: str | Iterable[str] | None = None,
+        actor_id: str | Iterable[str] | None = None,
+    ) -> AuditReport:
+        """A report with only the findings matching every given criterion
+        (each a value or a list of values); same frames and checks.
+
+        Example:
+            >>> report.filter(code=["version_gap", "version_duplicate"], actor_id="order-7")  # doctest: +SKIP
+        """
+        mask = pd.Series(True, index=self.findings.index)
+        for column, wanted in (("code", code), ("severity", severity), ("actor_id", actor_id)):
+            if wanted is not None:
+                mask &= self.findings[column].isin(_as_set(wanted))
+        return AuditReport(self.findings[mask.to_numpy()], self.frames, checks=self.checks, options=self.options)
+
+    def raise_for_findings(self, at: str = "error") -> AuditReport:
+        """Raise ``AuditFailed`` if any finding is at or above ``at``
+        (``error``, ``warning`` or ``info``); else return the report.
+
+        Example:
+            >>> store.audit().raise_for_findings(at="warning")  # doctest: +SKIP
+        """
+        rank = _severity_rank(at)
+        bad = self.findings[self.findings["severity"].map(_RANK).le(rank).to_numpy()]
+        if bad.empty:
+            return self
+        counts = {code: int(n) for code, n in bad["code"].value_counts(sort=False).items()}
+        listed = ", ".join(f"{code} {n}" for code, n in counts.items())
+        raise AuditFailed(
+            f"audit of stream {self.summary['stream']}: {len(bad)} finding(s) at or above {at}: {listed}",
+            report=self, counts=counts,
+        )
+
+    # --- output --------------------------------------------------------------------
+
+    def findings_records(self) -> list[dict[str, Any]]:
+        """The findings as JSON-safe dicts (None for nulls, ints for sequences)."""
+        columns = list(FINDING_COLUMNS)
+        values = self.findings[columns].astype(object).to_numpy()
+        return [dict(zip(columns, map(_plain, row))) for row in values]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``aether-audit check --json`` object (SPEC §4)."""
+        s = self.summary
+        return {
+            "stream": s["stream"],
+            "events_scanned": s["events_scanned"],
+            "snapshots_scanned": s["snapshots_scanned"],
+            "actors": s["actors"],
+            "first_seq": s["first_seq"],
+            "last_seq": s["last_seq"],
+            "counts": dict(self.counts),
+            "findings": self.findings_records(),
+        }
+
+    def to_json(self, *, indent: bool = False) -> str:
+        """``to_dict()`` as JSON text."""
+        option = orjson.OPT_INDENT_2 if indent else 0
+        return orjson.dumps(self.to_dict(), option=option).decode()
+
+    def _headline(self) -> str:
+        s = self.summary
+        severities = ", ".join(
+            f"{n} {sev}{'s' if n != 1 and sev != 'info' else ''}" for sev, n in s["by_severity"].items() if n
+        ) or "no findings"
+        seqs = "" if s["first_seq"] is None else f", sequences {s['first_seq']}..{s['last_seq']}"
+        return (f"audit of stream {s['stream']!r}: {s['events_scanned']} events, {s['snapshots_scanned']} "
+                f"snapshots, {s['actors']} actors{seqs}: {severities}")
+
+    def __str__(self) -> str:
+        lines = [self._headline()]
+        for code, n in self.counts.items():
+            if n:
+                lines.append(f"  {code:<26} {n:>7}  ({CHECKS[code].severity}) {CHECKS[code].description}")
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return (f"<AuditReport stream={self.summary['stream']!r} events={self.summary['events_scanned']} "
+                f"findings={len(self.findings)} max_severity={self.max_severity!r}>")
+
+    def _repr_html_(self) -> str:
+        """Summary, counts by code, then the findings (the first ``HTML_MAX_ROWS``)."""
+        esc = html.escape
+        s = self.summary
+        summary_rows = "".join(
+            f"<tr><th style='text-align:left'>{esc(name)}</th><td>{esc(str(s[key]))}</td></tr>"
+            for name, key in (("stream", "stream"), ("events", "events_scanned"), ("snapshots", "snapshots_scanned"),
+                              ("replay errors", "replay_errors"), ("actors", "actors"), ("first seq", "first_seq"),
+                              ("last seq", "last_seq"), ("actors affected", "actors_affected"))
+        )
+        count_rows = "".join(
+            f"<tr><td><code>{esc(code)}</code></td><td>{esc(CHECKS[code].severity)}</td>"
+            f"<td style='text-align:right'>{n}</td><td>{esc(CHECKS[code].description)}</td></tr>"
+            for code, n in self.counts.items() if n
+        )
+        parts = [
+            "<div class='aether-audit-report'>",
+            f"<p><strong>{esc(self._headline())}</strong></p>",
+            f"<table>{summary_rows}</table>",
+        ]
+        if count_rows:
+            parts.append("<table><tr><th>code</th><th>severity</th><th>findings</th><th>meaning</th></tr>"
+                         f"{count_rows}</table>")
+        if len(self.findings):
+            shown = self.findings.head(HTML_MAX_ROWS)
+            if len(self.findings) > HTML_MAX_ROWS:
+                parts.append(f"<p>showing the first {HTML_MAX_ROWS} of {len(self.findings)} findings "
+                             "(all of them are in <code>.findings</code>)</p>")
+            # to_html escapes cell text: payload-derived values are not trusted.
+            parts.append(shown.to_html(index=False, escape=True, na_rep="", border=0))
+        parts.append("</div>")
+        return "\n".join(parts)
