@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import ssl
+import time
 import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass, field, fields, replace
@@ -25,7 +26,7 @@ from ._errors import (
     StreamNotFound,
 )
 
-__all__ = ["ConnectOptions", "open_nats", "redact_url", "translate_errors"]
+__all__ = ["ConnectOptions", "ErrorNotes", "open_nats", "redact_url", "translate_errors"]
 
 logger = logging.getLogger("aether_audit")
 
@@ -129,7 +130,6 @@ class ConnectOptions:
             "allow_reconnect": True,
             "reconnect_time_wait": 0.5,
             "max_reconnect_attempts": max(1, int(self.reconnect_seconds / 0.5)),
-            "error_cb": _log_error,
             "disconnected_cb": _log_disconnected,
         }
         if self.user is not None:
@@ -160,10 +160,28 @@ class ConnectOptions:
         return {k: v for k, v in used.items() if v}
 
 
-async def _log_error(exc: Exception) -> None:
-    # nats-py reports asynchronous protocol errors here (e.g. permission
-    # violations); they also surface on the failing call, so keep it quiet.
-    logger.debug("nats error: %s", type(exc).__name__)
+class ErrorNotes:
+    """Asynchronous errors the server sends, which nats-py hands only to a callback.
+
+    A publish or request the user may not make is answered by the server with
+    ``-ERR 'Permissions Violation ...'`` and nats-py lets the call time out;
+    remembering the violation lets that timeout be reported as what it is.
+    """
+
+    def __init__(self) -> None:
+        self.permission: str | None = None
+        self._at = 0.0
+
+    async def record(self, exc: Exception) -> None:
+        text = _message_of(exc)
+        if "permissions violation" in text.lower():
+            self.permission, self._at = text, time.monotonic()
+        logger.debug("nats error: %s", type(exc).__name__)
+
+    def recent_permission(self, within: float = 60.0) -> str | None:
+        if self.permission and time.monotonic() - self._at < within:
+            return self.permission
+        return None
 
 
 async def _log_disconnected() -> None:
@@ -175,11 +193,15 @@ def default_url() -> str | None:
     return os.environ.get("NATS_URL") or None
 
 
-async def open_nats(options: ConnectOptions) -> Any:
-    """Connect nats-py with ``options``; failures become ``ConnectionFailed``."""
+async def open_nats(options: ConnectOptions, notes: ErrorNotes | None = None) -> Any:
+    """Connect nats-py with ``options``; failures become ``ConnectionFailed``.
+
+    ``notes`` collects the server's asynchronous errors for ``translate_errors``.
+    """
     import nats
 
     kwargs = options.nats_kwargs()
+    kwargs["error_cb"] = (notes or ErrorNotes()).record
     reconnect_attempts = kwargs["max_reconnect_attempts"]
     # nats-py retries the *first* connect as often as later reconnects; a
     # wrong URL should fail in about a second, a broken link should not.
@@ -199,7 +221,11 @@ def _message_of(exc: BaseException) -> str:
 
 
 @contextlib.contextmanager
-def translate_errors(options: ConnectOptions | None = None, stream: str | None = None) -> Iterator[None]:
+def translate_errors(
+    options: ConnectOptions | None = None,
+    stream: str | None = None,
+    notes: ErrorNotes | None = None,
+) -> Iterator[None]:
     """Turn nats-py and socket errors into the ``AuditError`` tree.
 
     The one boundary where nats-py's exceptions are mapped; messages carry
@@ -224,6 +250,12 @@ def translate_errors(options: ConnectOptions | None = None, stream: str | None =
         if "permission" in text or "authorization" in text:
             raise PermissionDenied(f"permission denied by {where}: {text}") from exc
         raise
+    except (nats_errors.TimeoutError, asyncio.TimeoutError) as exc:
+        # Checked before OSError: nats-py's TimeoutError is one.
+        denied = notes.recent_permission() if notes else None
+        if denied:
+            raise PermissionDenied(f"permission denied by {where}: {denied}") from exc
+        raise ConnectionFailed(f"no answer from {where} in time") from exc
     except nats_errors.AuthorizationError as exc:
         raise AuthenticationFailed(f"authorization failed at {where}") from exc
     except nats_errors.NoRespondersError as exc:

@@ -61,7 +61,6 @@ import orjson
 import pandas as pd
 
 from ._checks import CHECKS
-from ._connection import translate_errors
 from ._errors import (
     InvalidEventError,
     ScenarioError,
@@ -341,7 +340,7 @@ class _Seeder:
             deny_delete=deny_delete,
             deny_purge=deny_purge,
         )
-        with translate_errors(store._options, store.stream_name):
+        with store._guard():
             await store._js.add_stream(config)
 
     async def _event(self, step: Step) -> None:
@@ -377,7 +376,7 @@ class _Seeder:
         subject = subject_of(store.stream_name, f["subject_actor"])
         headers = {"Nats-Msg-Id": str(f["msg_id"])} if f.get("msg_id") else None
         await store._ensure_stream()
-        with translate_errors(store._options, store.stream_name):
+        with store._guard():
             ack = await store._js.publish(subject, self._raw_payload(f), headers=headers)
         self.counts["raw"] += 1
         self.seqs[step.index] = int(ack.seq)
@@ -399,6 +398,6 @@ class _Seeder:
         target = _target(self.scenario.path, step, list(self.scenario.steps),
                          {s.name: s for s in self.scenario.steps if s.name})
         store = self.store
-        with translate_errors(store._options, store.stream_name):
+        with store._guard():
             await store._js.delete_msg(store.stream_name, self.seqs[target.index])
         self.counts["deleted"] += 1

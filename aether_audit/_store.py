@@ -27,6 +27,7 @@ from ._connection import (
     JS_ERR_STREAM_NOT_FOUND,
     JS_ERR_WRONG_LAST_SEQUENCE,
     ConnectOptions,
+    ErrorNotes,
     default_url,
     logger,
     open_nats,
@@ -94,6 +95,7 @@ class AsyncEventStore:
         stream: str,
         config: JetStreamConfig,
         broadcaster: EventBroadcaster | None = None,
+        notes: ErrorNotes | None = None,
     ) -> None:
         self._nc = connection
         self._js = connection.jetstream()
@@ -106,6 +108,11 @@ class AsyncEventStore:
         self._stream_exists = False
         self._allow_direct: bool | None = None
         self._heads: dict[str, _Head] = {}  # actor -> head, a hint for the append guard
+        self._notes = notes or ErrorNotes()
+
+    def _guard(self) -> Any:
+        """Translate nats-py's errors raised inside the block (see ``translate_errors``)."""
+        return translate_errors(self._options, self.stream_name, self._notes)
 
     # --- identity ------------------------------------------------------------
 
@@ -148,7 +155,7 @@ class AsyncEventStore:
         """One JetStream API request; its error becomes an ``AuditError``."""
         from nats.js.errors import APIError
 
-        with translate_errors(self._options, self.stream_name):
+        with self._guard():
             reply = await self._nc.request(f"$JS.API.{endpoint}", orjson.dumps(request), timeout=10)
             response = orjson.loads(reply.data)
             if "error" in response:
@@ -176,7 +183,7 @@ class AsyncEventStore:
             num_replicas=self.config.replica_count,
             allow_direct=True,
         )
-        with translate_errors(self._options, self.stream_name):
+        with self._guard():
             try:
                 await self._js.add_stream(config)
             except BadRequestError as exc:
@@ -195,7 +202,7 @@ class AsyncEventStore:
                 await self.stream_state()
             except StreamNotFound:
                 return None
-        with translate_errors(self._options, self.stream_name):
+        with self._guard():
             try:
                 message = await self._js.get_last_msg(self.stream_name, subject, direct=self._allow_direct)
             except NotFoundError as exc:
@@ -229,7 +236,7 @@ class AsyncEventStore:
                 "Nats-Msg-Id": event.id,
                 "Nats-Expected-Last-Subject-Sequence": str(head.subject_seq),
             }
-            with translate_errors(self._options, self.stream_name):
+            with self._guard():
                 try:
                     ack = await self._js.publish(subject, payload, headers=headers)
                 except APIError as exc:
@@ -296,7 +303,7 @@ class AsyncEventStore:
         """Store a snapshot of an actor's state (no version check, as in Go)."""
         payload = encode_snapshot(snapshot)
         await self._ensure_stream()
-        with translate_errors(self._options, self.stream_name):
+        with self._guard():
             await self._js.publish(snapshot_subject(self.stream_name, snapshot.actor_id), payload)
 
     async def get_latest_snapshot(self, actor_id: str) -> ActorSnapshot:
@@ -585,7 +592,8 @@ def connect_async(
     options = ConnectOptions.from_arguments(url or default_url() or embedded_url(), **credentials)
 
     async def open_store() -> AsyncEventStore:
-        connection = await open_nats(options)
-        return AsyncEventStore(connection, options, stream, config, broadcaster)
+        notes = ErrorNotes()
+        connection = await open_nats(options, notes)
+        return AsyncEventStore(connection, options, stream, config, broadcaster, notes)
 
     return _Connecting(open_store)
