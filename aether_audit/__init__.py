@@ -8,9 +8,11 @@ Example:
 """
 
 from ._broadcast import EventBroadcaster, InMemoryBroadcaster, NatsBroadcaster
+from ._checks import CHECKS, CheckOptions
 from ._connection import ConnectOptions, redact_url
 from ._errors import (
     AuditError,
+    AuditFailed,
     AuthenticationFailed,
     ConnectionFailed,
     EmbeddedServerError,
@@ -25,8 +27,17 @@ from ._errors import (
     StreamNotFound,
     VersionConflictError,
 )
+from ._export import VerifyResult, read_export, verify_exports
 from ._frames import StreamFrames
-from ._records import ActorSnapshot, Event, JetStreamConfig, ReplayError, ReplayResult, StreamState
+from ._records import (
+    ActorSnapshot,
+    Event,
+    JetStreamConfig,
+    ReplayError,
+    ReplayResult,
+    StreamState,
+)
+from ._report import AuditReport, audit_frames
 from ._server import NatsServer
 from ._store import AsyncEventStore, connect_async
 from ._sync import EventStore, connect
@@ -38,7 +49,11 @@ __all__ = [
     "ActorSnapshot",
     "AsyncEventStore",
     "AuditError",
+    "AuditFailed",
+    "AuditReport",
     "AuthenticationFailed",
+    "CHECKS",
+    "CheckOptions",
     "ConnectOptions",
     "ConnectionFailed",
     "EmbeddedServerError",
@@ -62,13 +77,17 @@ __all__ = [
     "StreamFrames",
     "StreamNotFound",
     "StreamState",
+    "VerifyResult",
     "VersionConflictError",
     "actor_type",
+    "audit_frames",
     "connect",
     "connect_async",
     "event_subject",
+    "read_export",
     "redact_url",
     "sanitize",
     "snapshot_subject",
     "stream_name",
+    "verify_exports",
 ]
