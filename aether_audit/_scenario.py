@@ -312,7 +312,6 @@ class _Seeder:
         pass
 
     async def _stream_config(self, step: Step) -> None:
-        from nats.js.api import RetentionPolicy, StorageType, StreamConfig
 
         store = self.store
         deny_delete = bool(step.fields.get("deny_delete", False))
@@ -328,18 +327,7 @@ class _Seeder:
                     f"with deny_delete={state.deny_delete}, deny_purge={state.deny_purge}; seed a new stream"
                 )
             return
-        # The store's own configuration (AsyncEventStore._ensure_stream) plus the flags.
-        config = StreamConfig(
-            name=store.stream_name,
-            subjects=[f"{store.stream_name}.events.>", f"{store.stream_name}.snapshots.>"],
-            storage=StorageType.FILE,
-            retention=RetentionPolicy.LIMITS,
-            max_age=store.config.stream_retention.total_seconds(),
-            num_replicas=store.config.replica_count,
-            allow_direct=True,
-            deny_delete=deny_delete,
-            deny_purge=deny_purge,
-        )
+        config = store.new_stream_config(deny_delete=deny_delete, deny_purge=deny_purge)
         with store._guard():
             await store._js.add_stream(config)
 

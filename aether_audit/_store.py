@@ -166,7 +166,6 @@ class AsyncEventStore:
         """Create the stream with the Go store's config, only if it is missing."""
         if self._stream_exists:
             return
-        from nats.js.api import RetentionPolicy, StorageType, StreamConfig
         from nats.js.errors import BadRequestError
 
         try:
@@ -174,7 +173,21 @@ class AsyncEventStore:
             return
         except StreamNotFound:
             pass
-        config = StreamConfig(
+        with self._guard():
+            try:
+                await self._js.add_stream(self.new_stream_config())
+            except BadRequestError as exc:
+                # Created meanwhile by another writer: use it as it is.
+                if "already in use" not in str(exc.description or ""):
+                    raise
+        self._stream_exists = True
+        self._allow_direct = None
+
+    def new_stream_config(self, **extra: Any) -> Any:
+        """The config the Go store gives a new stream, plus direct get (and ``extra``)."""
+        from nats.js.api import RetentionPolicy, StorageType, StreamConfig
+
+        return StreamConfig(
             name=self.stream_name,
             subjects=[f"{self.stream_name}.events.>", f"{self.stream_name}.snapshots.>"],
             storage=StorageType.FILE,
@@ -182,16 +195,8 @@ class AsyncEventStore:
             max_age=self.config.stream_retention.total_seconds(),
             num_replicas=self.config.replica_count,
             allow_direct=True,
+            **extra,
         )
-        with self._guard():
-            try:
-                await self._js.add_stream(config)
-            except BadRequestError as exc:
-                # Created meanwhile by another writer: use it as it is.
-                if "already in use" not in str(exc.description or ""):
-                    raise
-        self._stream_exists = True
-        self._allow_direct = None
 
     async def _last_message(self, subject: str) -> tuple[int, bytes] | None:
         """The last message stored on ``subject``: one direct look-up."""
