@@ -37,13 +37,11 @@ __all__ = [
 
 TIMESTAMP = pa.timestamp("ns", tz="UTC")
 
-EVENT_SCHEMA = pa.schema([
-    ("stream_seq", pa.int64()),
-    ("stored_at", TIMESTAMP),
-    ("subject", pa.string()),
-    ("actor_type", pa.string()),
-    ("actor_id", pa.string()),
-    ("version", pa.int64()),
+# Where and when a message was stored: the first columns of every stream frame.
+_STORED = [("stream_seq", pa.int64()), ("stored_at", TIMESTAMP), ("subject", pa.string())]
+_ACTOR = [("actor_type", pa.string()), ("actor_id", pa.string()), ("version", pa.int64())]
+
+EVENT_SCHEMA = pa.schema(_STORED + _ACTOR + [
     ("event_type", pa.string()),
     ("event_id", pa.string()),
     ("timestamp", TIMESTAMP),
@@ -51,21 +49,9 @@ EVENT_SCHEMA = pa.schema([
     ("extra", pa.string()),
 ])
 
-SNAPSHOT_SCHEMA = pa.schema([
-    ("stream_seq", pa.int64()),
-    ("stored_at", TIMESTAMP),
-    ("subject", pa.string()),
-    ("actor_type", pa.string()),
-    ("actor_id", pa.string()),
-    ("version", pa.int64()),
-    ("timestamp", TIMESTAMP),
-    ("state", pa.string()),
-])
+SNAPSHOT_SCHEMA = pa.schema(_STORED + _ACTOR + [("timestamp", TIMESTAMP), ("state", pa.string())])
 
-ERROR_SCHEMA = pa.schema([
-    ("stream_seq", pa.int64()),
-    ("stored_at", TIMESTAMP),
-    ("subject", pa.string()),
+ERROR_SCHEMA = pa.schema(_STORED + [
     ("actor_id", pa.string()),
     ("code", pa.string()),
     ("message", pa.string()),
