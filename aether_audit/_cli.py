@@ -126,11 +126,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_seed(args: argparse.Namespace) -> int:
-    from ._scenario import seed_scenario
-    from ._sync import run_sync
-
     with _store(args) as store:
-        summary = run_sync(seed_scenario(store.core, args.scenario))
+        summary = store.seed(args.scenario)
     if args.json:
         _print_json(summary)
     else:
@@ -140,11 +137,9 @@ def cmd_seed(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from ._html import write_report_html
-
     with _store(args) as store:
         report = store.audit(progress=_progress(args))
-    write_report_html(report, Path(args.out))
+    report.write_html(Path(args.out))
     print(f"wrote {args.out}: {report}")
     return EXIT_OK
 

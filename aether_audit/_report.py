@@ -9,9 +9,9 @@ when asked (``raise_for_findings``): findings are data.
 
 from __future__ import annotations
 
-import html
 import math
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -239,34 +239,23 @@ class AuditReport:
                 f"findings={len(self.findings)} max_severity={self.max_severity!r}>")
 
     def _repr_html_(self) -> str:
-        """Summary, counts by code, then the findings (the first ``HTML_MAX_ROWS``)."""
-        esc = html.escape
-        s = self.summary
-        summary_rows = "".join(
-            f"<tr><th style='text-align:left'>{esc(name)}</th><td>{esc(str(s[key]))}</td></tr>"
-            for name, key in (("stream", "stream"), ("events", "events_scanned"), ("snapshots", "snapshots_scanned"),
-                              ("replay errors", "replay_errors"), ("actors", "actors"), ("first seq", "first_seq"),
-                              ("last seq", "last_seq"), ("actors affected", "actors_affected"))
-        )
-        count_rows = "".join(
-            f"<tr><td><code>{esc(code)}</code></td><td>{esc(CHECKS[code].severity)}</td>"
-            f"<td style='text-align:right'>{n}</td><td>{esc(CHECKS[code].description)}</td></tr>"
-            for code, n in self.counts.items() if n
-        )
-        parts = [
-            "<div class='aether-audit-report'>",
-            f"<p><strong>{esc(self._headline())}</strong></p>",
-            f"<table>{summary_rows}</table>",
-        ]
-        if count_rows:
-            parts.append("<table><tr><th>code</th><th>severity</th><th>findings</th><th>meaning</th></tr>"
-                         f"{count_rows}</table>")
-        if len(self.findings):
-            shown = self.findings.head(HTML_MAX_ROWS)
-            if len(self.findings) > HTML_MAX_ROWS:
-                parts.append(f"<p>showing the first {HTML_MAX_ROWS} of {len(self.findings)} findings "
-                             "(all of them are in <code>.findings</code>)</p>")
-            # to_html escapes cell text: payload-derived values are not trusted.
-            parts.append(shown.to_html(index=False, escape=True, na_rep="", border=0))
-        parts.append("</div>")
-        return "\n".join(parts)
+        """Summary first, then the findings (the first ``HTML_MAX_ROWS``), for Jupyter."""
+        from ._html import report_fragment_html
+
+        return report_fragment_html(self, max_rows=HTML_MAX_ROWS)
+
+    def to_html_page(self, *, title: str | None = None) -> str:
+        """One self-contained HTML page: summary, plots, findings."""
+        from ._html import render_report_html
+
+        return render_report_html(self, title=title)
+
+    def write_html(self, path: str | Path, *, title: str | None = None) -> Path:
+        """Write ``to_html_page()`` to ``path`` atomically; returns the path.
+
+        Example:
+            >>> store.audit().write_html("report.html")  # doctest: +SKIP
+        """
+        from ._html import write_report_html
+
+        return write_report_html(self, path, title=title)

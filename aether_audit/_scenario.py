@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import base64
 import os
+import sys
 import re
 import uuid
 from collections.abc import Iterator
@@ -133,8 +134,15 @@ class Scenario:
 
 
 def samples_dir() -> Path:
-    """``$AETHER_AUDIT_SAMPLES``, else the repository's ``data_samples/``."""
-    return Path(os.environ.get(SAMPLES_ENV) or Path(__file__).resolve().parent.parent / "data_samples")
+    """``$AETHER_AUDIT_SAMPLES``, else the repository's ``data_samples/`` (a
+    checkout or an editable install), else the copy a wheel installs under
+    ``{prefix}/share/aether_audit/data_samples``."""
+    if os.environ.get(SAMPLES_ENV):
+        return Path(os.environ[SAMPLES_ENV])
+    checkout = Path(__file__).resolve().parent.parent / "data_samples"
+    if checkout.is_dir():
+        return checkout
+    return Path(sys.prefix) / "share" / "aether_audit" / "data_samples"
 
 
 def scenario_path(path_or_name: str | os.PathLike[str]) -> Path:

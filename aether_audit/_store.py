@@ -478,7 +478,18 @@ class AsyncEventStore:
             state=state,
         )
 
-    # --- audit and export ----------------------------------------------------------
+    # --- seeding, audit and export --------------------------------------------------
+
+    async def seed(self, scenario: str | Path) -> dict[str, Any]:
+        """Write a scenario file (a path, or a name in ``data_samples/``) through
+        this store; returns what was written and the findings it declares.
+
+        Example:
+            >>> await store.seed("orders")  # doctest: +SKIP
+        """
+        from ._scenario import seed_scenario
+
+        return await seed_scenario(self, scenario)
 
     async def audit(
         self,

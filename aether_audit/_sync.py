@@ -178,7 +178,10 @@ class EventStore:
     def load_all(self, *, progress: bool | None = None) -> StreamFrames:
         return run_sync(self.core.load_all(progress=progress))
 
-    # audit and export
+    # seeding, audit and export
+    def seed(self, scenario: str | Path) -> dict[str, Any]:
+        return run_sync(self.core.seed(scenario))
+
     def audit(self, checks: Sequence[str] | None = None, *, progress: bool | None = None, **options: Any) -> Any:
         return run_sync(self.core.audit(checks, progress=progress, **options))
 
