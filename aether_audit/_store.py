@@ -184,7 +184,11 @@ class AsyncEventStore:
         self._allow_direct = None
 
     def new_stream_config(self, **extra: Any) -> Any:
-        """The config the Go store gives a new stream, plus direct get (and ``extra``)."""
+        """The config the Go store gives a new stream (plus ``extra``).
+
+        Exactly the Go store's: its ``AddStream`` fails on an existing stream
+        whose config differs (e.g. ``allow_direct``), and the Go service
+        would not start. Look-ups use STREAM.MSG.GET when direct get is off."""
         from nats.js.api import RetentionPolicy, StorageType, StreamConfig
 
         return StreamConfig(
@@ -194,7 +198,6 @@ class AsyncEventStore:
             retention=RetentionPolicy.LIMITS,
             max_age=self.config.stream_retention.total_seconds(),
             num_replicas=self.config.replica_count,
-            allow_direct=True,
             **extra,
         )
 

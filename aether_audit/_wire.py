@@ -11,7 +11,10 @@ case-insensitive key matching; everything it would reject is a decode error
 
 from __future__ import annotations
 
+import json
+import math
 import re
+from decimal import Decimal
 from typing import Any
 
 import orjson
@@ -41,8 +44,19 @@ _SNAPSHOT_KEY_BY_FOLDED = {key.lower(): key for key in SNAPSHOT_KEYS}
 _EVENT_KEY_SET = frozenset(EVENT_KEYS)
 _SNAPSHOT_KEY_SET = frozenset(SNAPSHOT_KEYS)
 
-# What Go's time.Time.UnmarshalJSON (RFC 3339) accepts.
-_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})")
+# What Go's time.Time.UnmarshalJSON (RFC 3339) accepts: ASCII digits only, a
+# one- or two-digit hour, a fraction of any length after "." or ",", then "Z"
+# or an offset; the calendar is range-checked (see _timestamp_text).
+_RFC3339 = re.compile(
+    r"([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{1,2}):([0-9]{2}):([0-9]{2})"
+    r"(?:[.,]([0-9]+))?(Z|[+-][0-9]{2}:[0-9]{2})"
+)
+_DAYS_IN_MONTH = (31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+# The form Go writes, with the ranges in the pattern: the fast path.
+_RFC3339_CANONICAL = re.compile(
+    r"[0-9]{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|1[0-9]|2[0-8])T(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]"
+    r"(?:\.[0-9]{1,9})?(?:Z|[+-][0-9]{2}:[0-9]{2})"
+)
 GO_ZERO_TIME = "0001-01-01T00:00:00Z"
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
@@ -109,11 +123,37 @@ def format_timestamp(timestamp: Any) -> str:
     return text + "Z"
 
 
+def _go_float(value: float) -> str:
+    """A float64 as encoding/json writes it: strconv 'f' format (shortest
+    digits, no ".0") for 1e-6 <= |x| < 1e21, else 'e' format with "e-07"
+    cleaned to "e-7". NaN and infinities are errors, as in Go."""
+    if math.isnan(value) or math.isinf(value):
+        raise InvalidEventError(f"json: unsupported value: {value!r}")
+    magnitude = abs(value)
+    if magnitude != 0 and (magnitude < 1e-6 or magnitude >= 1e21):
+        text = repr(value)  # shortest round-trip digits, always in e-form here
+        return re.sub(r"e-0(\d)$", r"e-\1", text)
+    text = format(Decimal(repr(value)), "f")
+    return text.rstrip("0").rstrip(".") if "." in text else text
+
+
+def _go_numbers(value: Any) -> Any:
+    """``value`` with every float replaced by Go's text for it (a Fragment)."""
+    if isinstance(value, float):
+        return orjson.Fragment(_go_float(value))
+    if isinstance(value, dict):
+        return {key: _go_numbers(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_go_numbers(item) for item in value]
+    return value
+
+
 def _go_json(value: Any) -> bytes:
     """``json.Marshal`` of a Go ``interface{}`` value: compact, map keys sorted,
-    and the HTML-safe escapes Go applies (they only occur inside strings)."""
+    floats formatted as Go does, and the HTML-safe escapes Go applies (they
+    only occur inside strings)."""
     try:
-        encoded = orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+        encoded = orjson.dumps(_go_numbers(value), option=orjson.OPT_SORT_KEYS)
     except TypeError as exc:
         raise InvalidEventError(f"not JSON-serialisable: {exc}") from exc
     if b"<" in encoded or b">" in encoded or b"&" in encoded or b"\xe2\x80" in encoded:
@@ -159,18 +199,28 @@ def encode_event(event: Event) -> bytes:
     _check_version(event.version)
     if event.data is not None and not isinstance(event.data, dict):
         raise InvalidEventError(f"data must be a dict (a JSON object), not {type(event.data).__name__}")
+    extra = dict(event.extra or {})
+    for key, value in extra.items():
+        if not isinstance(key, str) or key.lower() in _EVENT_KEY_BY_FOLDED:
+            raise InvalidEventError(f"extra key {key!r} clashes with an event field")
+        try:
+            _check_go_extra(key, value)
+        except DecodeError as exc:
+            raise InvalidEventError(f"the Go store could not read this event: {exc}") from None
+    # aether.Event's declared field order: commandId follows actorId and
+    # metadata follows data; keys Go does not know come last.
     pairs: list[tuple[str, Any]] = [
         ("id", event.id),
         ("eventType", event.event_type),
         ("actorId", event.actor_id),
-        ("version", event.version),
-        ("data", event.data),
-        ("timestamp", format_timestamp(event.timestamp)),
     ]
-    for key, value in (event.extra or {}).items():
-        if not isinstance(key, str) or key.lower() in _EVENT_KEY_BY_FOLDED:
-            raise InvalidEventError(f"extra key {key!r} clashes with an event field")
-        pairs.append((key, value))
+    if "commandId" in extra:
+        pairs.append(("commandId", extra.pop("commandId")))
+    pairs += [("version", event.version), ("data", event.data)]
+    if "metadata" in extra:
+        pairs.append(("metadata", extra.pop("metadata")))
+    pairs.append(("timestamp", format_timestamp(event.timestamp)))
+    pairs += extra.items()
     return _envelope(pairs)
 
 
@@ -225,8 +275,29 @@ def _timestamp_text(value: Any) -> str | None:
         return None
     if type(value) is not str:
         raise DecodeError(f"json: cannot unmarshal {_json_kind(value)} into field timestamp of type time.Time")
-    if not _RFC3339.fullmatch(value):
+    if _RFC3339_CANONICAL.fullmatch(value):
+        return None if value == GO_ZERO_TIME else value
+    match = _RFC3339.fullmatch(value)
+    if not match:
         raise DecodeError(f"parsing time {value[:60]!r} as RFC 3339: cannot parse")
+    year, month, day, hour, minute, second = (int(part) for part in match.group(1, 2, 3, 4, 5, 6))
+    leap = year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
+    for name, number, low, high in (
+        ("month", month, 1, 12),
+        ("day", day, 1, _DAYS_IN_MONTH[month - 1] + (month == 2 and leap) if 1 <= month <= 12 else 31),
+        ("hour", hour, 0, 23),
+        ("minute", minute, 0, 59),
+        ("second", second, 0, 59),
+    ):
+        if not low <= number <= high:
+            raise DecodeError(f"parsing time {value[:60]!r}: {name} out of range")
+    fraction = match.group(7)
+    if len(match.group(4)) == 1 or (fraction is not None and (len(fraction) > 9 or "," in value)):
+        # Go reads these forms too; hand the frames the canonical one.
+        value = (
+            f"{match.group(1)}-{match.group(2)}-{match.group(3)}T{hour:02d}:{match.group(5)}:{match.group(6)}"
+            + (f".{fraction[:9]}" if fraction else "") + match.group(8)
+        )
     return None if value == GO_ZERO_TIME else value
 
 
@@ -251,11 +322,69 @@ def _fold(document: dict[str, Any], known: dict[str, str]) -> tuple[dict[str, An
     return fields, (extra or None)
 
 
+_GO_EXTRA_FIELDS = {"commandid": "commandId", "metadata": "metadata"}
+
+
+def _check_go_extra(key: str, value: Any) -> None:
+    """aether.Event's optional fields: CommandID string, Metadata map[string]string.
+    Go's json.Unmarshal fails on any other type (null is accepted)."""
+    field = _GO_EXTRA_FIELDS.get(key.lower())
+    if field is None or value is None:
+        return
+    if field == "commandId" and type(value) is not str:
+        raise DecodeError(f"json: cannot unmarshal {_json_kind(value)} into Go struct field Event.commandId of type string")
+    if field == "metadata":
+        if type(value) is not dict:
+            raise DecodeError(
+                f"json: cannot unmarshal {_json_kind(value)} into Go struct field Event.metadata of type map[string]string")
+        for item in value.values():
+            if item is not None and type(item) is not str:
+                raise DecodeError(
+                    f"json: cannot unmarshal {_json_kind(item)} into Go struct field Event.metadata of type string")
+
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _replace_surrogates(value: Any) -> Any:
+    if isinstance(value, str):
+        return _LONE_SURROGATE.sub("\ufffd", value)
+    if isinstance(value, dict):
+        return {_replace_surrogates(k): _replace_surrogates(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_replace_surrogates(item) for item in value]
+    return value
+
+
+def _reject_constant(text: str) -> Any:
+    raise ValueError(f"invalid character {text[0]!r} looking for beginning of value")
+
+
+def _go_float_literal(text: str) -> float:
+    number = float(text)
+    if math.isinf(number):
+        raise ValueError(f"number {text} overflows float64")
+    return number
+
+
+def _load_lenient(payload: bytes) -> Any:
+    """Go's decoder reads invalid UTF-8 and lone surrogate escapes inside
+    strings as U+FFFD, where orjson refuses the whole payload."""
+    text = payload.decode("utf-8", errors="replace")
+    document = json.loads(text, parse_constant=_reject_constant, parse_float=_go_float_literal)
+    return _replace_surrogates(document)
+
+
 def _load_object(payload: bytes) -> dict[str, Any]:
     try:
         document = orjson.loads(payload)
     except orjson.JSONDecodeError as exc:
-        raise DecodeError(f"invalid JSON: {exc}") from None
+        if "UTF-8" not in str(exc) and "surrogate" not in str(exc):
+            raise DecodeError(f"invalid JSON: {exc}") from None
+        try:
+            document = _load_lenient(payload)
+        except (ValueError, RecursionError):
+            raise DecodeError(f"invalid JSON: {exc}") from None
     if document is None:
         return {}  # Go: unmarshalling null into a struct is a no-op, not an error
     if type(document) is not dict:
@@ -285,6 +414,8 @@ def decode_event(payload: bytes) -> EventFields:
         fields, extra = document, None
     else:
         fields, extra = _fold(document, _EVENT_KEY_BY_FOLDED)
+        for key, value in (extra or {}).items():
+            _check_go_extra(key, value)
     return (
         _string(fields.get("id"), "id"),
         _string(fields.get("eventType"), "eventType"),
@@ -329,6 +460,7 @@ def parse_timestamp(text: str | None) -> pd.Timestamp | None:
     if text is None:
         return None
     try:
-        return pd.Timestamp(text).tz_convert("UTC")
+        # as_unit: outside 1677-2262 pandas parses in "us"/"s" and .value overflows.
+        return pd.Timestamp(text).tz_convert("UTC").as_unit("ns")
     except (ValueError, OverflowError):
         return None

@@ -272,7 +272,7 @@ def test_a_clean_stream_has_no_error_or_warning(store):
     assert report.ok and report.max_severity == "info"
     assert report.counts == seeded["expected_counts"]
     state = store.stream_state()
-    assert state.deny_delete and state.deny_purge and state.allow_direct
+    assert state.deny_delete and state.deny_purge
     assert state.max_age == timedelta(days=365)
 
 
