@@ -206,8 +206,8 @@ def empty_table(kind: str) -> pa.Table:
 
 def to_pandas(table: pa.Table | pa.RecordBatch) -> pd.DataFrame:
     """Arrow to pandas: strings stay Arrow-backed, timestamps ``datetime64[ns, UTC]``."""
-    frame = table.to_pandas(types_mapper=_string_mapper)
-    return frame
+    # split_blocks: no consolidation copy (faster, and half the peak memory).
+    return table.to_pandas(types_mapper=_string_mapper, split_blocks=True)
 
 
 def _string_mapper(arrow_type: pa.DataType):

@@ -158,6 +158,7 @@ class StreamState:
     allow_direct: bool = False
     replicas: int = 1
     subjects: tuple[str, ...] = ()
+    created: pd.Timestamp | None = None  # tells a recreated stream from the old one
 
     @classmethod
     def from_info(cls, info: dict[str, Any]) -> StreamState:
@@ -186,4 +187,5 @@ class StreamState:
             allow_direct=bool(config.get("allow_direct")),
             replicas=int(config.get("num_replicas") or 1),
             subjects=tuple(config.get("subjects") or ()),
+            created=stamp(info.get("created")),
         )

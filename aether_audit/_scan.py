@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import datetime
 import itertools
 import json
 import re
@@ -138,6 +139,13 @@ def _read_secret(path: str, pattern: str) -> str:
     if match is None:
         raise AuthenticationFailed(f"no usable key found in {path}")
     return match.group(1)
+
+
+def _rfc3339_ns(text: str) -> int:
+    """The server's RFC 3339 time (nanoseconds, UTC) as ns since the epoch."""
+    whole, _, rest = text.rstrip("Z").partition(".")
+    seconds = int(datetime.datetime.fromisoformat(whole).replace(tzinfo=datetime.timezone.utc).timestamp())
+    return seconds * 1_000_000_000 + int((rest + "000000000")[:9])
 
 
 @dataclass
@@ -348,6 +356,49 @@ class StreamScanner:
                     return await self._request(f"$JS.API.STREAM.INFO.{stream}", None, stream)
                 except (_Disconnected, ConnectionFailed) as exc:
                     deadline = await self._recover(exc, deadline, resuming=False)
+
+    async def get_messages(self, stream: str, seqs: list[int], *, window: int = 256) -> RawBatch:
+        """The messages at ``seqs`` (in that order), by pipelined
+        ``STREAM.MSG.GET`` requests; sequences deleted meanwhile are left out.
+
+        A get by sequence is an index look-up on the server, while a consumer
+        filtered on one subject walks every message of the stream between
+        that subject's messages: for one actor's history in a big stream this
+        is many times faster, when the sequences are known (``SubjectIndex``).
+        """
+        batch = RawBatch()
+        async with self._lock:
+            await self.connect()
+            subject = f"$JS.API.STREAM.MSG.GET.{stream}".encode()
+            for start in range(0, len(seqs), window):
+                chunk = seqs[start:start + window]
+                base = next(self._ids)
+                for _ in range(len(chunk) - 1):  # reserve one reply token per request
+                    next(self._ids)
+                replies = {f"{self._inbox}.r.{base + i}".encode(): i for i in range(len(chunk))}
+                requests = []
+                for reply, i in replies.items():
+                    body = b'{"seq":%d}' % chunk[i]
+                    requests.append(b"PUB %s %s %d\r\n%s\r\n" % (subject, reply, len(body), body))
+                self._send(b"".join(requests))  # one write: a syscall per request would dominate
+                answers: list[dict[str, Any] | None] = [None] * len(chunk)
+                missing = len(chunk)
+                async with asyncio.timeout(max(self._options.connect_timeout, 5.0)):
+                    while missing:
+                        op, args, _, payload = await self._frame()
+                        index = replies.get(args[0]) if op in (b"MSG", b"HMSG") else None
+                        if index is not None and answers[index] is None:
+                            answers[index] = json.loads(payload)
+                            missing -= 1
+                for answer in answers:
+                    message = (answer or {}).get("message")
+                    if message is None:
+                        continue  # deleted since it was indexed (err_code 10037)
+                    batch.seqs.append(int(message["seq"]))
+                    batch.stored_ns.append(_rfc3339_ns(message["time"]))
+                    batch.subjects.append(message["subject"])
+                    batch.payloads.append(base64.b64decode(message.get("data") or b""))
+        return batch
 
     # -- scanning ---------------------------------------------------------
 

@@ -13,6 +13,7 @@ is created lazily by the first write, and only if it does not exist.
 from __future__ import annotations
 
 import dataclasses
+from array import array
 from collections.abc import AsyncIterator, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,9 @@ MAX_APPEND_ATTEMPTS = 50
 # Up to this many actor IDs a load reads each actor's subject (a fast exact
 # filter); beyond it one whole-stream pass filtered here is cheaper.
 PER_ACTOR_READ_LIMIT = 64
+# Streams up to this many messages get a subject index for ``history``
+# (8 bytes a message); larger ones use a filtered consumer per call.
+INDEX_LIMIT = 20_000_000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,6 +112,7 @@ class AsyncEventStore:
         self._stream_exists = False
         self._allow_direct: bool | None = None
         self._heads: dict[str, _Head] = {}  # actor -> head, a hint for the append guard
+        self._index = _SubjectIndex()
         self._notes = notes or ErrorNotes()
 
     def _guard(self) -> Any:
@@ -236,7 +241,11 @@ class AsyncEventStore:
         subject = event_subject(self.stream_name, event.actor_id)
         await self._ensure_stream()
         for _ in range(MAX_APPEND_ATTEMPTS):
-            head = self._heads.get(event.actor_id) or await self._read_head(event.actor_id, subject)
+            head = self._heads.get(event.actor_id)
+            if head is None or event.version <= head.version:
+                # Refuse only on what the server says now: the cache may
+                # predate a purge or a rebuilt stream.
+                head = await self._read_head(event.actor_id, subject)
             if event.version <= head.version:
                 self._heads.pop(event.actor_id, None)
                 raise VersionConflictError(event.actor_id, event.version, head.version)
@@ -450,11 +459,38 @@ class AsyncEventStore:
         return to_pandas(await self.to_arrow("events", **filters))
 
     async def history(self, actor_id: str, *, from_version: int = 0) -> pd.DataFrame:
-        """One actor's events as a DataFrame, in stream order."""
-        frame = await self.load(actor_ids=[actor_id], progress=False)
+        """One actor's events as a DataFrame, in stream order.
+
+        The first call on a stream of up to ``INDEX_LIMIT`` messages indexes
+        which sequences hold which actor (one pass over the stream, about
+        half a second per 200,000 messages); every call after reads only the
+        actor's own messages, by sequence, plus whatever was appended since.
+        """
+        subject = event_subject(self.stream_name, actor_id)
+        state = await self.stream_state()
+        if state.messages > INDEX_LIMIT:
+            frame = await self.load(actor_ids=[actor_id], progress=False)
+        else:
+            seqs = await self._indexed_seqs(subject, state)
+            raw = await self._scanner.get_messages(self.stream_name, seqs)
+            batch = decode_messages(raw.seqs, raw.stored_ns, raw.subjects, raw.payloads,
+                                    snapshot_prefix=f"{self.stream_name}.snapshots.", actor_id=actor_id)
+            frame = to_pandas(pa.Table.from_batches([batch.events], schema=SCHEMAS["events"]))
         if from_version:
             frame = frame[frame["version"] > from_version].reset_index(drop=True)
         return frame
+
+    async def _indexed_seqs(self, subject: str, state: StreamState) -> list[int]:
+        """The sequences of ``subject`` up to the stream's last, from the subject index."""
+        last_seq = state.last_seq
+        if state.created != self._index.created or last_seq < self._index.last_seq:
+            self._index = _SubjectIndex(created=state.created)  # a new or rebuilt stream
+        index = self._index
+        if last_seq > index.last_seq:
+            async for raw in self._scanner.scan(self.stream_name, start_seq=index.last_seq + 1, end_seq=last_seq):
+                index.add(raw.seqs, raw.subjects)
+            index.last_seq = last_seq
+        return [seq for seq in index.seqs.get(subject, ()) if seq <= last_seq]
 
     async def snapshots(self, **filters: Any) -> pd.DataFrame:
         """All snapshots as a DataFrame (same filters as ``load``)."""
@@ -523,6 +559,31 @@ class AsyncEventStore:
 
 
 _BATCH_FIELD = {"events": "events", "snapshots": "snapshots", "replay_errors": "errors"}
+
+
+@dataclasses.dataclass
+class _SubjectIndex:
+    """Which stream sequences hold which subject, for fast per-actor reads.
+
+    The server answers a consumer filtered on one subject by walking every
+    message between that subject's messages (measured: ~25 ms for a
+    100-event actor in a 200,000-message stream, the same for the Go store's
+    way), while a get by sequence is an index look-up. Built by one
+    unfiltered pass on first use, then brought up to date by reading only
+    the messages appended since.
+    """
+
+    created: pd.Timestamp | None = None
+    last_seq: int = 0
+    seqs: dict[str, array] = dataclasses.field(default_factory=dict)
+
+    def add(self, sequences: Sequence[int], subjects: Sequence[str]) -> None:
+        seqs = self.seqs
+        for seq, subject in zip(sequences, subjects):
+            found = seqs.get(subject)
+            if found is None:
+                found = seqs[subject] = array("q")
+            found.append(seq)
 
 
 @dataclasses.dataclass(frozen=True)

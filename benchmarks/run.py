@@ -67,12 +67,14 @@ def seed_messages(stream: str, events: int, actors: int, seed: int = 42):
     rng = random.Random(seed)
     ids = actor_ids(actors)
     versions = dict.fromkeys(ids, 0)
-    base = pd.Timestamp("2026-11-01T00:00:00Z").value
+    # Event times just behind the store's clock, as a live system writes
+    # them (a stream of old timestamps would be all clock_skew findings).
+    base = time.time_ns() - events * 100_000
     for n in range(events):
         actor = ids[rng.randrange(actors)]
         versions[actor] += 1
         version = versions[actor]
-        stamp = pd.Timestamp(base + n * 1_000_003, unit="ns", tz="UTC")
+        stamp = pd.Timestamp(base + n * 100_003, unit="ns", tz="UTC")
         event = Event(
             id=f"{n:08d}-4c1e-4b7a-9d2f-{rng.getrandbits(48):012x}",
             event_type=rng.choice(("OrderPlaced", "ItemAdded", "PaymentReceived", "OrderShipped")),
@@ -142,6 +144,10 @@ class SeedPort:
         self.lock = asyncio.Lock()
         self.versions: dict[str, int] = {}
 
+    async def create_stream(self) -> None:
+        await self.js.add_stream(name=self.stream, subjects=[f"{self.stream}.events.>", f"{self.stream}.snapshots.>"],
+                                 max_age=365 * 24 * 3600)
+
     async def get_events(self, actor_id: str) -> list[dict]:
         subscription = await self.js.pull_subscribe(event_subject(self.stream, actor_id), durable=None)
         events = []
@@ -149,7 +155,7 @@ class SeedPort:
             while True:
                 try:
                     messages = await subscription.fetch(SEED_FETCH_BATCH, timeout=SEED_MAX_WAIT)
-                except nats.errors.TimeoutError:
+                except (nats.errors.TimeoutError, asyncio.TimeoutError):  # the seed's ErrTimeout
                     break
                 for message in messages:
                     try:
@@ -171,7 +177,7 @@ class SeedPort:
             config=nats.js.api.ConsumerConfig(deliver_policy=DeliverPolicy.LAST))
         try:
             messages = await subscription.fetch(1, timeout=SEED_MAX_WAIT)
-        except nats.errors.TimeoutError:
+        except (nats.errors.TimeoutError, asyncio.TimeoutError):
             return 0
         finally:
             await subscription.unsubscribe()
@@ -218,7 +224,7 @@ async def measure(url: str, stream: str, events: int, actors: int, runs: int, sa
     rng = random.Random(7)
     sampled = rng.sample(actor_ids(actors), min(sample, actors))
     results: dict[str, list[float]] = {key: [] for key in (
-        "ours_eps", "naive_eps", "seed_port_eps", "go_drain_eps", "history_ours", "history_seed",
+        "ours_eps", "naive_eps", "seed_port_eps", "go_drain_eps", "history_ours", "history_seed", "history_first",
         "latest_ours", "latest_seed", "append_ours", "append_seed", "audit_load", "audit_run")}
 
     for run in range(runs):
@@ -243,6 +249,10 @@ async def measure(url: str, stream: str, events: int, actors: int, runs: int, sa
             seconds, _ = await timed(port.get_latest_version(actor))
             results["latest_seed"].append(seconds * 1000)
         results["seed_port_eps"].append(read / port_seconds)
+        # The first history() of a store indexes which sequences hold which
+        # actor (one pass); reported apart from the per-actor medians.
+        seconds, _ = await timed(store.history(actor_ids(actors)[0]))
+        results["history_first"].append(seconds * 1000)
         for actor in sampled:
             seconds, _ = await timed(store.history(actor))
             results["history_ours"].append(seconds * 1000)
@@ -253,12 +263,16 @@ async def measure(url: str, stream: str, events: int, actors: int, runs: int, sa
         if drained is not None:
             results["go_drain_eps"].append(drained)
 
-        # appends: new actors, so both start from an empty history.
+        # appends go to streams of their own (the loaded stream stays as
+        # seeded), on new actors, so both start from an empty history.
         appends = 1000
-        new_events = [Event.new(f"bench{run}-{i % 100:03d}", "Appended", i // 100 + 1, {"i": i}) for i in range(appends)]
-        seconds, _ = await timed(_append_all(store.save_event, new_events))
-        results["append_ours"].append(appends / seconds)
-        port_events = [Event.new(f"port{run}-{i % 100:03d}", "Appended", i // 100 + 1, {"i": i}) for i in range(appends)]
+        async with connect_async(url, stream=f"{stream}_append{run}") as writer:
+            new_events = [Event.new(f"bench-{i % 100:03d}", "Appended", i // 100 + 1, {"i": i}) for i in range(appends)]
+            seconds, _ = await timed(_append_all(writer.save_event, new_events))
+            results["append_ours"].append(appends / seconds)
+        port = SeedPort(nc, f"{stream}_port{run}")
+        await port.create_stream()
+        port_events = [Event.new(f"port-{i % 100:03d}", "Appended", i // 100 + 1, {"i": i}) for i in range(appends)]
         seconds, _ = await timed(_append_all(port.save_event, port_events))
         results["append_seed"].append(appends / seconds)
         await nc.close()
@@ -281,7 +295,8 @@ async def measure(url: str, stream: str, events: int, actors: int, runs: int, sa
             "seed_port_eps": median(results["seed_port_eps"]),
             "go_drain_eps": median(results["go_drain_eps"]) if results["go_drain_eps"] else None,
         },
-        "history": {"ours_ms": median(results["history_ours"]), "seed_port_ms": median(results["history_seed"])},
+        "history": {"ours_ms": median(results["history_ours"]), "seed_port_ms": median(results["history_seed"]),
+                    "ours_first_call_ms": median(results["history_first"])},
         "latest_version": {"ours_ms": median(results["latest_ours"]), "seed_port_ms": median(results["latest_seed"])},
         "append": {"ours_eps": median(results["append_ours"]), "seed_port_eps": median(results["append_seed"])},
         "audit": {"load_s": median(results["audit_load"]), "audit_s": median(results["audit_run"])},
@@ -327,7 +342,7 @@ def main() -> int:
 
         async def version() -> str:
             nc = await nats.connect(url)
-            text = nc.connected_server_version
+            text = nc._server_info.get("version", "")  # nats-py keeps INFO here
             await nc.close()
             return str(text)
 

@@ -146,3 +146,38 @@ def test_a_stream_of_malformed_messages_loads_every_good_event_and_reports_every
     # Nothing lost: every message is in exactly one frame.
     sequences = set(frames.events["stream_seq"]) | set(frames.replay_errors["stream_seq"])
     assert sequences == set(range(1, 302))
+
+
+def test_history_sees_appends_deletions_and_a_rebuilt_stream(nats_url, stream_name):
+    with connect(nats_url, stream=stream_name) as store:
+        store.save_event(Event.new("order-1", "A", 1))
+        store.save_event(Event.new("order-2", "A", 1))
+        assert list(store.history("order-1")["version"]) == [1]  # builds the index
+        store.save_event(Event.new("order-1", "B", 2))
+        assert list(store.history("order-1")["version"]) == [1, 2]  # what came since
+        run_sync(_delete(nats_url, store.stream_name, 1))
+        assert list(store.history("order-1")["version"]) == [2]  # deleted meanwhile
+        run_sync(_recreate(nats_url, store.stream_name))
+        store.save_event(Event.new("order-2", "C", 1))
+        store.save_event(Event.new("order-2", "C", 2))
+        store.save_event(Event.new("order-2", "C", 3))
+        store.save_event(Event.new("order-1", "D", 1))
+        history = store.history("order-1")
+        assert list(history["event_type"]) == ["D"] and list(history["stream_seq"]) == [4]
+
+
+async def _delete(url: str, stream: str, seq: int) -> None:
+    nc = await nats.connect(url)
+    await nc.jetstream().delete_msg(stream, seq)
+    await nc.close()
+
+
+async def _recreate(url: str, stream: str) -> None:
+    import asyncio
+
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    await js.delete_stream(stream)
+    await asyncio.sleep(0.01)  # a different creation time
+    await js.add_stream(name=stream, subjects=[f"{stream}.events.>", f"{stream}.snapshots.>"])
+    await nc.close()
