@@ -22,6 +22,7 @@ from ._errors import (
     AuditError,
     AuthenticationFailed,
     ConnectionFailed,
+    JetStreamAPIError,
     PermissionDenied,
     StreamNotFound,
 )
@@ -170,10 +171,15 @@ class ErrorNotes:
 
     def __init__(self) -> None:
         self.permission: str | None = None
+        self.last: Exception | None = None  # the latest error, e.g. why a connect failed
+        self.refused = False  # the server refused the credentials at some point
         self._at = 0.0
 
     async def record(self, exc: Exception) -> None:
+        self.last = exc
         text = _message_of(exc)
+        if "authorization" in text.lower() or type(exc).__name__ == "AuthorizationError":
+            self.refused = True
         if "permissions violation" in text.lower():
             self.permission, self._at = text, time.monotonic()
         logger.debug("nats error: %s", type(exc).__name__)
@@ -199,18 +205,28 @@ async def open_nats(options: ConnectOptions, notes: ErrorNotes | None = None) ->
     ``notes`` collects the server's asynchronous errors for ``translate_errors``.
     """
     import nats
+    from nats import errors as nats_errors
 
+    notes = notes or ErrorNotes()
     kwargs = options.nats_kwargs()
-    kwargs["error_cb"] = (notes or ErrorNotes()).record
+    kwargs["error_cb"] = notes.record
     reconnect_attempts = kwargs["max_reconnect_attempts"]
     # nats-py retries the *first* connect as often as later reconnects; a
     # wrong URL should fail in about a second, a broken link should not.
     kwargs["max_reconnect_attempts"] = 1
+    # nats-py can hang for good after a failed TLS handshake (it awaits the
+    # broken transport's wait_closed()): bound the whole connect.
+    budget = options.connect_timeout * 2 * max(1, len(options.servers)) + 1.0
     with translate_errors(options):
         try:
-            connection = await nats.connect(**kwargs)
-        except asyncio.TimeoutError as exc:
-            raise ConnectionFailed(f"timed out connecting to {options.describe()}") from exc
+            connection = await asyncio.wait_for(nats.connect(**kwargs), budget)
+        except (asyncio.TimeoutError, nats_errors.NoServersError) as exc:
+            # Why it failed reached only the error callback.
+            if notes.refused:
+                raise AuthenticationFailed(f"authorization failed at {options.describe()}") from exc
+            last = notes.last
+            reason = f" ({type(last).__name__}: {_message_of(last)})" if last is not None else ""
+            raise ConnectionFailed(f"cannot connect to {options.describe()}{reason}") from exc
     connection.options["max_reconnect_attempts"] = reconnect_attempts
     return connection
 
@@ -239,17 +255,16 @@ def translate_errors(
         yield
     except AuditError:
         raise
-    except js_errors.NotFoundError as exc:
-        if stream is not None and getattr(exc, "err_code", None) == JS_ERR_STREAM_NOT_FOUND:
-            raise StreamNotFound(stream) from exc
-        raise
     except js_errors.APIError as exc:
-        text = (getattr(exc, "description", None) or _message_of(exc)).lower()
+        description = getattr(exc, "description", None) or _message_of(exc)
+        text = description.lower()
         if getattr(exc, "err_code", None) == JS_ERR_STREAM_NOT_FOUND and stream is not None:
             raise StreamNotFound(stream) from exc
         if "permission" in text or "authorization" in text:
             raise PermissionDenied(f"permission denied by {where}: {text}") from exc
-        raise
+        # Everything else (a full stream, a message over max_msg_size, ...)
+        # still stops at the boundary: nats-py's classes never reach callers.
+        raise JetStreamAPIError(description, getattr(exc, "code", 0) or 0, getattr(exc, "err_code", 0) or 0) from exc
     except (nats_errors.TimeoutError, asyncio.TimeoutError) as exc:
         # Checked before OSError: nats-py's TimeoutError is one.
         denied = notes.recent_permission() if notes else None

@@ -88,7 +88,9 @@ def _parse_frame(buf: bytes, pos: int) -> tuple[int, bytes, list[bytes], bytes, 
     op = op.upper()
     if op not in (b"MSG", b"HMSG"):
         return nl + 2, op, [rest], b"", b""
-    args = rest.split()  # subject sid [reply] [header size] total size
+    # subject sid [reply] [header size] total size. Split on the space the
+    # server writes only: a subject may hold \x0b or \x0c, which split() eats.
+    args = [arg for arg in rest.split(b" ") if arg]
     hlen = int(args[-2]) if op == b"HMSG" else 0
     stop = nl + 2 + int(args[-1])
     if stop + 2 > len(buf):

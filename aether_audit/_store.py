@@ -12,7 +12,9 @@ is created lazily by the first write, and only if it does not exist.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import time
 from array import array
 from collections.abc import AsyncIterator, Iterable, Sequence
 from pathlib import Path
@@ -34,7 +36,13 @@ from ._connection import (
     open_nats,
     translate_errors,
 )
-from ._errors import MalformedMessageError, SnapshotNotFoundError, StreamNotFound, VersionConflictError
+from ._errors import (
+    InvalidEventError,
+    MalformedMessageError,
+    SnapshotNotFoundError,
+    StreamNotFound,
+    VersionConflictError,
+)
 from ._frames import (
     SCHEMAS,
     DecodedBatch,
@@ -49,6 +57,7 @@ from ._progress import progress_bar
 from ._records import ActorSnapshot, Event, JetStreamConfig, ReplayResult, StreamState, to_timestamp
 from ._scan import StreamScanner
 from ._wire import (
+    check_stream_name,
     DecodeError,
     decode_event,
     encode_event,
@@ -235,12 +244,15 @@ class AsyncEventStore:
         event ID within the stream's de-duplication window is stored once
         (``Nats-Msg-Id``), as in the Go store.
         """
-        from nats.js.errors import APIError
+        from nats import errors as nats_errors
+        from nats.js.errors import APIError, NoStreamResponseError
 
         payload = encode_event(event)  # validates before anything is written
         subject = event_subject(self.stream_name, event.actor_id)
         await self._ensure_stream()
-        for _ in range(MAX_APPEND_ATTEMPTS):
+        deadline: float | None = None  # of riding out a failover: opens at the first failure
+        attempts = 0
+        while attempts < MAX_APPEND_ATTEMPTS:
             head = self._heads.get(event.actor_id)
             if head is None or event.version <= head.version:
                 # Refuse only on what the server says now: the cache may
@@ -253,6 +265,7 @@ class AsyncEventStore:
                 "Nats-Msg-Id": event.id,
                 "Nats-Expected-Last-Subject-Sequence": str(head.subject_seq),
             }
+            self._check_size(f"event {event.id}", payload, headers)
             with self._guard():
                 try:
                     ack = await self._js.publish(subject, payload, headers=headers)
@@ -261,6 +274,19 @@ class AsyncEventStore:
                         raise
                     # Someone else appended to this subject: look again.
                     self._heads.pop(event.actor_id, None)
+                    attempts += 1
+                    continue
+                except (NoStreamResponseError, nats_errors.NoRespondersError, nats_errors.TimeoutError):
+                    # No stream leader (a cluster electing one) or no answer in
+                    # time: send the same message again. The same Nats-Msg-Id makes
+                    # a copy that did arrive a duplicate, never a second event.
+                    if self._notes.recent_permission():
+                        raise
+                    now = time.monotonic()
+                    deadline = deadline or now + self._options.reconnect_seconds
+                    if now >= deadline:
+                        raise
+                    await asyncio.sleep(0.25)
                     continue
             if ack.duplicate:
                 self._heads.pop(event.actor_id, None)
@@ -269,6 +295,18 @@ class AsyncEventStore:
             await self._broadcast(event)
             return
         raise VersionConflictError(event.actor_id, event.version, await self.get_latest_version(event.actor_id))
+
+    def _check_size(self, what: str, payload: bytes, headers: dict[str, str] | None = None) -> None:
+        """``InvalidEventError`` unless the message fits the server's max_payload
+        (payload plus headers: over it the server drops the connection)."""
+        limit = self._nc.max_payload
+        header_size = 0
+        if headers:
+            header_size = len(b"NATS/1.0\r\n\r\n") + sum(len(f"{k}: {v}\r\n".encode()) for k, v in headers.items())
+        if len(payload) + header_size > limit:
+            raise InvalidEventError(
+                f"{what} is {len(payload)} bytes as JSON (+{header_size} bytes of headers); "
+                f"the server accepts at most {limit} bytes per message (max_payload)")
 
     async def _broadcast(self, event: Event) -> None:
         if self.broadcaster is None:
@@ -319,6 +357,7 @@ class AsyncEventStore:
     async def save_snapshot(self, snapshot: ActorSnapshot) -> None:
         """Store a snapshot of an actor's state (no version check, as in Go)."""
         payload = encode_snapshot(snapshot)
+        self._check_size(f"snapshot of {snapshot.actor_id}", payload)
         await self._ensure_stream()
         with self._guard():
             await self._js.publish(snapshot_subject(self.stream_name, snapshot.actor_id), payload)
@@ -669,6 +708,7 @@ def connect_async(
     config = config or JetStreamConfig()
     if namespace is not None:
         config = dataclasses.replace(config, namespace=namespace)
+    check_stream_name(stream_name(stream, config.namespace))  # before any connection
     options = ConnectOptions.from_arguments(url or default_url() or embedded_url(), **credentials)
 
     async def open_store() -> AsyncEventStore:

@@ -171,11 +171,33 @@ def _envelope(pairs: list[tuple[str, Any]]) -> bytes:
     return b"{" + b",".join(parts) + b"}"
 
 
+# The actor ID is in the subject (twice, with its type), and a subject must fit
+# the PUB line under nats-server's max_control_line (4 KiB by default).
+MAX_ACTOR_ID_BYTES = 1024
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def check_actor_id(actor_id: Any) -> None:
     if not isinstance(actor_id, str) or not actor_id:
         raise InvalidEventError(f"actor_id must be a non-empty string, not {actor_id!r}")
-    if any(ch in actor_id for ch in "\r\n\t\0"):
-        raise InvalidEventError(f"actor_id {actor_id!r} contains control characters")
+    if _CONTROL.search(actor_id):
+        # The NATS protocol splits on some of them (\x0b, \x0c) and consumer
+        # filters refuse others: such a subject cannot be read back.
+        raise InvalidEventError(f"actor_id {actor_id!r:.80} contains control characters")
+    if len(actor_id.encode("utf-8", "surrogatepass")) > MAX_ACTOR_ID_BYTES:
+        raise InvalidEventError(f"actor_id is longer than {MAX_ACTOR_ID_BYTES} bytes (UTF-8)")
+
+
+# What JetStream accepts as a stream name.
+_BAD_STREAM_NAME = re.compile(r"[\s.*>/\\\x00-\x1f\x7f]")
+
+
+def check_stream_name(name: str) -> None:
+    """``InvalidEventError`` unless JetStream accepts ``name`` as a stream name."""
+    if not name or len(name.encode("utf-8", "surrogatepass")) > 255 or _BAD_STREAM_NAME.search(name):
+        raise InvalidEventError(
+            f"stream name {name!r:.80} is not valid in JetStream (at most 255 bytes; no whitespace, "
+            "'.', '*', '>', '/', '\\' or control characters)")
 
 
 def _check_version(version: Any) -> None:
@@ -262,12 +284,20 @@ def _integer(value: Any, key: str) -> int:
     return value
 
 
+def _json_text(value: Any, key: str) -> str:
+    """``value`` as compact JSON text; what orjson cannot write is a decode error."""
+    try:
+        return orjson.dumps(value).decode()
+    except orjson.JSONEncodeError as exc:  # nested deeper than 254 levels, or an int beyond 64 bits
+        raise DecodeError(f"{key} cannot be re-encoded: {exc}") from None
+
+
 def _object_text(value: Any, key: str) -> str | None:
     if value is None:
         return None
     if type(value) is not dict:
         raise DecodeError(f"json: cannot unmarshal {_json_kind(value)} into field {key} of type map[string]interface {{}}")
-    return orjson.dumps(value).decode()
+    return _json_text(value, key)
 
 
 def _timestamp_text(value: Any) -> str | None:
@@ -360,6 +390,12 @@ def _reject_constant(text: str) -> Any:
     raise ValueError(f"invalid character {text[0]!r} looking for beginning of value")
 
 
+def _int_literal(text: str) -> int | float:
+    """An integer as orjson reads it: beyond int64/uint64 it is a float (as in Go)."""
+    number = int(text)
+    return number if _INT64_MIN <= number <= 2**64 - 1 else _go_float_literal(text)
+
+
 def _go_float_literal(text: str) -> float:
     number = float(text)
     if math.isinf(number):
@@ -371,7 +407,8 @@ def _load_lenient(payload: bytes) -> Any:
     """Go's decoder reads invalid UTF-8 and lone surrogate escapes inside
     strings as U+FFFD, where orjson refuses the whole payload."""
     text = payload.decode("utf-8", errors="replace")
-    document = json.loads(text, parse_constant=_reject_constant, parse_float=_go_float_literal)
+    document = json.loads(text, parse_constant=_reject_constant, parse_float=_go_float_literal,
+                          parse_int=_int_literal)
     return _replace_surrogates(document)
 
 
@@ -423,7 +460,7 @@ def decode_event(payload: bytes) -> EventFields:
         _integer(fields.get("version"), "version"),
         _object_text(fields.get("data"), "data"),
         _timestamp_text(fields.get("timestamp")),
-        orjson.dumps(extra).decode() if extra else None,
+        _json_text(extra, "extra") if extra else None,
     )
 
 

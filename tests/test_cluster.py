@@ -294,10 +294,6 @@ def test_appends_lose_nothing_when_the_stream_leader_is_killed(cluster, stream_n
         assert manifest["events"] == 300
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "core gap: save_event raises ConnectionFailed('no JetStream responders') for ~5-8 s while the "
-    "cluster elects a new stream leader; it should retry the same publish (same Nats-Msg-Id, so "
-    "de-duplicated) within reconnect_seconds (see the report)"))
 def test_appends_ride_through_a_leader_failover_without_errors(cluster, stream_name):
     with connect(cluster.url, stream=stream_name, config=R3, reconnect_seconds=30) as store:
         for n in range(60):

@@ -314,10 +314,6 @@ def test_an_event_over_max_payload_fails_clearly_and_writes_nothing(server_facto
         assert store.load(progress=False)["version"].tolist() == [1, 2]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "core bug: an event over max_payload raises ConnectionFailed('NATS error ...: maximum payload "
-    "exceeded') from nats-py's client-side check; it can never be written, so it should be an "
-    "InvalidEventError naming its size and the limit (see the report)"))
 def test_an_event_over_max_payload_is_an_invalid_event_error(server_factory, stream_name):
     server = server_factory(f"max_payload: {SMALL_PAYLOAD}")
     with connect(server.url, stream=stream_name) as store:
@@ -325,11 +321,6 @@ def test_an_event_over_max_payload_is_an_invalid_event_error(server_factory, str
             store.save_event(blob_event("blob-1", 1, SMALL_PAYLOAD + 1))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "core bug: an event whose JSON fits max_payload but whose JSON plus headers (Nats-Msg-Id, "
-    "Nats-Expected-Last-Subject-Sequence, ~100 bytes) does not passes nats-py's check; the server "
-    "closes the connection ('Maximum Payload Violation'), save_event times out after 5 s and every "
-    "later call fails with 'connection closed' (see the report)"))
 def test_an_event_just_under_max_payload_does_not_break_the_store(server_factory, stream_name):
     server = server_factory(f"max_payload: {SMALL_PAYLOAD}")
     with connect(server.url, stream=stream_name, reconnect_seconds=5) as store:
@@ -371,7 +362,7 @@ def fill_until_refused(store: Any) -> tuple[int, BaseException]:
     for version in range(1, 20):
         try:
             store.save_event(Event.new("acct-1", "Deposited", version, {"pad": "y" * 150}))
-        except Exception as exc:  # noqa: BLE001 - which type is the xfail below
+        except Exception as exc:  # noqa: BLE001 - its type is checked by the caller
             return version - 1, exc
     raise AssertionError("the stream never refused an append")
 
@@ -390,10 +381,6 @@ def test_a_full_discard_new_stream_refuses_the_append_clearly(server_factory, st
         assert store.get_latest_version("acct-1") == 3
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "core bug: translate_errors re-raises JetStream API errors it does not map, so a full stream "
-    "leaks nats-py's ServiceUnavailableError (10077) and an oversized message BadRequestError "
-    "(10054) past the AuditError boundary; the CLI then prints a traceback (see the report)"))
 @pytest.mark.parametrize("limit", ["max_msgs", "max_bytes"])
 def test_a_full_discard_new_stream_raises_an_audit_error(server_factory, stream_name, limit):
     server = server_factory()

@@ -4,11 +4,10 @@ Pure fuzzing of the decoder (``_wire``, ``_frames``), then, against a real
 server, bytes published raw into a stream and loaded back, and actor IDs and
 namespaces sent through the append API.
 
-Known bugs are pinned by deterministic ``xfail(strict=True)`` tests below
-(deep nesting, control characters in subjects and actor IDs, over-long actor
-IDs, namespaces JetStream refuses); the property tests' strategies stop just
-short of those inputs so they keep guarding everything else. Widen them
-(``MAX_NESTING``, the control characters) once the fixes are in.
+The edges found here once (deep nesting, control characters in subjects and
+actor IDs, over-long actor IDs, namespaces JetStream refuses) have
+deterministic tests below; the property tests' strategies keep to ordinary
+inputs around them, so each run stays fast.
 """
 
 from __future__ import annotations
@@ -31,10 +30,10 @@ from aether_audit._wire import DecodeError, decode_event, decode_snapshot
 KNOWN_EVENT_KEYS = ("id", "eventType", "actorId", "version", "data", "timestamp")
 KNOWN_SNAPSHOT_KEYS = ("actorId", "version", "state", "timestamp")
 RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})")
-# orjson writes at most 254 nested levels (255 fails): deeper payloads hit the xfail'd bug below.
+# orjson writes at most 254 nested levels; deeper payloads have their own tests below.
 MAX_NESTING = 200
 # No example database: it would replay the shrunk inputs of the known bugs
-# (pinned by the xfail tests) on every run; each run explores afresh.
+# (which have their own tests) on every run; each run explores afresh.
 SERVER_SETTINGS = settings(max_examples=60, deadline=None, database=None, suppress_health_check=[
     HealthCheck.too_slow, HealthCheck.function_scoped_fixture, HealthCheck.data_too_large,
     HealthCheck.large_base_example])
@@ -55,7 +54,7 @@ def _json_values(integers: st.SearchStrategy[int]) -> st.SearchStrategy[object]:
 
 json_values = _json_values(st.integers(-(2**70), 2**70))
 # Integers orjson reads as integers: a payload with invalid UTF-8 goes through
-# the lenient stdlib decoder, where bigger ones hit the xfail'd bug below.
+# the lenient stdlib decoder; bigger ones have their own test below.
 json_values_64 = _json_values(st.integers(-(2**63), 2**64 - 1))
 
 
@@ -193,10 +192,6 @@ def test_decode_messages_accounts_for_every_message_exactly_once(messages, actor
         assert row["code"] == ("malformed_snapshot" if messages[row["stream_seq"] - 1][0] else "malformed_payload")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "core bug: decode_event/decode_snapshot raise TypeError ('Recursion limit reached') for an object "
-    "nested 254..1024 levels deep: orjson.loads accepts it, orjson.dumps in _object_text and for extra "
-    "refuses it; the TypeError escapes decode_messages and crashes the whole scan (see the report)"))
 @pytest.mark.parametrize("depth", [255, 300, 1000])
 @pytest.mark.parametrize("where", ["data", "extra", "state"])
 def test_deeply_nested_payloads_are_decode_errors_or_events(depth, where):
@@ -216,10 +211,6 @@ def test_deeply_nested_payloads_are_decode_errors_or_events(depth, where):
     assert len(batch) == 1
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "core bug: a payload with invalid UTF-8 goes through _wire._load_lenient (stdlib json), which reads "
-    "integers outside int64/uint64 as Python ints; orjson.dumps in _object_text / for extra then raises "
-    "TypeError('Integer exceeds 64-bit range'), which crashes the scan (see the report)"))
 @pytest.mark.parametrize("number", ["-9223372036854775809", "18446744073709551616", "1" + "0" * 30])
 @pytest.mark.parametrize("where", ["data", "extra"])
 def test_big_integers_next_to_invalid_utf8_are_decoded_or_decode_errors(number, where):
@@ -321,10 +312,6 @@ def test_odd_subjects_load_back_each_exactly_once(raw_store, nats_url, tokens):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=(
-    "core bug: _scan._parse_frame splits the MSG control line with bytes.split(), which also splits "
-    "on \\x0b and \\x0c; a message whose subject holds one is taken for another consumer's frame and "
-    "silently skipped by every whole-stream load (see the report)"))
 @pytest.mark.parametrize("char", ["\x0b", "\x0c"])
 def test_subjects_with_vertical_tab_or_form_feed_are_not_dropped(raw_store, nats_url, char):
     stream = raw_store.stream_name
@@ -339,7 +326,6 @@ def test_subjects_with_vertical_tab_or_form_feed_are_not_dropped(raw_store, nats
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="core bug: deep nesting crashes decode_messages (see test above)")
 def test_a_deeply_nested_payload_does_not_crash_a_load(raw_store, nats_url):
     stream = raw_store.stream_name
     deep = dumps({"id": "deep", "eventType": "T", "actorId": "a-1", "version": 1,
@@ -412,10 +398,6 @@ CONTROL_CHARACTERS = ["\x01", "\x0b", "\x0c", "\x1b", "\x1f", "\x7f"]
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=(
-    "core bug: check_actor_id rejects only \\r \\n \\t \\0; other control characters are written and then "
-    "cannot be read back (\\x0b: get_events stalls ~120 s; \\x0c: the consumer filter is an 'invalid "
-    "subject'; \\x7f: get_events returns []), see the report"))
 @pytest.mark.parametrize("char", CONTROL_CHARACTERS, ids=[f"0x{ord(c):02x}" for c in CONTROL_CHARACTERS])
 def test_actor_ids_with_control_characters_are_refused_before_writing(nats_url, stream_name, char):
     with connect(nats_url, stream=stream_name) as store:
@@ -427,10 +409,6 @@ def test_actor_ids_with_control_characters_are_refused_before_writing(nats_url, 
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=(
-    "core bug: an actor ID whose subject makes the PUB line longer than the server's max_control_line "
-    "(4 KiB) is sent; the server closes the connection, save_event times out after 5 s and the store is "
-    "dead afterwards; check_actor_id should bound the length (see the report)"))
 def test_an_over_long_actor_id_is_refused_and_the_store_keeps_working(nats_url, stream_name):
     with connect(nats_url, stream=stream_name, reconnect_seconds=5) as store:
         store.save_event(Event.new("ok-1", "Fuzzed", 1))
@@ -467,9 +445,6 @@ BAD_NAMESPACES = {"slash": "a/b", "backslash": "a\\b", "tab": "a\tb", "nul": "\x
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=(
-    "core bug: a namespace that makes a stream name JetStream refuses raises ValueError, JSONDecodeError, "
-    "raw nats-py ServerError or ConnectionFailed('invalid subject') instead of InvalidEventError (see the report)"))
 @pytest.mark.parametrize("namespace", list(BAD_NAMESPACES.values()), ids=list(BAD_NAMESPACES))
 def test_a_namespace_jetstream_refuses_is_an_invalid_event_error(nats_url, namespace):
     stream = f"fz{next(_streams)}"

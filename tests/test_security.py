@@ -347,7 +347,7 @@ def strangers(secure: Secure) -> list[str]:
 def test_wrong_credentials_fail_fast_and_clearly_on_both_connections(secure, strangers, kind):
     url, credentials = WRONG_KINDS[kind](secure)
     started = time.monotonic()
-    with pytest.raises(ConnectionFailed) as caught:  # AuthenticationFailed: see the xfail below
+    with pytest.raises(ConnectionFailed) as caught:  # AuthenticationFailed is one
         connect(url, stream="sec", **credentials)
     assert time.monotonic() - started < 5.0
     assert "\n" not in str(caught.value)
@@ -366,10 +366,6 @@ def test_wrong_credentials_fail_fast_and_clearly_on_both_connections(secure, str
             assert secret not in text
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "core bug: connect() reports refused credentials as ConnectionFailed('... no servers available "
-    "for connection'): nats-py raises NoServersError after its retry and the AuthorizationError only "
-    "reaches error_cb; open_nats should raise AuthenticationFailed (see the report)"))
 def test_connect_reports_refused_credentials_as_authentication_failed(secure, strangers):
     for kind, make in WRONG_KINDS.items():
         url, credentials = make(secure)
@@ -377,10 +373,6 @@ def test_connect_reports_refused_credentials_as_authentication_failed(secure, st
             connect(url, stream="sec", **credentials)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "core bug: connect() hangs forever when the server's TLS certificate is not trusted "
-    "(nats-py's connect() awaits wait_closed() of the failed TLS transport); "
-    "open_nats needs an overall asyncio.wait_for (see the report)"))
 def test_an_untrusted_server_certificate_fails_within_a_bound(secure):
     outcome: dict[str, Any] = {}
 
