@@ -370,37 +370,46 @@ class StreamScanner:
         """
         batch = RawBatch()
         async with self._lock:
-            await self.connect()
-            subject = f"$JS.API.STREAM.MSG.GET.{stream}".encode()
-            for start in range(0, len(seqs), window):
-                chunk = seqs[start:start + window]
-                base = next(self._ids)
-                for _ in range(len(chunk) - 1):  # reserve one reply token per request
-                    next(self._ids)
-                replies = {f"{self._inbox}.r.{base + i}".encode(): i for i in range(len(chunk))}
-                requests = []
-                for reply, i in replies.items():
-                    body = b'{"seq":%d}' % chunk[i]
-                    requests.append(b"PUB %s %s %d\r\n%s\r\n" % (subject, reply, len(body), body))
-                self._send(b"".join(requests))  # one write: a syscall per request would dominate
-                answers: list[dict[str, Any] | None] = [None] * len(chunk)
-                missing = len(chunk)
-                async with asyncio.timeout(max(self._options.connect_timeout, 5.0)):
-                    while missing:
-                        op, args, _, payload = await self._frame()
-                        index = replies.get(args[0]) if op in (b"MSG", b"HMSG") else None
-                        if index is not None and answers[index] is None:
-                            answers[index] = json.loads(payload)
-                            missing -= 1
-                for answer in answers:
-                    message = (answer or {}).get("message")
-                    if message is None:
-                        continue  # deleted since it was indexed (err_code 10037)
-                    batch.seqs.append(int(message["seq"]))
-                    batch.stored_ns.append(_rfc3339_ns(message["time"]))
-                    batch.subjects.append(message["subject"])
-                    batch.payloads.append(base64.b64decode(message.get("data") or b""))
+            try:
+                await self._get_messages(stream, seqs, window, batch)
+            except BaseException:
+                # Replies (or -ERRs) of the other requests may still come:
+                # start the next call on a clean connection.
+                self._drop()
+                raise
         return batch
+
+    async def _get_messages(self, stream: str, seqs: list[int], window: int, batch: RawBatch) -> None:
+        await self.connect()
+        subject = f"$JS.API.STREAM.MSG.GET.{stream}".encode()
+        for start in range(0, len(seqs), window):
+            chunk = seqs[start:start + window]
+            base = next(self._ids)
+            for _ in range(len(chunk) - 1):  # reserve one reply token per request
+                next(self._ids)
+            replies = {f"{self._inbox}.r.{base + i}".encode(): i for i in range(len(chunk))}
+            requests = []
+            for reply, i in replies.items():
+                body = b'{"seq":%d}' % chunk[i]
+                requests.append(b"PUB %s %s %d\r\n%s\r\n" % (subject, reply, len(body), body))
+            self._send(b"".join(requests))  # one write: a syscall per request would dominate
+            answers: list[dict[str, Any] | None] = [None] * len(chunk)
+            missing = len(chunk)
+            async with asyncio.timeout(max(self._options.connect_timeout, 5.0)):
+                while missing:
+                    op, args, _, payload = await self._frame()
+                    index = replies.get(args[0]) if op in (b"MSG", b"HMSG") else None
+                    if index is not None and answers[index] is None:
+                        answers[index] = json.loads(payload)
+                        missing -= 1
+            for answer in answers:
+                message = (answer or {}).get("message")
+                if message is None:
+                    continue  # deleted since it was indexed (err_code 10037)
+                batch.seqs.append(int(message["seq"]))
+                batch.stored_ns.append(_rfc3339_ns(message["time"]))
+                batch.subjects.append(message["subject"])
+                batch.payloads.append(base64.b64decode(message.get("data") or b""))
 
     # -- scanning ---------------------------------------------------------
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import resource
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -24,8 +24,9 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 CHILD = """
-import json, resource, sys
+import json, sys
 import aether_audit
+from export_memory import peak_rss_kb
 url, stream = sys.argv[1:3]
 rows = batches = 0
 with aether_audit.connect(url, stream=stream) as store:
@@ -33,12 +34,13 @@ with aether_audit.connect(url, stream=stream) as store:
         rows += batch.num_rows
         batches += 1
 print(json.dumps({"events": rows, "batches": batches,
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                  "peak_rss_mb": peak_rss_kb() / 1024}))
 """
 
 
 def measure_batches(url: str, stream: str) -> dict:
-    output = subprocess.run([sys.executable, "-c", CHILD, url, stream], check=True, capture_output=True, text=True)
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "benchmarks"))
+    output = subprocess.run([sys.executable, "-c", CHILD, url, stream], check=True, capture_output=True, text=True, env=env)
     return json.loads(output.stdout)
 
 

@@ -117,6 +117,18 @@ async def _caught_up(nc: Any, js: Any, stream: str, count: int, timeout: float =
         await asyncio.sleep(0.005)
 
 
+def peak_rss_kb() -> float:
+    """This process's peak resident memory in KiB. VmHWM, not ru_maxrss: a
+    child forked from a big parent inherits the parent's peak in ru_maxrss."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return float(line.split()[1])
+    except OSError:
+        pass
+    return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+
+
 def _child(url: str, stream: str, out_dir: str) -> None:
     """In the measured process: export, then print the figures as JSON."""
     import aether_audit
@@ -125,7 +137,7 @@ def _child(url: str, stream: str, out_dir: str) -> None:
     with aether_audit.connect(url, stream=stream) as store:
         manifest = store.export_parquet(out_dir, progress=False)
     seconds = time.perf_counter() - began
-    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    peak_kb = peak_rss_kb()
     print(json.dumps({"events": manifest["events"], "messages": manifest["events"] + manifest["snapshots"]
                       + manifest["replay_errors"], "seconds": seconds, "peak_rss_mb": peak_kb / 1024}))
 
