@@ -7,8 +7,9 @@ the server without seeing each other's data.
 from __future__ import annotations
 
 import itertools
-import os
 import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -40,3 +41,23 @@ def stream_name() -> str:
 def _no_ambient_nats_url(monkeypatch: pytest.MonkeyPatch) -> None:
     # A developer's NATS_URL must never point tests at a real deployment.
     monkeypatch.delenv("NATS_URL", raising=False)
+
+
+@pytest.fixture
+def server_factory(tmp_path: Path) -> Iterator[Callable[..., NatsServer]]:
+    """Start extra nats-servers, each with its own store dir and port; all killed at the end.
+
+    ``server_factory(config_text="", store_dir=None, port=-1)``: pass the
+    ``store_dir`` and ``port`` of a stopped server to restart it on its data.
+    """
+    started: list[NatsServer] = []
+    numbers = itertools.count()
+
+    def start(config_text: str = "", *, store_dir: Path | None = None, port: int = -1) -> NatsServer:
+        server = NatsServer(store_dir or tmp_path / f"server-{next(numbers)}", config_text=config_text, port=port)
+        started.append(server)
+        return server.start()
+
+    yield start
+    for server in started:
+        server.kill()

@@ -24,7 +24,6 @@ import pytest
 import aether_audit
 from aether_audit import (
     ActorSnapshot,
-    ConnectionFailed,
     Event,
     JetStreamConfig,
     NatsServer,

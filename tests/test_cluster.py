@@ -13,7 +13,6 @@ refuses a config that sets it twice: "Duplicate 'store_dir' configuration").
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
 import socket
 import time
@@ -35,22 +34,6 @@ FILL = 25_000  # > 2 x 10k load batch: the kill lands while >= 5k are still on t
 
 
 # --- the cluster --------------------------------------------------------------------
-
-
-@pytest.fixture
-def server_factory(tmp_path: Path) -> Iterator[Callable[..., NatsServer]]:
-    """Start nats-servers, each with its own store dir; all killed at the end."""
-    started: list[NatsServer] = []
-    numbers = itertools.count()
-
-    def start(config_text: str = "", *, store_dir: Path | None = None, port: int = -1) -> NatsServer:
-        server = NatsServer(store_dir or tmp_path / f"node-{next(numbers)}", config_text=config_text, port=port)
-        started.append(server)
-        return server.start()
-
-    yield start
-    for server in started:
-        server.kill()
 
 
 def free_ports(count: int) -> list[int]:

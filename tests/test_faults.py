@@ -9,10 +9,9 @@ arrived, so the test knows the rest had to come through a new connection.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,26 +33,6 @@ DOWN_BOUND = 20.0
 
 
 # --- servers ------------------------------------------------------------------
-
-
-@pytest.fixture
-def server_factory(tmp_path: Path) -> Iterator[Callable[..., NatsServer]]:
-    """Start nats-servers, each with its own store dir and port; all stopped at the end.
-
-    ``server_factory(config_text="", store_dir=None, port=-1)``: pass the
-    ``store_dir`` and ``port`` of a stopped server to restart it on its data.
-    """
-    started: list[NatsServer] = []
-    numbers = itertools.count()
-
-    def start(config_text: str = "", *, store_dir: Path | None = None, port: int = -1) -> NatsServer:
-        server = NatsServer(store_dir or tmp_path / f"server-{next(numbers)}", config_text=config_text, port=port)
-        started.append(server)
-        return server.start()
-
-    yield start
-    for server in started:
-        server.kill()
 
 
 def restart(factory: Callable[..., NatsServer], server: NatsServer, *, abrupt: bool) -> NatsServer:

@@ -179,7 +179,7 @@ def test_a_well_formed_event_keeps_every_field_and_every_unknown_key(payload):
 @given(st.lists(st.tuples(st.booleans(), payloads), max_size=12), st.sampled_from([None, "fuzz-1"]))
 def test_decode_messages_accounts_for_every_message_exactly_once(messages, actor):
     seqs = list(range(1, len(messages) + 1))
-    subjects = [f"s.snapshots.fuzz.fuzz-1" if snap else "s.events.fuzz.fuzz-1" for snap, _ in messages]
+    subjects = ["s.snapshots.fuzz.fuzz-1" if snap else "s.events.fuzz.fuzz-1" for snap, _ in messages]
     bodies = [payload for _, payload in messages]
     batch = decode_messages(seqs, [0] * len(seqs), subjects, bodies, snapshot_prefix="s.snapshots.", actor_id=actor)
     seen = (batch.events.column("stream_seq").to_pylist() + batch.snapshots.column("stream_seq").to_pylist()

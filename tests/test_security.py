@@ -184,22 +184,6 @@ authorization {{
 # --- servers ------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def server_factory(tmp_path: Path) -> Iterator[Callable[..., NatsServer]]:
-    """Start extra nats-servers, each with its own store dir and port; all stopped at the end."""
-    started: list[NatsServer] = []
-    numbers = itertools.count()
-
-    def start(config_text: str = "") -> NatsServer:
-        server = NatsServer(tmp_path / f"server-{next(numbers)}", config_text=config_text)
-        started.append(server)
-        return server.start()
-
-    yield start
-    for server in started:
-        server.kill()
-
-
 class Secure:
     """The module's servers, one per way of logging in, and the files to log in with."""
 
