@@ -70,6 +70,10 @@ DEMO_STREAMS = (
 STREAM_WIDE = frozenset({"immutability_not_enforced", "retention_expiry"})
 
 
+# The walkthrough notebooks of a checkout (an installed wheel has none).
+NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+
+
 def run_demo(out_dir: str | os.PathLike[str], *, url: str | None = None, progress: bool | None = False) -> dict[str, Any]:
     """Seed the sample scenarios, audit, export and report; return a summary.
 
@@ -106,6 +110,7 @@ def run_demo(out_dir: str | os.PathLike[str], *, url: str | None = None, progres
         "counts": anomalies["counts"],
         "expected": anomalies["expected"],
         "matches_expectations": all(s["matches"] for s in streams.values()),
+        "notebooks": sorted(str(p) for p in NOTEBOOKS_DIR.glob("*.ipynb")) if NOTEBOOKS_DIR.is_dir() else [],
         "seconds": round(time.monotonic() - started, 2),
     }
     summary["lines"] = _lines(summary)
@@ -187,6 +192,8 @@ def _lines(summary: dict[str, Any]) -> list[str]:
     for name, s in summary["streams"].items():
         lines.append(f"  export  {s['export']}/  ({s['exported_events']:,} events, manifest.json)")
     lines.append(f"  summary {Path(summary['out_dir']) / 'summary.json'}")
+    for notebook in summary.get("notebooks", []):
+        lines.append(f"  notebook {notebook}")
     lines.append(f"next: open {summary['report']} in a browser; "
                  f"pandas.read_parquet('{Path(summary['export']) / 'demo' / 'events'}')")
     return lines
