@@ -216,7 +216,7 @@ class AsyncEventStore:
         )
 
     async def _last_message(self, subject: str) -> tuple[int, bytes] | None:
-        """The last message stored on ``subject``: one direct look-up."""
+        """The last message stored on ``subject``: one look-up (a direct get where the stream allows it)."""
         from nats.js.errors import NotFoundError
 
         if self._allow_direct is None:
@@ -331,10 +331,13 @@ class AsyncEventStore:
         # does not decode: this actor's latest needs a read of the subject.
         events = await self._actor_batches(actor_id, subject)
         versions = [v for batch in events for v in batch.events.column("version").to_pylist()]
-        return _Head(seq, max(versions, default=0))
+        # Its last event in stream order, as for an actor with a subject of its own.
+        return _Head(seq, versions[-1] if versions else 0)
 
     async def get_latest_version(self, actor_id: str) -> int:
-        """The actor's latest version, 0 when it has none: one direct look-up."""
+        """The version of the actor's last stored event, 0 when it has none:
+        one look-up by subject (a read of the subject only when another actor
+        shares it)."""
         return (await self._read_head(actor_id, event_subject(self.stream_name, actor_id))).version
 
     async def get_events(self, actor_id: str, from_version: int = 0) -> list[Event]:
