@@ -23,6 +23,7 @@ from typing import Any
 
 import nats
 import pytest
+from _support import Fault
 
 from aether_audit import ActorSnapshot, ConnectionFailed, Event, JetStreamConfig, NatsServer, VersionConflictError, connect
 from aether_audit._export import read_export
@@ -171,29 +172,6 @@ def healthy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 def cluster(server_factory: Callable[..., NatsServer], tmp_path: Path) -> Cluster:
     """A fresh cluster for a test that kills a node."""
     return Cluster(server_factory, tmp_path)
-
-
-class Fault:
-    """Runs ``action`` once, right after the store's scanner handed out its first
-    raw batch, and counts the scanner's connection attempts."""
-
-    def __init__(self, store: Any, action: Callable[[], None]) -> None:
-        self.handshakes, self.fired = 0, False
-        scanner = store.core._scanner
-        real_scan, real_handshake = scanner.scan, scanner._handshake
-
-        async def scan(*args: Any, **kwargs: Any) -> Any:
-            async for batch in real_scan(*args, **kwargs):
-                if not self.fired:
-                    self.fired = True
-                    action()
-                yield batch
-
-        async def handshake(url: str) -> None:
-            self.handshakes += 1
-            await real_handshake(url)
-
-        scanner.scan, scanner._handshake = scan, handshake
 
 
 def assert_sound(store: Any, events: list[Event]) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 
 import nats
 import pytest
+from _support import Fault
 
 from aether_audit import AuditError, ConnectionFailed, Event, InvalidEventError, NatsServer, connect
 from aether_audit._export import read_export, verify_exports
@@ -66,35 +67,6 @@ async def fill(url: str, stream: str, count: int = N_EVENTS) -> None:
             await asyncio.gather(*(js.publish(subject, payload, headers=headers) for subject, payload, headers in batch))
     finally:
         await nc.close()
-
-
-class Fault:
-    """Runs ``action`` once, right after the store's scanner handed out its first
-    raw batch, and counts the scanner's connection attempts.
-
-    It wraps two methods of the store's ``StreamScanner`` instance; the
-    server itself is real and the fault is a real stop, kill or restart.
-    """
-
-    def __init__(self, store: Any, action: Callable[[], None]) -> None:
-        self.handshakes = 0
-        self.fired = False
-        scanner = store.core._scanner
-        real_scan, real_handshake = scanner.scan, scanner._handshake
-
-        async def scan(*args: Any, **kwargs: Any) -> Any:
-            async for batch in real_scan(*args, **kwargs):
-                if not self.fired:
-                    self.fired = True
-                    action()  # blocks the store's loop while the server goes away
-                yield batch
-
-        async def handshake(url: str) -> None:
-            self.handshakes += 1
-            await real_handshake(url)
-
-        scanner.scan = scan
-        scanner._handshake = handshake
 
 
 def expected_ids(count: int = N_EVENTS) -> list[str]:
