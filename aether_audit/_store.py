@@ -16,9 +16,9 @@ import asyncio
 import dataclasses
 import time
 from array import array
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 import pandas as pd
@@ -69,6 +69,10 @@ from ._wire import (
 
 __all__ = ["AsyncEventStore", "connect_async"]
 
+T = TypeVar("T")
+
+# JetStream's "system temporarily unavailable" (no leader yet), worth a retry.
+JS_ERR_TEMPORARILY_UNAVAILABLE = 10008
 # Retries of an append whose subject moved under it (another writer, or an
 # actor whose ID collides on the same subject) before giving up.
 MAX_APPEND_ATTEMPTS = 50
@@ -226,7 +230,8 @@ class AsyncEventStore:
                 return None
         with self._guard():
             try:
-                message = await self._js.get_last_msg(self.stream_name, subject, direct=self._allow_direct)
+                message = await self._while_unavailable(
+                    lambda: self._js.get_last_msg(self.stream_name, subject, direct=self._allow_direct))
             except NotFoundError as exc:
                 if getattr(exc, "err_code", None) == JS_ERR_STREAM_NOT_FOUND:
                     self._stream_exists = False
@@ -244,13 +249,11 @@ class AsyncEventStore:
         event ID within the stream's de-duplication window is stored once
         (``Nats-Msg-Id``), as in the Go store.
         """
-        from nats import errors as nats_errors
-        from nats.js.errors import APIError, NoStreamResponseError
+        from nats.js.errors import APIError
 
         payload = encode_event(event)  # validates before anything is written
         subject = event_subject(self.stream_name, event.actor_id)
         await self._ensure_stream()
-        deadline: float | None = None  # of riding out a failover: opens at the first failure
         attempts = 0
         while attempts < MAX_APPEND_ATTEMPTS:
             head = self._heads.get(event.actor_id)
@@ -268,25 +271,16 @@ class AsyncEventStore:
             self._check_size(f"event {event.id}", payload, headers)
             with self._guard():
                 try:
-                    ack = await self._js.publish(subject, payload, headers=headers)
+                    # Resending after no answer is safe: the same Nats-Msg-Id
+                    # makes a copy that did arrive a duplicate, never a second event.
+                    ack = await self._while_unavailable(
+                        lambda: self._js.publish(subject, payload, headers=headers))
                 except APIError as exc:
                     if getattr(exc, "err_code", None) != JS_ERR_WRONG_LAST_SEQUENCE:
                         raise
                     # Someone else appended to this subject: look again.
                     self._heads.pop(event.actor_id, None)
                     attempts += 1
-                    continue
-                except (NoStreamResponseError, nats_errors.NoRespondersError, nats_errors.TimeoutError):
-                    # No stream leader (a cluster electing one) or no answer in
-                    # time: send the same message again. The same Nats-Msg-Id makes
-                    # a copy that did arrive a duplicate, never a second event.
-                    if self._notes.recent_permission():
-                        raise
-                    now = time.monotonic()
-                    deadline = deadline or now + self._options.reconnect_seconds
-                    if now >= deadline:
-                        raise
-                    await asyncio.sleep(0.25)
                     continue
             if ack.duplicate:
                 self._heads.pop(event.actor_id, None)
@@ -295,6 +289,29 @@ class AsyncEventStore:
             await self._broadcast(event)
             return
         raise VersionConflictError(event.actor_id, event.version, await self.get_latest_version(event.actor_id))
+
+    async def _while_unavailable(self, operation: Callable[[], Awaitable[T]]) -> T:
+        """``operation()``, tried again while the stream has no leader (a
+        cluster electing one) or the server does not answer, for up to
+        ``reconnect_seconds``; then its error stands."""
+        from nats import errors as nats_errors
+        from nats.js.errors import NoStreamResponseError, ServiceUnavailableError
+
+        deadline: float | None = None  # opens at the first failure
+        while True:
+            try:
+                return await operation()
+            except (NoStreamResponseError, ServiceUnavailableError,
+                    nats_errors.NoRespondersError, nats_errors.TimeoutError) as exc:
+                if isinstance(exc, ServiceUnavailableError) and exc.err_code != JS_ERR_TEMPORARILY_UNAVAILABLE:
+                    raise  # e.g. a full stream: refused, not unavailable
+                if self._notes.recent_permission():
+                    raise  # refused, not unavailable
+                now = time.monotonic()
+                deadline = deadline or now + self._options.reconnect_seconds
+                if now >= deadline:
+                    raise
+                await asyncio.sleep(0.25)
 
     def _check_size(self, what: str, payload: bytes, headers: dict[str, str] | None = None) -> None:
         """``InvalidEventError`` unless the message fits the server's max_payload
