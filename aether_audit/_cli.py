@@ -16,10 +16,10 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from ._checks import SEVERITIES
 from ._errors import AuditError
 
 EXIT_OK, EXIT_FINDINGS, EXIT_ERROR = 0, 1, 2
-SEVERITIES = ("error", "warning", "info")
 
 DESCRIPTION = """\
 Audit, load and export the aether event store kept in NATS JetStream.

@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from ._errors import ScenarioError, StreamNotFound
+from ._files import write_atomic
 
 __all__ = ["DEMO_STREAMS", "run_demo"]
 
@@ -200,6 +201,4 @@ def _lines(summary: dict[str, Any]) -> list[str]:
 
 
 def _write_json(path: Path, value: Any) -> None:
-    temp = path.with_name(f".{path.name}.tmp")
-    temp.write_text(json.dumps(value, indent=2, default=str) + "\n", encoding="utf-8")
-    os.replace(temp, path)
+    write_atomic(path, (json.dumps(value, indent=2, default=str) + "\n").encode("utf-8"))

@@ -53,6 +53,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ._errors import ExportError
+from ._files import sync_dir, write_atomic
 from ._frames import (
     ERROR_SCHEMA,
     EVENT_SCHEMA,
@@ -184,25 +185,6 @@ def _sha256_and_sync(path: Path) -> str:
             digest.update(chunk)
         os.fsync(handle.fileno())
     return digest.hexdigest()
-
-
-def _sync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write a small file under a hidden temp name, fsync, then rename over ``path``."""
-    temp = path.with_name(f".{path.name}.tmp")
-    with open(temp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temp, path)
-    _sync_dir(path.parent)
 
 
 def _is_temp(name: str) -> bool:
@@ -667,7 +649,7 @@ def _commit(
     heads_entry = _publish(out_dir, heads_file, listed)
     entries = [_publish(out_dir, w, listed) for w in written]
     for directory in {out_dir} | {out_dir / k for k in KINDS if (out_dir / k).is_dir()}:
-        _sync_dir(directory)
+        sync_dir(directory)
     run = {"first_seq": seq_range[0], "last_seq": seq_range[1], **counts,
            "incremental": continuing, "exported_at": now().isoformat()}
     if continuing:
@@ -693,7 +675,7 @@ def _commit(
         (out_dir / kind).mkdir(exist_ok=True)  # readers of an empty kind find a directory
     if previous is not None and not continuing and _same_export(manifest, previous):
         return previous  # a full rerun of an unchanged stream: keep the bytes
-    _write_atomic(out_dir / MANIFEST, _manifest_bytes(manifest))
+    write_atomic(out_dir / MANIFEST, _manifest_bytes(manifest))
     _remove_unlisted(out_dir, manifest)
     return manifest
 

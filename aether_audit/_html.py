@@ -16,12 +16,14 @@ import datetime as dt
 import html
 import numbers
 import os
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
+from ._checks import FINDING_COLUMNS, SEVERITIES
+from ._files import write_atomic
 
 __all__ = [
     "findings_table_html",
@@ -35,8 +37,6 @@ __all__ = [
 MAX_FINDING_ROWS = 1000
 # Most-affected actors drawn on the page's version timeline.
 TIMELINE_ACTORS = 6
-SEVERITIES = ("error", "warning", "info")
-FINDING_COLUMNS = ["code", "severity", "actor_id", "stream_seq", "subject", "expected", "found", "message"]
 
 # Page-wide rules, for the standalone page only.
 PAGE_CSS = """
@@ -285,17 +285,4 @@ def write_report_html(report: Any, path: str | os.PathLike[str], *, title: str |
     Example:
         >>> write_report_html(store.audit(), "audit.html")  # doctest: +SKIP
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    page = render_report_html(report, title=title)
-    # The temp file sits next to the target (os.replace is atomic only within
-    # one file system); opened with "x" so it gets the usual permissions.
-    temp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(temp, "x", encoding="utf-8") as out:
-            out.write(page)
-        os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-    return path
+    return write_atomic(path, render_report_html(report, title=title).encode("utf-8"))

@@ -50,8 +50,8 @@ from __future__ import annotations
 
 import base64
 import os
-import sys
 import re
+import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass

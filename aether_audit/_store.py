@@ -54,11 +54,18 @@ from ._frames import (
     to_pandas,
 )
 from ._progress import progress_bar
-from ._records import ActorSnapshot, Event, JetStreamConfig, ReplayResult, StreamState, to_timestamp
+from ._records import (
+    ActorSnapshot,
+    Event,
+    JetStreamConfig,
+    ReplayResult,
+    StreamState,
+    to_timestamp,
+)
 from ._scan import StreamScanner
 from ._wire import (
-    check_stream_name,
     DecodeError,
+    check_stream_name,
     decode_event,
     encode_event,
     encode_snapshot,

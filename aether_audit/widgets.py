@@ -25,7 +25,13 @@ import pandas as pd
 
 from . import plots
 from ._frames import FINDING_SCHEMA, SCHEMAS, StreamFrames, to_pandas
-from ._html import CSS, findings_table_html, frame_table_html, sort_findings, summary_html
+from ._html import (
+    CSS,
+    findings_table_html,
+    frame_table_html,
+    sort_findings,
+    summary_html,
+)
 
 __all__ = ["ActorExplorer", "AuditDashboard"]
 
