@@ -46,7 +46,7 @@ def measure_batches(url: str, stream: str) -> dict:
 
 def main() -> int:
     from aether_audit import NatsServer
-    from run import seed_stream
+    from seeding import seed_stream
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=100_000)

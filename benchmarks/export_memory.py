@@ -1,8 +1,7 @@
 """Export throughput and peak memory: does memory stay flat as the stream grows?
 
-Seeds N events quickly (pipelined raw-protocol publishes in the Go store's layout:
-``<stream>.events.<type>.<id>`` with a ``Nats-Msg-Id`` header, ~360-byte
-payloads, 2,000 actors, plus one snapshot per actor), then runs
+Seeds N events in the Go store's layout (``seeding.py``, as ``run.py``
+does: ~360-byte events over 2,000 actors, with snapshots), then runs
 ``export_parquet`` in a fresh Python process and reports events/s and that
 process's peak RSS. The export streams, so 1,000,000 events should peak at
 no more than 1.5x the memory of 100,000:
@@ -24,98 +23,11 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
-from typing import Any
 
-TYPES = ("order", "account", "invoice", "customer")
-WINDOW = 20_000  # messages published before checking the server kept up
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-
-_EVENT = (b'{"id":"%s","eventType":"OrderLineAdded","actorId":"%s","version":%d,'
-          b'"data":{"sku":"SKU-%06d","quantity":%d,"price":1999,"currency":"EUR","note":"' + b"x" * 120
-          + b'"},"timestamp":"2024-05-01T12:34:56.123456789+02:00"}')
-
-
-def event_payload(actor: str, version: int, event_id: str | None = None) -> bytes:
-    """One ~360-byte event as the Go store writes it (a byte template: seeding
-    a million of them through json.dumps would dominate the benchmark)."""
-    event_id = event_id or str(uuid.uuid4())
-    return _EVENT % (event_id.encode(), actor.encode(), version, version, version % 7 + 1)
-
-
-async def seed(url: str, stream: str, events: int, actors: int = 2_000) -> None:
-    """Create ``stream`` and publish ``events`` events round-robin over ``actors``
-    actors (versions 1, 2, ... per actor), then one snapshot per actor.
-
-    Plain (core) ``HPUB`` frames written straight to a socket in windows of
-    ``WINDOW`` messages, which JetStream stores as it would acked publishes:
-    far faster than nats-py's per-message path. The stream's message count
-    paces the windows, so the server never falls behind by more than one.
-    """
-    import nats
-
-    nc = await nats.connect(url)
-    js = nc.jetstream()
-    await js.add_stream(name=stream, subjects=[f"{stream}.events.>", f"{stream}.snapshots.>"])
-    ids = [f"{TYPES[i % len(TYPES)]}-{i}" for i in range(actors)]
-    writer = await _raw_connection(url)
-    subjects = [f"{stream}.events.{actor.split('-')[0]}.{actor}" for actor in ids]
-    run = str(uuid.uuid4())[:24]  # unique IDs, UUID-shaped, without a uuid4() per event
-    frames, sent = [], 0
-    for n in range(events):
-        event_id = f"{run}{n:012x}"
-        payload = event_payload(ids[n % actors], n // actors + 1, event_id)
-        frames.append(_hpub(subjects[n % actors], payload, event_id))
-        if len(frames) == WINDOW:
-            sent = await _send_window(writer, frames, nc, js, stream, sent)
-    for actor in ids:
-        state = json.dumps({"actorId": actor, "version": events // actors, "state": {"total": 1},
-                            "timestamp": "2024-05-01T12:34:56Z"}).encode()
-        frames.append(_hpub(f"{stream}.snapshots.{actor.split('-')[0]}.{actor}", state, None))
-    sent = await _send_window(writer, frames, nc, js, stream, sent)
-    await _caught_up(nc, js, stream, sent)
-    writer.close()
-    await nc.close()
-
-
-def _hpub(subject: str, payload: bytes, msg_id: str | None) -> bytes:
-    headers = b"NATS/1.0\r\n" + (f"Nats-Msg-Id: {msg_id}\r\n".encode() if msg_id else b"") + b"\r\n"
-    size = len(headers) + len(payload)
-    return b"HPUB %s %d %d\r\n%s%s\r\n" % (subject.encode(), len(headers), size, headers, payload)
-
-
-async def _raw_connection(url: str) -> asyncio.StreamWriter:
-    """A bare client connection (no auth: the benchmark's own local server)."""
-    host, port = url.rsplit("//", 1)[-1].rsplit(":", 1)
-    reader, writer = await asyncio.open_connection(host, int(port))
-    await reader.readline()  # INFO
-    writer.write(b'CONNECT {"verbose":false,"pedantic":false,"headers":true,"no_responders":true}\r\nPING\r\n')
-    await writer.drain()
-    while not (await reader.readline()).startswith(b"PONG"):
-        pass
-    return writer
-
-
-async def _send_window(writer: asyncio.StreamWriter, frames: list[bytes], nc: Any, js: Any,
-                       stream: str, sent: int) -> int:
-    """Write a window of frames once the previous window is stored."""
-    await _caught_up(nc, js, stream, sent)
-    writer.write(b"".join(frames))
-    await writer.drain()
-    sent += len(frames)
-    frames.clear()
-    return sent
-
-
-async def _caught_up(nc: Any, js: Any, stream: str, count: int, timeout: float = 120.0) -> None:
-    """Wait until the stream holds at least ``count`` messages."""
-    deadline = time.monotonic() + timeout
-    while (await js.stream_info(stream)).state.messages < count:
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"stream {stream} did not reach {count} messages")
-        await asyncio.sleep(0.005)
-
+from seeding import seed_stream  # noqa: E402
 
 def peak_rss_kb() -> float:
     """This process's peak resident memory in KiB. VmHWM, not ru_maxrss: a
@@ -199,7 +111,7 @@ def main() -> None:
         for events in args.events:
             stream = f"export_bench_{events}"
             began = time.perf_counter()
-            asyncio.run(seed(server.url, stream, events, args.actors))
+            asyncio.run(seed_stream(server.url, stream, events, args.actors))
             print(f"seeded {events} events in {time.perf_counter() - began:.1f}s", file=sys.stderr, flush=True)
             results.append({"events_seeded": events, **run_export_child(server.url, stream)})
             print(json.dumps(results[-1]), flush=True)

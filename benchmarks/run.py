@@ -43,77 +43,16 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
 from aether_audit import Event, NatsServer, connect_async  # noqa: E402
 from aether_audit._report import audit_frames  # noqa: E402
-from aether_audit._wire import encode_event, encode_snapshot, event_subject, snapshot_subject  # noqa: E402
-from aether_audit._records import ActorSnapshot  # noqa: E402
+from aether_audit._wire import encode_event, event_subject  # noqa: E402
+from seeding import actor_ids, seed_stream  # noqa: E402
 
 SEED_FETCH_BATCH = 100  # the Go store's Fetch(100, MaxWait(time.Second))
 SEED_MAX_WAIT = 1.0
 NAIVE_FETCH_BATCH = 1000
-
-
-# --- seeding -------------------------------------------------------------------------
-
-
-def actor_ids(actors: int) -> list[str]:
-    kinds = ("order", "account", "cart", "invoice")
-    return [f"{kinds[i % len(kinds)]}-{i:06d}" for i in range(actors)]
-
-
-def seed_messages(stream: str, events: int, actors: int, seed: int = 42):
-    """(subject, payload, headers) of ``events`` events spread at random over
-    ``actors`` actors, plus a snapshot every 50 versions of an actor."""
-    rng = random.Random(seed)
-    ids = actor_ids(actors)
-    versions = dict.fromkeys(ids, 0)
-    # Event times just behind the store's clock, as a live system writes
-    # them (a stream of old timestamps would be all clock_skew findings).
-    base = time.time_ns() - events * 100_000
-    for n in range(events):
-        actor = ids[rng.randrange(actors)]
-        versions[actor] += 1
-        version = versions[actor]
-        stamp = pd.Timestamp(base + n * 100_003, unit="ns", tz="UTC")
-        event = Event(
-            id=f"{n:08d}-4c1e-4b7a-9d2f-{rng.getrandbits(48):012x}",
-            event_type=rng.choice(("OrderPlaced", "ItemAdded", "PaymentReceived", "OrderShipped")),
-            actor_id=actor,
-            version=version,
-            data={
-                "customer": f"customer-{rng.randrange(10_000):05d}",
-                "sku": f"SKU-{rng.randrange(100_000):06d}",
-                "quantity": rng.randrange(1, 10),
-                "price": round(rng.uniform(1, 500), 2),
-                "currency": "EUR",
-                "note": "x" * 40,
-                "warehouse": rng.choice(("AMS-1", "FRA-2", "DUB-3")),
-            },
-            timestamp=stamp,
-            extra={"commandId": f"cmd-{n:08d}"},
-        )
-        yield event_subject(stream, actor), encode_event(event), {"Nats-Msg-Id": event.id}
-        if version % 50 == 0:
-            snapshot = ActorSnapshot(actor, version, {"version": version, "total": version * 3}, stamp)
-            yield snapshot_subject(stream, actor), encode_snapshot(snapshot), None
-
-
-async def seed_stream(url: str, stream: str, events: int, actors: int) -> int:
-    nc = await nats.connect(url)
-    js = nc.jetstream()
-    await js.add_stream(name=stream, subjects=[f"{stream}.events.>", f"{stream}.snapshots.>"],
-                        max_age=365 * 24 * 3600)
-    pending = []
-    count = 0
-    for subject, payload, headers in seed_messages(stream, events, actors):
-        pending.append(js.publish(subject, payload, headers=headers))
-        count += 1
-        if len(pending) >= 2000:
-            await asyncio.gather(*pending)
-            pending.clear()
-    await asyncio.gather(*pending)
-    await nc.close()
-    return count
 
 
 # --- the baselines ---------------------------------------------------------------------
@@ -311,7 +250,6 @@ async def _append_all(save: Any, events: list[Event]) -> None:
 
 def measure_export_figures(url: str, stream: str) -> dict[str, float | None]:
     try:
-        sys.path.insert(0, str(ROOT / "benchmarks"))
         from export_memory import measure_export
     except ImportError:
         return {"eps": None, "peak_rss_mb": None}

@@ -1,9 +1,7 @@
 """How fast ``StreamScanner.scan`` reads a whole stream (counting only).
 
-Starts a local nats-server, publishes N ~360-byte events in the aether
-layout (``<stream>.events.<type>.<id>`` with a ``Nats-Msg-Id`` header, plus
-one snapshot per actor on ``<stream>.snapshots.<type>.<id>``) and times full
-scans. Prints one JSON object.
+Starts a local nats-server, seeds N events in the aether layout
+(``seeding.py``, as ``run.py`` does) and times full scans. Prints one JSON object.
 
     python benchmarks/scan_probe.py [--events 200000] [--actors 2000] [--runs 3]
     python benchmarks/scan_probe.py --url nats://127.0.0.1:4222 --stream bench   # existing data
@@ -16,54 +14,12 @@ import asyncio
 import json
 import statistics
 import time
-import uuid
 
-import nats
 
 from aether_audit._connection import ConnectOptions
 from aether_audit._scan import StreamScanner
 from aether_audit._server import NatsServer
-
-TYPES = ("order", "account", "invoice", "customer")
-
-
-def event_payload(actor: str, version: int) -> bytes:
-    body = {
-        "id": str(uuid.uuid4()),
-        "eventType": "OrderLineAdded",
-        "actorId": actor,
-        "version": version,
-        "data": {"sku": f"SKU-{version:06d}", "quantity": version % 7 + 1,
-                 "price": 1999, "currency": "EUR", "note": "x" * 96},
-        "timestamp": "2024-05-01T12:34:56.123456789+02:00",
-    }
-    return json.dumps(body, separators=(",", ":")).encode()
-
-
-async def seed(url: str, stream: str, events: int, actors: int) -> None:
-    nc = await nats.connect(url)
-    js = nc.jetstream()
-    await js.add_stream(name=stream, subjects=[f"{stream}.events.>", f"{stream}.snapshots.>"])
-    ids = [f"{TYPES[i % len(TYPES)]}-{i}" for i in range(actors)]
-    pending = []
-    for n in range(events):
-        actor = ids[n % actors]
-        subject = f"{stream}.events.{actor.split('-')[0]}.{actor}"
-        payload = event_payload(actor, n // actors + 1)
-        pending.append(js.publish(subject, payload, headers={"Nats-Msg-Id": str(uuid.uuid4())}))
-        if len(pending) == 1000:
-            await asyncio.gather(*pending)
-            pending.clear()
-    for actor in ids:
-        state = json.dumps({"actorId": actor, "version": events // actors, "state": {"total": 1},
-                            "timestamp": "2024-05-01T12:34:56Z"}).encode()
-        pending.append(js.publish(f"{stream}.snapshots.{actor.split('-')[0]}.{actor}", state))
-        if len(pending) == 1000:
-            await asyncio.gather(*pending)
-            pending.clear()
-    await asyncio.gather(*pending)
-    await nc.close()
-
+from seeding import seed_stream
 
 async def time_scans(url: str, stream: str, runs: int, batch_size: int) -> list[tuple[int, float, float]]:
     """(messages, wall seconds, this process's CPU seconds) of each full scan."""
@@ -97,7 +53,7 @@ def main() -> None:
     try:
         if server is not None:
             began = time.perf_counter()
-            asyncio.run(seed(url, args.stream, args.events, args.actors))
+            asyncio.run(seed_stream(url, args.stream, args.events, args.actors))
             print(f"seeded in {time.perf_counter() - began:.1f}s", flush=True)
         results = asyncio.run(time_scans(url, args.stream, args.runs, args.batch_size))
         rates = [count / seconds for count, seconds, _ in results]
