@@ -51,6 +51,7 @@ from ._frames import (
 )
 from ._records import now as utc_now
 from ._records import to_timestamp
+from ._wire import actor_type, sanitize
 
 __all__ = [
     "CHECKS",
@@ -221,19 +222,6 @@ def _arrow(series: pd.Series) -> pa.Array:
     return pa.array(series, from_pandas=True)
 
 
-def _sanitize(values: pa.Array) -> pa.Array:
-    # _wire.sanitize, on a whole column.
-    return pc.replace_substring_regex(values, pattern=r"[ .*>]", replacement="_")
-
-
-def _actor_types(actor_ids: pa.Array) -> pa.Array:
-    # _wire.actor_type on a column: the part before the first "-" at an
-    # index > 0, else "unknown". Recomputed here so offline frames whose
-    # actor_type was rebuilt from partition names are judged the same way.
-    head = pc.extract_regex(actor_ids, r"(?s)^(?P<type>.[^-]*)-")
-    return pc.coalesce(pc.struct_field(head, "type"), pa.scalar("unknown", TEXT))
-
-
 @dataclass(frozen=True)
 class _Subjects:
     """For each row: the subject its payload's actor maps to, whether that is
@@ -261,8 +249,8 @@ def _subjects(frame: pd.DataFrame, kind: str) -> _Subjects:
     concatenated from several) get theirs by a slower per-row regex.
     """
     actor_codes, actors = pd.factorize(frame["actor_id"].fillna(""))
-    actor_text = pa.array(np.asarray(actors, dtype=object), TEXT)
-    suffix = pc.binary_join_element_wise(_sanitize(_actor_types(actor_text)), _sanitize(actor_text), pa.scalar(".", TEXT))
+    # The wire's own naming rules, once per distinct actor (not per row).
+    suffix = pa.array([f"{sanitize(actor_type(a))}.{sanitize(a)}" for a in actors], TEXT)
     suffix = suffix.take(pa.array(actor_codes))
     subjects = pa.array(frame["subject"], from_pandas=True).cast(TEXT)
     if len(subjects) == 0:
