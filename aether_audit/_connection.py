@@ -1,22 +1,34 @@
-"""How to reach a NATS server, and the one place nats-py errors are translated.
+"""The one boundary to NATS: how to log in, and what the server's errors mean.
 
-``ConnectOptions`` holds the URL and credentials; its repr and ``describe()``
-never show a password, token or seed. ``open_nats`` returns a nats-py client;
-the fast scanner (``_scan``) speaks the protocol itself from the same options.
+Two clients speak to the server: nats-py (writes and the broadcaster) and
+the raw-protocol ``StreamScanner`` (``_scan``, every read). Everything they
+share lives here, once:
+
+- ``ConnectOptions``: the URL and credentials, as nats-py keyword arguments
+  (``nats_kwargs``) and as the raw ``CONNECT`` fields (``connect_fields``:
+  token, user/password, NKey and JWT nonce signing). Its repr and
+  ``describe()`` never show a password, token or seed.
+- What an error means: ``server_error`` (a ``-ERR`` line), ``api_error`` (a
+  JetStream API error object, with the JetStream error codes below) and
+  ``translate_errors`` (nats-py's exceptions).
+- How long to keep trying: ``ReconnectWindow`` and ``until_available``, over
+  ``reconnect_seconds``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
 import os
 import ssl
 import time
+import re
 import urllib.parse
-from collections.abc import Iterator
-from dataclasses import dataclass, field, fields, replace
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field, fields
+from typing import Any, TypeVar
 
 from ._errors import (
     AuditError,
@@ -27,13 +39,28 @@ from ._errors import (
     StreamNotFound,
 )
 
-__all__ = ["ConnectOptions", "ErrorNotes", "open_nats", "redact_url", "translate_errors"]
+__all__ = [
+    "ConnectOptions",
+    "ErrorNotes",
+    "ReconnectWindow",
+    "api_error",
+    "open_nats",
+    "redact_url",
+    "server_error",
+    "translate_errors",
+    "until_available",
+]
 
 logger = logging.getLogger("aether_audit")
+T = TypeVar("T")
 
 # JetStream API error codes (nats-server's errors.json) we give a meaning to.
+JS_ERR_TEMPORARILY_UNAVAILABLE = 10008  # no leader yet (a cluster electing one): worth a retry
+JS_ERR_NO_MESSAGE = 10037  # a get found no message at that sequence or subject
 JS_ERR_STREAM_NOT_FOUND = 10059
-JS_ERR_WRONG_LAST_SEQUENCE = 10071
+JS_ERR_WRONG_LAST_SEQUENCE = 10071  # the append guard: the subject moved
+
+_USER_SEED = r"\b(SU[A-Z2-7]{50,})\b"
 
 
 def redact_url(url: str) -> str:
@@ -100,9 +127,6 @@ class ConnectOptions:
             values["servers"] = tuple(s if "://" in s else f"nats://{s}" for s in servers)
         return cls(**values)
 
-    def with_servers(self, *servers: str) -> ConnectOptions:
-        return replace(self, servers=tuple(servers))
-
     def describe(self) -> str:
         """The servers, safe to print."""
         return ",".join(redact_url(s) for s in self.servers)
@@ -148,6 +172,33 @@ class ConnectOptions:
             kwargs["tls"] = context
         return kwargs
 
+    def connect_fields(self, url: str, nonce: str | None) -> dict[str, str]:
+        """The credential fields of a raw ``CONNECT`` to ``url`` (options win
+        over the URL's userinfo); the server's ``nonce`` is signed with the
+        NKey or the creds file's seed, which proves we hold it."""
+        parts = urllib.parse.urlsplit(url if "://" in url else f"nats://{url}")
+        unquote = urllib.parse.unquote
+        out: dict[str, str] = {}
+        url_user = unquote(parts.username) if parts.username else None
+        url_pass = unquote(parts.password) if parts.password is not None else None
+        user = self.user or (url_user if url_pass is not None else None)
+        token = self.token or (url_user if url_pass is None else None)  # nats://TOKEN@host
+        if user:
+            out["user"], out["pass"] = user, self.password or url_pass or ""
+        if token:
+            out["auth_token"] = token
+        if self.creds:
+            out["jwt"] = _read_secret(self.creds, r"-+BEGIN NATS USER JWT-+\s+(\S+)")
+        if self.creds or self.nkey:
+            import nkeys
+
+            keys = nkeys.from_seed(_read_secret(self.creds or self.nkey or "", _USER_SEED).encode())
+            if not self.creds:
+                out["nkey"] = keys.public_key.decode()
+            if nonce:
+                out["sig"] = base64.urlsafe_b64encode(keys.sign(nonce.encode())).rstrip(b"=").decode()
+        return out
+
     def env_credentials(self) -> dict[str, str]:
         """Non-secret description of which credentials are in use, for logs."""
         used = {
@@ -159,6 +210,99 @@ class ConnectOptions:
             "tls_ca": self.tls_ca,
         }
         return {k: v for k, v in used.items() if v}
+
+
+def _read_secret(path: str, pattern: str) -> str:
+    with open(path, encoding="utf-8") as handle:
+        match = re.search(pattern, handle.read())
+    if match is None:
+        raise AuthenticationFailed(f"no usable key found in {path}")
+    return match.group(1)
+
+
+# --- what the server's errors mean -------------------------------------------------
+
+
+def server_error(text: str, where: str) -> AuditError | None:
+    """Our error for a ``-ERR`` line, or None for the errors after which the
+    server hangs up (the connection is simply lost).
+
+    Example:
+        >>> server_error("'Authorization Violation'", "nats://h:4222")
+        AuthenticationFailed('authorization failed at nats://h:4222')
+    """
+    text = text.strip().strip("'")
+    lowered = text.lower()
+    if "authorization violation" in lowered or "authentication" in lowered:
+        return AuthenticationFailed(f"authorization failed at {where}")
+    if "permissions violation" in lowered:
+        return PermissionDenied(f"permission denied by {where}: {text}")
+    return None
+
+
+def api_error(error: dict[str, Any], stream: str | None, where: str) -> AuditError:
+    """Our error for a JetStream API error object (``{"code", "err_code", "description"}``).
+
+    Example:
+        >>> api_error({"code": 404, "err_code": 10059, "description": "stream not found"}, "orders", "h")
+        StreamNotFound("stream 'orders' not found")
+    """
+    description = str(error.get("description") or "unknown error")
+    code, err_code = int(error.get("code") or 0), int(error.get("err_code") or 0)
+    if err_code == JS_ERR_STREAM_NOT_FOUND and stream is not None:
+        return StreamNotFound(stream)
+    if "permission" in description.lower() or "authorization" in description.lower():
+        return PermissionDenied(f"permission denied by {where}: {description.lower()}")
+    # Everything else (a full stream, a message over max_msg_size, ...)
+    # keeps its codes, so a caller can tell them apart.
+    return JetStreamAPIError(description, code, err_code)
+
+
+def unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` says the server or the stream's leader is away for now
+    (worth trying again), not that it refused: credentials or permissions
+    are never retried."""
+    if isinstance(exc, JetStreamAPIError):
+        return exc.err_code == JS_ERR_TEMPORARILY_UNAVAILABLE
+    return isinstance(exc, ConnectionFailed) and not isinstance(exc, AuthenticationFailed)
+
+
+class ReconnectWindow:
+    """How long a broken connection is tried again: ``seconds`` from the first
+    failure after the last success (``ConnectOptions.reconnect_seconds``)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._deadline: float | None = None
+
+    @property
+    def open(self) -> bool:
+        """A failure has happened since the last success."""
+        return self._deadline is not None
+
+    def failed(self) -> bool:
+        """Note a failure; False once the window has closed."""
+        now = time.monotonic()
+        if self._deadline is None:
+            self._deadline = now + self.seconds
+        return now < self._deadline
+
+    def succeeded(self) -> None:
+        self._deadline = None
+
+
+async def until_available(operation: Callable[[], Awaitable[T]], seconds: float, pause: float = 0.25) -> T:
+    """``operation()``, tried again while it fails with an ``unavailable``
+    error (a cluster electing a leader, a server restarting), for up to
+    ``seconds``; then its error stands."""
+    window = ReconnectWindow(seconds)
+    while True:
+        try:
+            return await operation()
+        except AuditError as exc:
+            if not unavailable(exc) or not window.failed():
+                raise
+        await asyncio.sleep(pause)
 
 
 class ErrorNotes:
@@ -256,15 +400,12 @@ def translate_errors(
     except AuditError:
         raise
     except js_errors.APIError as exc:
-        description = getattr(exc, "description", None) or _message_of(exc)
-        text = description.lower()
-        if getattr(exc, "err_code", None) == JS_ERR_STREAM_NOT_FOUND and stream is not None:
-            raise StreamNotFound(stream) from exc
-        if "permission" in text or "authorization" in text:
-            raise PermissionDenied(f"permission denied by {where}: {text}") from exc
-        # Everything else (a full stream, a message over max_msg_size, ...)
-        # still stops at the boundary: nats-py's classes never reach callers.
-        raise JetStreamAPIError(description, getattr(exc, "code", 0) or 0, getattr(exc, "err_code", 0) or 0) from exc
+        error = {"description": getattr(exc, "description", None) or _message_of(exc),
+                 "code": getattr(exc, "code", 0), "err_code": getattr(exc, "err_code", 0)}
+        raise api_error(error, stream, where) from exc
+    except js_errors.NoStreamResponseError as exc:
+        # A publish answered 503: no stream (or no leader) took it.
+        raise ConnectionFailed(f"no stream at {where} answered the publish") from exc
     except (nats_errors.TimeoutError, asyncio.TimeoutError) as exc:
         # Checked before OSError: nats-py's TimeoutError is one.
         denied = notes.recent_permission() if notes else None

@@ -1,13 +1,14 @@
 """The one error hierarchy of aether_audit.
 
 Every error the package raises on purpose derives from ``AuditError``; errors
-from nats-py are translated at the boundary (``_connection.translate``) with
+from nats-py and from the raw protocol are translated at the one boundary
+(``_connection``: ``translate_errors``, ``server_error``, ``api_error``) with
 ``raise ... from exc`` so callers never need to import nats.
 
     AuditError
-    ├── ConnectionFailed          cannot reach or talk to the server
-    │   ├── AuthenticationFailed  the server refused the credentials
-    │   └── PermissionDenied      the credentials may not do this (e.g. write)
+    ├── ConnectionFailed          cannot reach or talk to the server (worth a retry)
+    │   └── AuthenticationFailed  the server refused the credentials (never retried)
+    ├── PermissionDenied          the credentials may not do this, e.g. write (never retried)
     ├── StreamNotFound            the stream does not exist
     ├── JetStreamAPIError         any other error answered by the JetStream API
     ├── NotFoundError             a look-up found nothing
@@ -54,8 +55,11 @@ class AuthenticationFailed(ConnectionFailed):
     """The server refused the credentials."""
 
 
-class PermissionDenied(ConnectionFailed):
-    """The credentials are valid but not allowed to do this."""
+class PermissionDenied(AuditError):
+    """The credentials are valid but not allowed to do this.
+
+    Not a ``ConnectionFailed``: a retry on connection failures must never
+    retry a refusal."""
 
 
 class StreamNotFound(AuditError):

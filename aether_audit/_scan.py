@@ -25,19 +25,22 @@ import json
 import re
 import secrets
 import ssl
-import time
 import urllib.parse
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._connection import JS_ERR_STREAM_NOT_FOUND, ConnectOptions
+from ._connection import (
+    JS_ERR_NO_MESSAGE,
+    ConnectOptions,
+    ReconnectWindow,
+    api_error,
+    server_error,
+)
 from ._errors import (
     AuthenticationFailed,
     ConnectionFailed,
     JetStreamAPIError,
-    PermissionDenied,
-    StreamNotFound,
 )
 
 __all__ = ["RawBatch", "StreamScanner"]
@@ -51,7 +54,6 @@ _INACTIVE_NS = 120_000_000_000  # the server removes an abandoned consumer after
 _READ_SIZE = 1 << 20  # bytes per socket read, ~2,000 typical events
 _SILENCE_SECONDS = 150.0  # no byte for this long: the link is dead (servers PING every 2 min)
 _MAX_FRUITLESS_RESTARTS = 3
-_USER_SEED = r"\b(SU[A-Z2-7]{50,})\b"
 
 
 @dataclass
@@ -125,29 +127,19 @@ def _fast_regex(sid: bytes, prefix: bytes) -> re.Pattern[bytes]:
     )
 
 
-def _server_error(text: str, where: str) -> Exception:
-    """Map a ``-ERR`` line; errors other than auth and permissions mean the server hangs up."""
-    text = text.strip().strip("'")
-    if "authorization violation" in text.lower() or "authentication" in text.lower():
-        return AuthenticationFailed(f"authorization failed at {where}")
-    if "permissions violation" in text.lower():
-        return PermissionDenied(f"permission denied by {where}: {text}")
-    return _Disconnected(text)
-
-
-def _read_secret(path: str, pattern: str) -> str:
-    with open(path, encoding="utf-8") as handle:
-        match = re.search(pattern, handle.read())
-    if match is None:
-        raise AuthenticationFailed(f"no usable key found in {path}")
-    return match.group(1)
-
-
 def _rfc3339_ns(text: str) -> int:
     """The server's RFC 3339 time (nanoseconds, UTC) as ns since the epoch."""
     whole, _, rest = text.rstrip("Z").partition(".")
     seconds = int(datetime.datetime.fromisoformat(whole).replace(tzinfo=datetime.timezone.utc).timestamp())
     return seconds * 1_000_000_000 + int((rest + "000000000")[:9])
+
+
+def _add_message(batch: RawBatch, message: dict[str, Any]) -> None:
+    """Append a ``STREAM.MSG.GET`` answer's message to ``batch``."""
+    batch.seqs.append(int(message["seq"]))
+    batch.stored_ns.append(_rfc3339_ns(message["time"]))
+    batch.subjects.append(message["subject"])
+    batch.payloads.append(base64.b64decode(message.get("data") or b""))
 
 
 @dataclass
@@ -157,6 +149,7 @@ class _Cursor:
     after: int  # last sequence handed out (start - 1 at first)
     end_seq: int  # the cut: last sequence to read
     batch: RawBatch = field(default_factory=RawBatch)  # received, not yet handed out
+    confirmed: bool = False  # JetStream has answered for this stream: a failure now is worth resuming
 
     def resume_from(self) -> int:
         return (self.batch.seqs[-1] if self.batch.seqs else self.after) + 1
@@ -217,35 +210,11 @@ class StreamScanner:
             await self._writer.start_tls(context or ssl.create_default_context(), server_hostname=host)
         connect = {"verbose": False, "pedantic": False, "headers": True, "no_responders": True,
                    "lang": "python", "version": "aether_audit", "protocol": 1,
-                   "name": self._options.name, **self._credentials(parts, info.get("nonce"))}
+                   "name": self._options.name, **self._options.connect_fields(url, info.get("nonce"))}
         self._send(b"CONNECT " + json.dumps(connect).encode() + b"\r\nPING\r\n")
         while (await self._frame())[0] != b"PONG":  # -ERR (bad credentials) raises here
             pass
         self._send(f"SUB {self._inbox}.r.* 1\r\n".encode())
-
-    def _credentials(self, url: urllib.parse.SplitResult, nonce: str | None) -> dict[str, str]:
-        """CONNECT fields for the credentials; options win over URL userinfo."""
-        o, unquote = self._options, urllib.parse.unquote
-        fields: dict[str, str] = {}
-        url_user = unquote(url.username) if url.username else None
-        url_pass = unquote(url.password) if url.password is not None else None
-        user = o.user or (url_user if url_pass is not None else None)
-        token = o.token or (url_user if url_pass is None else None)  # nats://TOKEN@host
-        if user:
-            fields["user"], fields["pass"] = user, o.password or url_pass or ""
-        if token:
-            fields["auth_token"] = token
-        if o.creds:
-            fields["jwt"] = _read_secret(o.creds, r"-+BEGIN NATS USER JWT-+\s+(\S+)")
-        if o.creds or o.nkey:
-            import nkeys
-
-            keys = nkeys.from_seed(_read_secret(o.creds or o.nkey or "", _USER_SEED).encode())
-            if not o.creds:
-                fields["nkey"] = keys.public_key.decode()
-            if nonce:  # signing the server's nonce proves we hold the seed
-                fields["sig"] = base64.urlsafe_b64encode(keys.sign(nonce.encode())).rstrip(b"=").decode()
-        return fields
 
     def _send(self, data: bytes) -> None:
         if self._writer is None or self._writer.is_closing():
@@ -283,7 +252,8 @@ class StreamScanner:
         if op == b"PING":
             self._send(b"PONG\r\n")
         elif op == b"-ERR":
-            raise _server_error(args[0].decode(errors="replace"), self._options.describe())
+            text = args[0].decode(errors="replace")
+            raise server_error(text, self._options.describe()) or _Disconnected(text)
 
     def _drop(self) -> None:
         """Forget the connection without a goodbye (it is broken, or we are leaving)."""
@@ -321,43 +291,58 @@ class StreamScanner:
             raise ConnectionFailed(f"JetStream is not enabled or not available at {where}")
         answer: dict[str, Any] = json.loads(payload)
         if error := answer.get("error"):
-            if error.get("err_code") == JS_ERR_STREAM_NOT_FOUND:
-                raise StreamNotFound(stream)
-            raise JetStreamAPIError(error.get("description", "unknown error"),
-                                    error.get("code", 0), error.get("err_code", 0))
+            raise api_error(error, stream, where)
         return answer
 
-    async def _recover(self, exc: Exception, deadline: float | None, resuming: bool) -> float:
+    async def _recover(self, exc: Exception, window: ReconnectWindow, resuming: bool) -> None:
         """Between attempts: raise if the failure is final, else pause.
 
-        Returns the deadline of the reconnect window, which opens at the first
-        failure of a working connection or of a scan under way.
+        The window opens at the first failure of a working connection or of
+        a scan under way; a refusal of the credentials is never retried.
         """
         self._drop()
-        if isinstance(exc, (AuthenticationFailed, PermissionDenied)):
+        if isinstance(exc, AuthenticationFailed):
             raise exc
-        if isinstance(exc, ConnectionFailed) and deadline is None and not resuming:
+        if isinstance(exc, ConnectionFailed) and not window.open and not resuming:
             raise exc  # never got going (no server, no JetStream): nothing to resume
-        now = time.monotonic()
-        if deadline is None:
-            deadline = now + self._options.reconnect_seconds
-        elif now >= deadline:
+        if not window.failed():
             raise ConnectionFailed(
                 f"lost the connection to {self._options.describe()} and could not resume "
-                f"within {self._options.reconnect_seconds:g}s ({exc})") from exc
+                f"within {window.seconds:g}s ({exc})") from exc
         await asyncio.sleep(0.2)
-        return deadline
 
-    async def stream_info(self, stream: str) -> dict[str, Any]:
-        """``$JS.API.STREAM.INFO.<stream>`` (config and state); ``StreamNotFound`` if absent."""
+    async def api(self, endpoint: str, body: dict[str, Any] | None, stream: str) -> dict[str, Any]:
+        """One JetStream API request (``$JS.API.<endpoint>``); a broken
+        connection is opened again within the reconnect window.
+
+        Example:
+            >>> info = await scanner.api("STREAM.INFO.orders", None, "orders")  # doctest: +SKIP
+        """
         async with self._lock:
-            deadline = None
+            window = ReconnectWindow(self._options.reconnect_seconds)
             while True:
                 try:
                     await self.connect()
-                    return await self._request(f"$JS.API.STREAM.INFO.{stream}", None, stream)
+                    return await self._request(f"$JS.API.{endpoint}", body, stream)
                 except (_Disconnected, ConnectionFailed) as exc:
-                    deadline = await self._recover(exc, deadline, resuming=False)
+                    await self._recover(exc, window, resuming=False)
+
+    async def stream_info(self, stream: str, *, deleted_details: bool = False) -> dict[str, Any]:
+        """``$JS.API.STREAM.INFO.<stream>`` (config and state); ``StreamNotFound`` if absent."""
+        return await self.api(f"STREAM.INFO.{stream}", {"deleted_details": True} if deleted_details else None, stream)
+
+    async def last_message(self, stream: str, subject: str) -> RawBatch:
+        """The last message stored on ``subject`` (one ``STREAM.MSG.GET``
+        by subject, an index look-up on the server); empty when none."""
+        batch = RawBatch()
+        try:
+            answer = await self.api(f"STREAM.MSG.GET.{stream}", {"last_by_subj": subject}, stream)
+        except JetStreamAPIError as exc:
+            if exc.err_code == JS_ERR_NO_MESSAGE:
+                return batch
+            raise
+        _add_message(batch, answer["message"])
+        return batch
 
     async def get_messages(self, stream: str, seqs: list[int], *, window: int = 256) -> RawBatch:
         """The messages at ``seqs`` (in that order), by pipelined
@@ -404,47 +389,45 @@ class StreamScanner:
                         missing -= 1
             for answer in answers:
                 message = (answer or {}).get("message")
-                if message is None:
-                    continue  # deleted since it was indexed (err_code 10037)
-                batch.seqs.append(int(message["seq"]))
-                batch.stored_ns.append(_rfc3339_ns(message["time"]))
-                batch.subjects.append(message["subject"])
-                batch.payloads.append(base64.b64decode(message.get("data") or b""))
+                if message is not None:  # else deleted since it was indexed (err_code 10037)
+                    _add_message(batch, message)
 
     # -- scanning ---------------------------------------------------------
 
     async def scan(self, stream: str, *, start_seq: int = 1, end_seq: int | None = None,
                    filter_subject: str | None = None, batch_size: int = 10_000,
-                   ) -> AsyncIterator[RawBatch]:
+                   headers_only: bool = False) -> AsyncIterator[RawBatch]:
         """Messages with ``start_seq <= seq <= end_seq`` in stream order, in batches.
 
         ``end_seq=None`` is the stream's last sequence when the scan starts (a
-        consistent cut: later appends are not read). ``filter_subject`` keeps
-        matching subjects only; one exact subject is fast on the server, a
-        wildcard is several times slower than no filter. After a broken
+        consistent cut: later appends are not read); a caller that already
+        knows the cut passes it and saves the stream-info request.
+        ``filter_subject`` keeps matching subjects only; one exact subject is
+        fast on the server, a wildcard is several times slower than no
+        filter. ``headers_only`` delivers sequences and subjects with empty
+        payloads (what an index needs: a tenth of the bytes). After a broken
         connection the scan resumes behind the last message received, so
         nothing is missed or doubled.
         """
         async with self._lock:
-            deadline: float | None = None
-            cursor: _Cursor | None = None
+            window = ReconnectWindow(self._options.reconnect_seconds)
+            cursor: _Cursor | None = None if end_seq is None else _Cursor(max(start_seq, 1) - 1, end_seq)
             restarts, restart_at = 0, -1
             while True:
                 try:
                     await self.connect()
                     if cursor is None:
                         info = await self._request(f"$JS.API.STREAM.INFO.{stream}", None, stream)
-                        last = info["state"]["last_seq"]
-                        cursor = _Cursor(max(start_seq, 1) - 1, last if end_seq is None else min(last, end_seq))
+                        cursor = _Cursor(max(start_seq, 1) - 1, info["state"]["last_seq"], confirmed=True)
                     if cursor.resume_from() <= cursor.end_seq:
-                        consume = self._consume(stream, filter_subject, max(1, batch_size), cursor)
+                        consume = self._consume(stream, filter_subject, max(1, batch_size), cursor, headers_only)
                         async with contextlib.aclosing(consume):
                             async for batch in consume:
-                                deadline = None
+                                window.succeeded()
                                 yield batch
                     break
                 except (_Disconnected, ConnectionFailed) as exc:
-                    deadline = await self._recover(exc, deadline, resuming=cursor is not None)
+                    await self._recover(exc, window, resuming=cursor is not None and cursor.confirmed)
                 except _Restart as exc:
                     assert cursor is not None
                     restarts = restarts + 1 if cursor.resume_from() == restart_at else 0
@@ -455,7 +438,7 @@ class StreamScanner:
                 yield cursor.batch
 
     async def _consume(self, stream: str, filter_subject: str | None, batch_size: int,
-                       cursor: _Cursor) -> AsyncIterator[RawBatch]:
+                       cursor: _Cursor, headers_only: bool = False) -> AsyncIterator[RawBatch]:
         """One consumer's deliveries from ``cursor.resume_from()``, collected in ``cursor.batch``.
 
         Yields each batch once it is full and returns at the cut. Raises
@@ -470,12 +453,15 @@ class StreamScanner:
         }
         if filter_subject:
             config["filter_subject"] = filter_subject
+        if headers_only:
+            config["headers_only"] = True
         self._send(b"SUB %s %s\r\n" % (deliver, sid))
         name, buf, pos = None, None, 0  # buf: the connection's buffer while deliveries are parsed here
         try:
             created = await self._request(f"$JS.API.CONSUMER.CREATE.{stream}",
                                           {"stream_name": stream, "config": config}, stream)
             name = created["name"]
+            cursor.confirmed = True
             if not created.get("num_pending"):
                 return
             body = json.dumps({"batch": _PULL_BATCH, "expires": _PULL_EXPIRES_NS}).encode()

@@ -35,9 +35,9 @@ keep a scenario free of ``clock_skew`` findings whenever it is seeded.
     (``$JS.API.STREAM.MSG.DELETE``), as anyone with API rights could.
     An index counts the file's steps from 0 (comment lines do not count).
 
-Seeding uses the store's internal JetStream context (``store._js``) for
-``raw``, ``delete`` and ``stream_config``: deliberately, since the public API
-refuses to write what these steps plant.
+Seeding is a function over a writer (``Writer``: the store's save
+operations plus its raw writes ``publish_raw``, ``delete_message`` and
+``create_stream``, which plant what ``save_event`` refuses to write).
 
 Example:
     >>> from aether_audit._sync import run_sync
@@ -56,7 +56,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import orjson
 import pandas as pd
@@ -68,13 +68,25 @@ from ._errors import (
     StreamNotFound,
     VersionConflictError,
 )
-from ._records import ActorSnapshot, Event, now, to_timestamp
+from ._records import ActorSnapshot, Event, StreamState, now, to_timestamp
 from ._wire import event_subject, format_timestamp, snapshot_subject
 
-if TYPE_CHECKING:
-    from ._store import AsyncEventStore
+__all__ = ["Scenario", "Step", "Writer", "read_scenario", "samples_dir", "scenario_path", "seed_scenario"]
 
-__all__ = ["Scenario", "Step", "read_scenario", "samples_dir", "scenario_path", "seed_scenario"]
+
+class Writer(Protocol):
+    """What seeding needs of a store (``AsyncEventStore`` is one)."""
+
+    stream_name: str
+
+    async def stream_state(self, *, deleted_details: bool = False) -> StreamState: ...
+    async def save_event(self, event: Event) -> None: ...
+    async def save_snapshot(self, snapshot: ActorSnapshot) -> None: ...
+    async def history(self, actor_id: str, *, from_version: int = 0) -> pd.DataFrame: ...
+    async def snapshots(self, **filters: Any) -> pd.DataFrame: ...
+    async def create_stream(self, **extra: Any) -> None: ...
+    async def publish_raw(self, subject: str, payload: bytes, headers: dict[str, str] | None = None) -> int: ...
+    async def delete_message(self, seq: int) -> None: ...
 
 SAMPLES_ENV = "AETHER_AUDIT_SAMPLES"
 # Default event IDs: a UUID5 of actor and version in this namespace.
@@ -269,7 +281,7 @@ def default_event_id(actor: str, version: int) -> str:
     return str(uuid.uuid5(ID_NAMESPACE, f"{actor}\x00{version}"))
 
 
-async def seed_scenario(store: AsyncEventStore, path_or_name: str | os.PathLike[str]) -> dict[str, Any]:
+async def seed_scenario(store: Writer, path_or_name: str | os.PathLike[str]) -> dict[str, Any]:
     """Write a scenario into ``store``'s stream and say what was written.
 
     Returns ``scenario``, ``stream``, ``steps``, ``events``, ``snapshots``,
@@ -302,7 +314,7 @@ async def seed_scenario(store: AsyncEventStore, path_or_name: str | os.PathLike[
 class _Seeder:
     """Runs the steps of one scenario, remembering where each was stored."""
 
-    def __init__(self, store: AsyncEventStore, scenario: Scenario) -> None:
+    def __init__(self, store: Writer, scenario: Scenario) -> None:
         self.store = store
         self.scenario = scenario
         self.counts = {"events": 0, "snapshots": 0, "raw": 0, "deleted": 0}
@@ -335,9 +347,7 @@ class _Seeder:
                     f"with deny_delete={state.deny_delete}, deny_purge={state.deny_purge}; seed a new stream"
                 )
             return
-        config = store.new_stream_config(deny_delete=deny_delete, deny_purge=deny_purge)
-        with store._guard():
-            await store._js.add_stream(config)
+        await store.create_stream(deny_delete=deny_delete, deny_purge=deny_purge)
 
     async def _event(self, step: Step) -> None:
         f = step.fields
@@ -371,11 +381,8 @@ class _Seeder:
         subject_of = snapshot_subject if f.get("kind", "events") == "snapshots" else event_subject
         subject = subject_of(store.stream_name, f["subject_actor"])
         headers = {"Nats-Msg-Id": str(f["msg_id"])} if f.get("msg_id") else None
-        await store._ensure_stream()
-        with store._guard():
-            ack = await store._js.publish(subject, self._raw_payload(f), headers=headers)
+        self.seqs[step.index] = await store.publish_raw(subject, self._raw_payload(f), headers)
         self.counts["raw"] += 1
-        self.seqs[step.index] = int(ack.seq)
 
     @staticmethod
     def _raw_payload(f: dict[str, Any]) -> bytes:
@@ -393,7 +400,5 @@ class _Seeder:
     async def _delete(self, step: Step) -> None:
         target = _target(self.scenario.path, step, list(self.scenario.steps),
                          {s.name: s for s in self.scenario.steps if s.name})
-        store = self.store
-        with store._guard():
-            await store._js.delete_msg(store.stream_name, self.seqs[target.index])
+        await self.store.delete_message(self.seqs[target.index])
         self.counts["deleted"] += 1

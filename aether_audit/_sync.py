@@ -18,8 +18,10 @@ import pandas as pd
 import pyarrow as pa
 
 from ._broadcast import EventBroadcaster
-from ._frames import StreamFrames
+from ._frames import DecodedBatch, StreamFrames
+from ._index import SubjectIndex
 from ._records import ActorSnapshot, Event, JetStreamConfig, ReplayResult, StreamState
+from ._report import AuditReport
 from ._store import AsyncEventStore, connect_async
 
 __all__ = ["EventStore", "connect", "run_sync"]
@@ -80,7 +82,8 @@ def run_sync(coroutine: Coroutine[Any, Any, T]) -> T:
 class EventStore:
     """The aether JetStream event store, synchronous flavour.
 
-    Every method mirrors ``AsyncEventStore`` (see it for details).
+    Every method mirrors ``AsyncEventStore`` (see it for details); a test
+    keeps the two signatures equal.
 
     Example:
         >>> with connect(stream="orders") as store:  # doctest: +SKIP
@@ -140,12 +143,49 @@ class EventStore:
     def get_latest_snapshot(self, actor_id: str) -> ActorSnapshot:
         return run_sync(self.core.get_latest_snapshot(actor_id))
 
+    # raw writes, for scenarios
+    def create_stream(self, **extra: Any) -> None:
+        run_sync(self.core.create_stream(**extra))
+
+    def publish_raw(self, subject: str, payload: bytes, headers: dict[str, str] | None = None) -> int:
+        return run_sync(self.core.publish_raw(subject, payload, headers))
+
+    def delete_message(self, seq: int) -> None:
+        run_sync(self.core.delete_message(seq))
+
     # reading
     def stream_state(self, *, deleted_details: bool = False) -> StreamState:
         return run_sync(self.core.stream_state(deleted_details=deleted_details))
 
-    def iter_batches(self, kind: str = "events", **filters: Any) -> Iterator[pa.RecordBatch]:
-        return _LOOP.iterate(self.core.iter_batches(kind, **filters))
+    def scan(
+        self,
+        *,
+        start_seq: int | None = None,
+        end_seq: int | None = None,
+        filter_subject: str | None = None,
+        progress: bool | None = None,
+        batch_size: int = 10_000,
+    ) -> Iterator[DecodedBatch]:
+        return _LOOP.iterate(self.core.scan(
+            start_seq=start_seq, end_seq=end_seq, filter_subject=filter_subject,
+            progress=progress, batch_size=batch_size))
+
+    def iter_batches(
+        self,
+        kind: str = "events",
+        *,
+        actor_type: str | Iterable[str] | None = None,
+        actor_ids: Iterable[str] | None = None,
+        start: Any = None,
+        end: Any = None,
+        start_seq: int | None = None,
+        end_seq: int | None = None,
+        progress: bool | None = None,
+        batch_size: int = 10_000,
+    ) -> Iterator[pa.RecordBatch]:
+        return _LOOP.iterate(self.core.iter_batches(
+            kind, actor_type=actor_type, actor_ids=actor_ids, start=start, end=end,
+            start_seq=start_seq, end_seq=end_seq, progress=progress, batch_size=batch_size))
 
     def to_arrow(self, kind: str = "events", **filters: Any) -> pa.Table:
         return run_sync(self.core.to_arrow(kind, **filters))
@@ -166,9 +206,6 @@ class EventStore:
             start_seq=start_seq, end_seq=end_seq, progress=progress,
         ))
 
-    def history(self, actor_id: str, *, from_version: int = 0) -> pd.DataFrame:
-        return run_sync(self.core.history(actor_id, from_version=from_version))
-
     def snapshots(self, **filters: Any) -> pd.DataFrame:
         return run_sync(self.core.snapshots(**filters))
 
@@ -178,11 +215,27 @@ class EventStore:
     def load_all(self, *, progress: bool | None = None) -> StreamFrames:
         return run_sync(self.core.load_all(progress=progress))
 
+    def read_actors(
+        self,
+        actor_ids: Iterable[str],
+        kind: str = "events",
+        *,
+        start_seq: int | None = None,
+        end_seq: int | None = None,
+    ) -> DecodedBatch:
+        return run_sync(self.core.read_actors(actor_ids, kind, start_seq=start_seq, end_seq=end_seq))
+
+    def index_subjects(self) -> SubjectIndex | None:
+        return run_sync(self.core.index_subjects())
+
+    def history(self, actor_id: str, *, from_version: int = 0) -> pd.DataFrame:
+        return run_sync(self.core.history(actor_id, from_version=from_version))
+
     # seeding, audit and export
     def seed(self, scenario: str | Path) -> dict[str, Any]:
         return run_sync(self.core.seed(scenario))
 
-    def audit(self, checks: Sequence[str] | None = None, *, progress: bool | None = None, **options: Any) -> Any:
+    def audit(self, checks: Sequence[str] | None = None, *, progress: bool | None = None, **options: Any) -> AuditReport:
         return run_sync(self.core.audit(checks, progress=progress, **options))
 
     def export_parquet(self, out_dir: str | Path, *, incremental: bool = False, progress: bool | None = None) -> dict[str, Any]:

@@ -17,7 +17,7 @@ class Fault:
     def __init__(self, store: Any, action: Callable[[], None]) -> None:
         self.handshakes = 0
         self.fired = False
-        scanner = store.core._scanner
+        scanner = store.core._scanner  # the connection a lone scan uses
         real_scan, real_handshake = scanner.scan, scanner._handshake
 
         async def scan(*args: Any, **kwargs: Any) -> Any:
