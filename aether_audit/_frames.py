@@ -199,11 +199,6 @@ def _actor_types(actor_ids: Iterable[str]) -> list[str]:
     return out
 
 
-def empty_table(kind: str) -> pa.Table:
-    """An empty table of ``kind`` (``events``, ``snapshots``, ``replay_errors``)."""
-    return SCHEMAS[kind].empty_table()
-
-
 def to_pandas(table: pa.Table | pa.RecordBatch) -> pd.DataFrame:
     """Arrow to pandas: strings stay Arrow-backed, timestamps ``datetime64[ns, UTC]``."""
     # split_blocks: no consolidation copy (faster, and half the peak memory).

@@ -73,6 +73,12 @@ class _Disconnected(Exception):
     """The socket broke or the server hung up; a scan resumes after it."""
 
 
+class _NoAnswer(ConnectionFailed):
+    """A request went unanswered: the server is busy, or its stream has no
+    leader yet (a cluster electing one). Worth asking again within the
+    reconnect window, unlike a server that is not there or has no JetStream."""
+
+
 class _Restart(Exception):
     """The consumer vanished or stalled; a scan resumes with a new one."""
 
@@ -286,7 +292,7 @@ class StreamScanner:
                     if op in (b"MSG", b"HMSG") and args[0] == reply:
                         break
         except TimeoutError as exc:
-            raise ConnectionFailed(f"no answer from {where} to {subject}") from exc
+            raise _NoAnswer(f"no answer from {where} to {subject}") from exc
         if header.startswith(b"NATS/1.0 503"):
             raise ConnectionFailed(f"JetStream is not enabled or not available at {where}")
         answer: dict[str, Any] = json.loads(payload)
@@ -303,7 +309,7 @@ class StreamScanner:
         self._drop()
         if isinstance(exc, AuthenticationFailed):
             raise exc
-        if isinstance(exc, ConnectionFailed) and not window.open and not resuming:
+        if isinstance(exc, ConnectionFailed) and not isinstance(exc, _NoAnswer) and not window.open and not resuming:
             raise exc  # never got going (no server, no JetStream): nothing to resume
         if not window.failed():
             raise ConnectionFailed(

@@ -1,0 +1,21 @@
+"""The examples in the docstrings run: every module's doctests (those that
+need a server are marked ``+SKIP`` where they stand)."""
+
+from __future__ import annotations
+
+import doctest
+import importlib
+import pkgutil
+
+import pytest
+
+import aether_audit
+
+MODULES = sorted(info.name for info in pkgutil.iter_modules(aether_audit.__path__) if info.name != "__main__")
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_the_docstring_examples_run(name):
+    module = importlib.import_module(f"aether_audit.{name}")
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert result.failed == 0, f"{result.failed} of {result.attempted} examples in {name} failed"
