@@ -20,6 +20,7 @@ import asyncio
 import base64
 import contextlib
 import datetime
+import functools
 import itertools
 import json
 import re
@@ -29,6 +30,8 @@ import urllib.parse
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
+
+import orjson
 
 from ._connection import (
     JS_ERR_NO_MESSAGE,
@@ -134,10 +137,20 @@ def _fast_regex(sid: bytes, prefix: bytes) -> re.Pattern[bytes]:
 
 
 def _rfc3339_ns(text: str) -> int:
-    """The server's RFC 3339 time (nanoseconds, UTC) as ns since the epoch."""
+    """The server's RFC 3339 time (nanoseconds, UTC) as ns since the epoch.
+
+    Example:
+        >>> _rfc3339_ns("1970-01-01T00:00:01.5Z")
+        1500000000
+    """
     whole, _, rest = text.rstrip("Z").partition(".")
-    seconds = int(datetime.datetime.fromisoformat(whole).replace(tzinfo=datetime.timezone.utc).timestamp())
-    return seconds * 1_000_000_000 + int((rest + "000000000")[:9])
+    return _epoch_seconds(whole) * 1_000_000_000 + int((rest + "000000000")[:9])
+
+
+@functools.lru_cache(maxsize=4096)
+def _epoch_seconds(whole: str) -> int:
+    # Messages of one history share few distinct seconds: parse each once.
+    return int(datetime.datetime.fromisoformat(whole).replace(tzinfo=datetime.timezone.utc).timestamp())
 
 
 def _add_message(batch: RawBatch, message: dict[str, Any]) -> None:
@@ -295,7 +308,7 @@ class StreamScanner:
             raise _NoAnswer(f"no answer from {where} to {subject}") from exc
         if header.startswith(b"NATS/1.0 503"):
             raise ConnectionFailed(f"JetStream is not enabled or not available at {where}")
-        answer: dict[str, Any] = json.loads(payload)
+        answer: dict[str, Any] = orjson.loads(payload)
         if error := answer.get("error"):
             raise api_error(error, stream, where)
         return answer
@@ -391,7 +404,7 @@ class StreamScanner:
                     op, args, _, payload = await self._frame()
                     index = replies.get(args[0]) if op in (b"MSG", b"HMSG") else None
                     if index is not None and answers[index] is None:
-                        answers[index] = json.loads(payload)
+                        answers[index] = orjson.loads(payload)
                         missing -= 1
             for answer in answers:
                 message = (answer or {}).get("message")
