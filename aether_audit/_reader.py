@@ -44,7 +44,7 @@ from ._frames import (
     snapshot_to_record,
     to_pandas,
 )
-from ._index import INDEX_LIMIT, SubjectIndex
+from ._index import CACHE_MIN, INDEX_LIMIT, SubjectIndex, cache_path, load_index, sample, save_index
 from ._progress import progress_bar
 from ._records import ActorSnapshot, Event, ReplayResult, StreamState, to_timestamp
 from ._scan import RawBatch, StreamScanner
@@ -462,8 +462,8 @@ class StreamReader:
         for a stream of more than ``INDEX_LIMIT`` messages.
 
         Per-actor reads build it by themselves in the background; call this
-        to have it ready before the first one. One headers-only pass: about
-        a second per million messages here.
+        to have it ready before the first one. One headers-only pass, or a
+        cache file of an earlier session (``_index``) once checked.
         """
         async with self._index_lock:
             state = await self.stream_state()
@@ -471,10 +471,33 @@ class StreamReader:
                 return None
             index = self._index
             if index is None or not index.serves(state):
-                index = SubjectIndex(created=state.created)
+                index = await self._cached_index(state) or SubjectIndex(created=state.created)
+            indexed = index.last_seq
             await self._extend_index(index, state.last_seq)
             self._index = index
+            if state.messages >= CACHE_MIN and index.last_seq - indexed >= CACHE_MIN // 10:
+                save_index(index, cache_path(self.server, self.stream_name, state.created))
             return index
+
+    async def _cached_index(self, state: StreamState) -> SubjectIndex | None:
+        """The cached index of this stream generation, if its entries agree
+        with the server (a sample of them, read by sequence)."""
+        if state.messages < CACHE_MIN:
+            return None
+        path = cache_path(self.server, self.stream_name, state.created)
+        index = load_index(path, state.created)
+        if index is None or not index.serves(state):
+            return None
+        entries = sample(index, state.first_seq)
+        async with self._scanners.lease() as scanner:
+            found = await scanner.get_messages(self.stream_name, [seq for seq, _ in entries])
+        stored = dict(zip(found.seqs, found.subjects))
+        # A sampled message deleted since is fine (gone); another subject is not.
+        if any(seq in stored and stored[seq] != subject for seq, subject in entries):
+            logger.debug("cached subject index of %s disagrees with the server; rebuilt", self.stream_name)
+            path.unlink(missing_ok=True)
+            return None
+        return index
 
     async def _extend_index(self, index: SubjectIndex, last_seq: int) -> None:
         if last_seq <= index.last_seq:
