@@ -128,7 +128,7 @@ def _where(row: Mapping[str, Any]) -> str:
         parts.append(f"seq {int(row['stream_seq'])}")
     if not parts and _present(row.get("subject")):
         parts.append(escape(row["subject"]))
-    return ", ".join(parts) or "stream"
+    return ", ".join(parts) or "stream-wide"
 
 
 def _present(value: Any) -> bool:
