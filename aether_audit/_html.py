@@ -79,10 +79,10 @@ _SCOPED_CSS = """
 #R table.aa th,#R table.aa td{border:1px solid #ddd;padding:.25rem .5rem;text-align:left;vertical-align:top;
   white-space:normal;line-height:1.35;background:none}
 #R table.aa th{background:#f4f6f8;white-space:nowrap}
-#R table.aa td{max-width:28rem;overflow-wrap:anywhere}
+#R table.aa td{max-width:28rem;min-width:3rem;overflow-wrap:anywhere}
 #R table.aa td.nowrap,#R table.aa td.code{white-space:nowrap;overflow-wrap:normal;word-break:keep-all}
 #R table.aa td.actor{white-space:nowrap;max-width:14rem;overflow:hidden;text-overflow:ellipsis}
-#R table.aa td.msg{min-width:18rem}
+#R table.aa td.msg{min-width:18rem} #R table.aa td.val{min-width:9rem}
 #R table.aa td.num{text-align:right;white-space:nowrap}
 #R table.aa tr.hit td{background:#fdf2e9}
 #R table.aa tr:target td{background:#fcf3cf}
@@ -350,6 +350,10 @@ def _cell(column: str, value: Any) -> str:
         return f'<td class="num">{_e(_int(value))}</td>'
     if column == "message":
         return f'<td class="msg">{_e(humanize(value))}</td>'
+    if column in ("expected", "found"):
+        return f'<td class="val" title="{_e(value)}">{_e(humanize(value))}</td>'
+    if column == "subject":
+        return f'<td class="val">{_e(value)}</td>'
     return f"<td>{_e(value)}</td>"
 
 
@@ -359,11 +363,16 @@ def _int(value: Any) -> Any:
     return int(value) if isinstance(value, numbers.Number) else value
 
 
+# The findings' columns in reading order: what and where, then why, then the subject.
+READING_ORDER = ("severity", "code", "actor_id", "stream_seq", "message", "expected", "found", "subject")
+
+
 def findings_table_html(findings: pd.DataFrame, *, max_rows: int = MAX_FINDING_ROWS) -> str:
     """The findings, worst first, as an escaped HTML table capped at ``max_rows``."""
     if findings is None or findings.empty:
         return '<p class="note">no findings</p>'
-    return frame_table_html(sort_findings(findings), max_rows=max_rows, columns=FINDING_COLUMNS)
+    columns = list(READING_ORDER) + [c for c in FINDING_COLUMNS if c not in READING_ORDER]
+    return frame_table_html(sort_findings(findings), max_rows=max_rows, columns=columns)
 
 
 def sort_findings(findings: pd.DataFrame) -> pd.DataFrame:
@@ -478,7 +487,8 @@ def _findings_page_table(findings: pd.DataFrame, anchors: dict[str, str], listed
             f'<td class="code"><a href="#check-{_e(row.get("code"))}">{_e(row.get("code"))}</a></td>'
             f'<td class="actor" title="{_e(actor)}">{actor_text}</td><td class="num" data-key="{seq_key}">{seq_text}</td>'
             f'<td class="msg" title="{_e(row.get("message"))}">{_e(humanize(row.get("message")))}</td>'
-            f"<td>{_e(humanize(row.get('expected')))}</td><td>{_e(humanize(row.get('found')))}</td></tr>")
+            f'<td class="val">{_e(humanize(row.get("expected")))}</td>'
+            f'<td class="val">{_e(humanize(row.get("found")))}</td></tr>')
     header = "".join(
         f'<th{" data-type=number" if kind == "number" else ""}><button type="button">{label}</button></th>'
         for label, kind in (("severity", "number"), ("code", "text"), ("actor", "text"), ("stream seq", "number"),
