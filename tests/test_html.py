@@ -253,6 +253,7 @@ PROBE = """<script>
 def open_in_chromium(path, *, size=LAPTOP, fragment=""):
     """The DOM after the page's scripts ran, the probe's findings, and the
     console messages (any is a defect)."""
+    assert CHROMIUM, "AETHER_AUDIT_REQUIRE_BROWSER is set but chromium is not installed"
     result = subprocess.run(
         [CHROMIUM, "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run", "--hide-scrollbars",
          f"--window-size={size[0]},{size[1]}", "--virtual-time-budget=5000", "--enable-logging=stderr", "--v=0",
