@@ -265,11 +265,18 @@ def cmd_history(args: argparse.Namespace) -> int:
         rows = json.loads(frame.to_json(orient="records", date_format="iso", date_unit="ns"))
         _print_json(rows)
         return EXIT_OK
+    from ._text import escape, human_time
+
     if frame.empty:
-        print(f"no events for actor {args.actor_id} in stream {store.stream_name}")
+        print(f"no events for actor {escape(args.actor_id)} in stream {store.stream_name}")
         return EXIT_OK
     columns = ["stream_seq", "version", "event_type", "timestamp", "event_id", "data"]
-    print(frame[columns].to_string(index=False, max_colwidth=60, max_rows=args.limit))
+    shown = frame[columns].assign(
+        # Every nanosecond, but as a person reads a time; --json keeps RFC 3339.
+        timestamp=frame["timestamp"].map(lambda stamp: human_time(stamp, precise=True)),
+        event_type=frame["event_type"].map(escape), event_id=frame["event_id"].map(escape),
+        data=frame["data"].map(escape))
+    print(shown.to_string(index=False, max_colwidth=60, max_rows=args.limit))
     return EXIT_OK
 
 
