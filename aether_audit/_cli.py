@@ -296,7 +296,7 @@ class _Parser(argparse.ArgumentParser):
     """argparse, with usage errors also as JSON on stdout when --json was given."""
 
     def error(self, message: str) -> Any:
-        if "--json" in sys.argv[1:] or "--json" in (_ARGV or ()):
+        if "--json" in (sys.argv[1:] if _ARGV is None else _ARGV):
             print(json.dumps({"error": message, "exit_code": EXIT_ERROR}))
         super().error(message)
 

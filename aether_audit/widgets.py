@@ -110,6 +110,15 @@ def _resolve(source: Any, report: Any) -> tuple[StreamFrames, Any]:
     return source, report
 
 
+def _ipywidgets() -> Any:
+    """ipywidgets, or an ImportError naming the extra that installs it (as pandas does)."""
+    try:
+        import ipywidgets
+    except ImportError as exc:
+        raise ImportError("aether_audit.widgets needs ipywidgets: pip install 'aether_audit[notebook]'") from exc
+    return ipywidgets
+
+
 def _png_image(fig: Any) -> bytes:
     return plots.figure_to_png(fig, dpi=90)
 
@@ -152,8 +161,7 @@ class ActorExplorer(_Displayed):
     """
 
     def __init__(self, frames_or_store: Any, report: Any = None, *, max_rows: int = MAX_ROWS) -> None:
-        import ipywidgets as w
-
+        w = _ipywidgets()
         frames, report = _resolve(frames_or_store, report)
         self.frames, self.report, self.max_rows = frames, report, max_rows
         self._index(frames.events, None if report is None else report.findings)
@@ -350,8 +358,7 @@ class AuditDashboard(_Displayed):
     """
 
     def __init__(self, report: Any, *, max_rows: int = MAX_ROWS) -> None:
-        import ipywidgets as w
-
+        w = _ipywidgets()
         self.report, self.max_rows = report, max_rows
         findings = report.findings if report.findings is not None else _empty("findings")
         self._findings = sort_findings(findings) if len(findings) else findings

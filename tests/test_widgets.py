@@ -261,3 +261,11 @@ def test_dashboard_filters_change_the_findings_table():
 
     explorer = dashboard.explore("order-7")
     assert explorer.actor.value == "order-7"
+
+
+def test_without_ipywidgets_the_error_names_the_extra(report, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "ipywidgets", None)  # as if not installed
+    with pytest.raises(ImportError, match=r"pip install 'aether_audit\[notebook\]'"):
+        AuditDashboard(report)
