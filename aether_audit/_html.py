@@ -99,6 +99,7 @@ _SCOPED_CSS = """
 #R .clean{color:#1e8449;font-weight:bold}
 #R .filters{display:flex;gap:1rem;flex-wrap:wrap;align-items:center;margin:.5rem 0}
 #R .filters input[type=search]{min-width:16rem}
+#R [id]{scroll-margin-top:3rem}
 #R details{margin:.3rem 0} #R summary{cursor:pointer}
 #R img.plot{max-width:100%;height:auto;display:block;margin:.5rem 0}
 """

@@ -226,6 +226,8 @@ PROBE = """<script>
   var cell = document.querySelector("table.aa td.msg") || document.querySelector("table.aa tbody td:last-child");
   out.align = cell ? getComputedStyle(cell).textAlign : null;
   out.rows = visible();
+  var target = location.hash && document.getElementById(location.hash.slice(1));
+  out.targetOpen = target ? !!(target.closest("details") || {}).open : null;
   var search = root.querySelector("input[name=q]");
   if (search && !root.querySelector(".filters").hidden) {
     search.value = "finding 3 "; search.dispatchEvent(new Event("input"));
@@ -304,6 +306,14 @@ def test_a_filter_in_the_url_is_applied_on_load(tmp_path):
     assert console == []
     # version_gap findings are odd i: 1, 3, 5; of them 3 is a warning.
     assert seen["rows"] == 2
+
+
+@browser
+def test_a_link_to_a_stream_sequence_opens_its_actors_history(tmp_path):
+    path = tmp_path / "report.html"
+    path.write_text(with_probe(render_report_html(make_report(6))), encoding="utf-8")
+    _, seen, console = open_in_chromium(path, fragment="#seq-7")
+    assert console == [] and seen["targetOpen"] is True
 
 
 @browser
