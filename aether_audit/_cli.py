@@ -16,10 +16,16 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from ._checks import SEVERITIES
-from ._errors import AuditError
+from ._checks import CHECKS, SEVERITIES
+from ._errors import AuditError, StreamNotFound
 
 EXIT_OK, EXIT_FINDINGS, EXIT_ERROR = 0, 1, 2
+# The credential options that name a file: checked before connecting.
+FILE_OPTIONS = ("creds", "nkey", "tls_ca", "tls_cert", "tls_key")
+
+
+class UsageError(AuditError):
+    """A command line that cannot work as given (e.g. a missing file)."""
 
 DESCRIPTION = """\
 Audit, load and export the aether event store kept in NATS JetStream.
@@ -27,6 +33,17 @@ Audit, load and export the aether event store kept in NATS JetStream.
 Every command connects with --server (default: $NATS_URL, else an embedded
 nats-server started for this command). Reading commands (check, export,
 history, report) never write to the stream.
+"""
+
+EXIT_CODES = """\
+exit codes:
+  0  nothing at or above --fail-on was found
+  1  findings at or above --fail-on (default: error)
+  2  usage or connection error (with --json also {"error": ..., "exit_code": 2} on stdout)
+"""
+
+DONE_CODES = """\
+exit codes: 0 done, 2 usage or connection error (with --json also {"error": ..., "exit_code": 2} on stdout)
 """
 
 EPILOG = """\
@@ -44,6 +61,8 @@ def _connection_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--server", metavar="URL", help="NATS URL(s), comma separated (default: $NATS_URL, else an embedded server)")
     group.add_argument("--stream", default="events", help="stream name as given to the Go store (default: events)")
     group.add_argument("--namespace", metavar="NS", help="the store's namespace (stream becomes NS_STREAM)")
+    group.add_argument("--timeout", type=_seconds, default=5.0, metavar="SECONDS",
+                       help="connecting and any single wait on the server (default: 5)")
     group.add_argument("--creds", metavar="FILE", help="NATS .creds file (JWT + NKey seed)")
     group.add_argument("--user", help="user name")
     group.add_argument("--password", help="password (or $NATS_PASSWORD; never printed)")
@@ -55,9 +74,32 @@ def _connection_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {text}")
+    return value
+
+
+def _embedded(args: argparse.Namespace) -> bool:
+    return not args.server and not os.environ.get("NATS_URL")
+
+
+def _check_files(args: argparse.Namespace) -> None:
+    """Name a missing credentials file before any connection is tried: the
+    server would answer only "authorization failed", or ignore it."""
+    for name in FILE_OPTIONS:
+        path = getattr(args, name, None)
+        if path and not Path(path).is_file():
+            flag = "--" + name.replace("_", "-")
+            what = "is a directory, not a file" if Path(path).is_dir() else "no such file"
+            raise UsageError(f"{flag} {path}: {what}")
+
+
 def _store(args: argparse.Namespace) -> Any:
     from ._sync import connect
 
+    _check_files(args)
     credentials = {
         "user": args.user,
         "password": args.password or os.environ.get("NATS_PASSWORD"),
@@ -67,8 +109,60 @@ def _store(args: argparse.Namespace) -> Any:
         "tls_ca": args.tls_ca,
         "tls_cert": args.tls_cert,
         "tls_key": args.tls_key,
+        "connect_timeout": args.timeout,
     }
-    return connect(args.server, stream=args.stream, namespace=args.namespace, **credentials)
+    return _Explained(connect(args.server, stream=args.stream, namespace=args.namespace, **credentials), args)
+
+
+class _Explained:
+    """The store as a context manager that turns a missing stream into advice:
+    the streams that do exist, or, on an embedded server (empty by nature),
+    how to point at data."""
+
+    def __init__(self, store: Any, args: argparse.Namespace) -> None:
+        self.store, self.args = store, args
+
+    def __enter__(self) -> Any:
+        return self.store
+
+    def __exit__(self, kind: Any, error: BaseException | None, traceback: Any) -> None:
+        try:
+            if isinstance(error, StreamNotFound):
+                raise _explain(self.store, error, self.args) from error
+        finally:
+            self.store.close()
+
+
+def _explain(store: Any, error: StreamNotFound, args: argparse.Namespace) -> StreamNotFound:
+    if _embedded(args):
+        message = (f"stream {error.stream!r} not found: the embedded nats-server started for this command is empty "
+                   "(each command starts its own); point at your data with --server URL (or $NATS_URL), or run "
+                   "every command with AETHER_AUDIT_DATA_DIR=DIR to keep an embedded server's data between them")
+    else:
+        names = _stream_names(store)
+        listed = ", ".join(names[:20]) + (f" and {len(names) - 20} more" if len(names) > 20 else "")
+        message = (f"stream {error.stream!r} not found on {store.server}; "
+                   + (f"streams there: {listed}" if names else "the server holds no stream")
+                   + (" (a namespace makes it NS_STREAM: --namespace)" if names and not args.namespace else ""))
+    explained = StreamNotFound(error.stream)
+    explained.args = (message,)
+    return explained
+
+
+def _stream_names(store: Any) -> list[str]:
+    """The server's stream names (one read-only STREAM.NAMES request; none if refused)."""
+    from ._sync import run_sync
+
+    names: list[str] = []
+    try:
+        while True:
+            reply = run_sync(store.core._api("STREAM.NAMES", {"offset": len(names)}))
+            page = reply.get("streams") or []
+            names += page
+            if not page or len(names) >= int(reply.get("total", 0)):
+                return sorted(names)
+    except AuditError:
+        return sorted(names)
 
 
 def _progress(args: argparse.Namespace) -> bool | None:
@@ -77,6 +171,15 @@ def _progress(args: argparse.Namespace) -> bool | None:
 
 def _print_json(value: Any) -> None:
     print(json.dumps(value, indent=2, default=str))
+
+
+def _print_findings(report: Any) -> None:
+    """The headline, then the findings grouped by code with where each is (``_text``)."""
+    from ._text import escape, findings_text
+
+    print(escape(str(report).splitlines()[0]))
+    for line in findings_text(report.findings, {code: check.description for code, check in CHECKS.items()}):
+        print(line)
 
 
 # --- commands -------------------------------------------------------------------
@@ -92,7 +195,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(report.to_dict())
     else:
-        print(report)
+        _print_findings(report)
     threshold = SEVERITIES.index(args.fail_on)
     failing = report.findings["severity"].isin(SEVERITIES[: threshold + 1]).any()
     return EXIT_FINDINGS if failing else EXIT_OK
@@ -116,6 +219,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from ._export import verify_exports
 
     result = verify_exports(args.old_dir, args.new_dir)
+    if not args.json and result.old["stream"] != result.new["stream"]:
+        print(f"NOT OK: {args.old_dir} is an export of stream {result.old['stream']}, {args.new_dir} of stream "
+              f"{result.new['stream']}: different streams, nothing to compare")
+        return EXIT_FINDINGS
     if args.json:
         _print_json(result.to_dict())
     else:
@@ -139,8 +246,15 @@ def cmd_seed(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     with _store(args) as store:
         report = store.audit(progress=_progress(args))
-    report.write_html(Path(args.out))
-    print(f"wrote {args.out}: {report}")
+    page = report.write_html(Path(args.out))
+    from ._html import verdict
+
+    kind, sentence = verdict(report.findings)
+    if args.json:
+        _print_json({"out": str(page), "verdict": kind, "counts": report.counts})
+    else:
+        print(f"wrote {page}: {kind.upper()}: {sentence} ({report.summary['events_scanned']:,} events "
+              f"of stream {report.summary['stream']})")
     return EXIT_OK
 
 
@@ -151,11 +265,18 @@ def cmd_history(args: argparse.Namespace) -> int:
         rows = json.loads(frame.to_json(orient="records", date_format="iso", date_unit="ns"))
         _print_json(rows)
         return EXIT_OK
+    from ._text import escape, human_time
+
     if frame.empty:
-        print(f"no events for actor {args.actor_id} in stream {store.stream_name}")
+        print(f"no events for actor {escape(args.actor_id)} in stream {store.stream_name}")
         return EXIT_OK
     columns = ["stream_seq", "version", "event_type", "timestamp", "event_id", "data"]
-    print(frame[columns].to_string(index=False, max_colwidth=60, max_rows=args.limit))
+    shown = frame[columns].assign(
+        # Every nanosecond, but as a person reads a time; --json keeps RFC 3339.
+        timestamp=frame["timestamp"].map(lambda stamp: human_time(stamp, precise=True)),
+        event_type=frame["event_type"].map(escape), event_id=frame["event_id"].map(escape),
+        data=frame["data"].map(escape))
+    print(shown.to_string(index=False, max_colwidth=60, max_rows=args.limit))
     return EXIT_OK
 
 
@@ -171,21 +292,38 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with usage errors also as JSON on stdout when --json was given."""
+
+    def error(self, message: str) -> Any:
+        if "--json" in (sys.argv[1:] if _ARGV is None else _ARGV):
+            print(json.dumps({"error": message, "exit_code": EXIT_ERROR}))
+        super().error(message)
+
+
+_ARGV: Sequence[str] | None = None
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="aether-audit", description=DESCRIPTION, epilog=EPILOG,
+    from . import __version__
+
+    parser = _Parser(
+        prog="aether-audit", description=DESCRIPTION, epilog=EXIT_CODES + "\n" + EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser.add_argument("--version", action="version", version=f"aether-audit {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     def command(name: str, handler: Callable[[argparse.Namespace], int], help_text: str) -> argparse.ArgumentParser:
-        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub = commands.add_parser(name, help=help_text, description=help_text, epilog=DONE_CODES,
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
         _connection_options(sub)
         sub.add_argument("--json", action="store_true", help="print one JSON object on stdout")
         sub.set_defaults(handler=handler)
         return sub
 
     check = command("check", cmd_check, "run every integrity check; exit 1 on findings at or above --fail-on")
+    check.epilog = EXIT_CODES
     check.add_argument("--fail-on", choices=SEVERITIES, default="error", help="lowest severity that fails (default: error)")
     check.add_argument("--checks", metavar="CODES", help="comma-separated subset of checks to run")
     check.add_argument("--clock-skew", type=float, metavar="SECONDS", help="clock_skew threshold (default: 300)")
@@ -195,7 +333,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--incremental", action="store_true", help="add only what is newer than the manifest's last_seq")
 
     verify = commands.add_parser("verify", help="check that an older export is still the start of a newer one",
-                                 description="Exit 0 when OLD_DIR's history is, event for event, the start of NEW_DIR's; 1 when not.")
+                                 description="Exit 0 when OLD_DIR's history is, event for event, the start of NEW_DIR's; "
+                                             "1 when not; 2 when an export cannot be read.")
     verify.add_argument("old_dir", metavar="OLD_DIR")
     verify.add_argument("new_dir", metavar="NEW_DIR")
     verify.add_argument("--json", action="store_true", help="print one JSON object on stdout")
@@ -218,6 +357,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``aether-audit``; returns the exit code."""
+    global _ARGV
+    _ARGV = argv
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -228,9 +369,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (AuditError, OSError, ValueError) as exc:
         if os.environ.get("AETHER_AUDIT_DEBUG"):
             raise
-        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        message = error_line(exc)
+        if getattr(args, "json", False):
+            print(json.dumps({"error": message, "exit_code": EXIT_ERROR}))
         print(f"aether-audit: error: {message}", file=sys.stderr)
         return EXIT_ERROR
+
+
+def error_line(exc: BaseException) -> str:
+    """One line saying what went wrong: the first line of the message, or for
+    an OS error without a file name its kind (``[Errno 2] ...`` says nothing)."""
+    from ._text import escape
+
+    text = str(exc).strip()
+    if isinstance(exc, OSError) and not isinstance(exc, AuditError) and exc.strerror:
+        where = f" {exc.filename}" if exc.filename else ""
+        text = f"{exc.strerror}{where}"
+    return escape(text.splitlines()[0] if text else type(exc).__name__)
 
 
 if __name__ == "__main__":

@@ -360,7 +360,8 @@ async def open_nats(options: ConnectOptions, notes: ErrorNotes | None = None) ->
     kwargs["max_reconnect_attempts"] = 1
     # nats-py can hang for good after a failed TLS handshake (it awaits the
     # broken transport's wait_closed()): bound the whole connect.
-    budget = options.connect_timeout * 2 * max(1, len(options.servers)) + 1.0
+    # One connect_timeout per server, so --timeout is what a user waits.
+    budget = options.connect_timeout * max(1, len(options.servers)) + 0.25
     with translate_errors(options):
         try:
             connection = await asyncio.wait_for(nats.connect(**kwargs), budget)
@@ -369,7 +370,10 @@ async def open_nats(options: ConnectOptions, notes: ErrorNotes | None = None) ->
             if notes.refused:
                 raise AuthenticationFailed(f"authorization failed at {options.describe()}") from exc
             last = notes.last
-            reason = f" ({type(last).__name__}: {_message_of(last)})" if last is not None else ""
+            if last is None or isinstance(last, (asyncio.TimeoutError, TimeoutError)) or not str(last).strip():
+                reason = f": no answer within {options.connect_timeout:g} s"
+            else:
+                reason = f" ({type(last).__name__}: {_message_of(last)})"
             raise ConnectionFailed(f"cannot connect to {options.describe()}{reason}") from exc
     connection.options["max_reconnect_attempts"] = reconnect_attempts
     return connection

@@ -24,8 +24,8 @@ What it does, in order:
 
 Output layout under ``out_dir``::
 
-    report.html                 the anomalies stream's report (the one to open)
-    report_demo.html            the realistic stream's report
+    report_planted_anomalies.html    the anomalies stream's report: one planted case of every finding
+    report_orders_and_accounts.html  the realistic stream's report: what a healthy stream looks like
     export/demo/                Parquet export (events/, snapshots/, replay_errors/, manifest.json)
     export/demo_anomalies/
     summary.json                what ``run_demo`` returns
@@ -53,18 +53,22 @@ __all__ = ["DEMO_STREAMS", "run_demo"]
 
 @dataclass(frozen=True)
 class DemoStream:
-    """One stream of the demo: its name, the scenarios seeded into it, and
-    the file name of its report."""
+    """One stream of the demo: its name, the scenarios seeded into it, the
+    file name of its report, the report's title and what it shows (printed
+    beside its path)."""
 
     stream: str
     scenarios: tuple[str, ...]
     report: str
     title: str
+    shows: str
 
 
 DEMO_STREAMS = (
-    DemoStream("demo_anomalies", ("anomalies",), "report.html", "aether demo: one planted case of every finding"),
-    DemoStream("demo", ("orders", "accounts"), "report_demo.html", "aether demo: orders and accounts"),
+    DemoStream("demo_anomalies", ("anomalies",), "report_planted_anomalies.html",
+               "aether demo: one planted case of every finding", "one planted case of every finding code: FAIL"),
+    DemoStream("demo", ("orders", "accounts"), "report_orders_and_accounts.html",
+               "aether demo: orders and accounts", "realistic orders and accounts: what a healthy stream looks like"),
 )
 # Findings about the stream's configuration: one per stream however many
 # scenarios share it (so expectations combine by max, not by sum).
@@ -87,7 +91,7 @@ def run_demo(out_dir: str | os.PathLike[str], *, url: str | None = None, progres
     Example:
         >>> summary = run_demo(Path("aether-audit-demo"))   # doctest: +SKIP
         >>> summary["matches_expectations"], summary["report"]  # doctest: +SKIP
-        (True, 'aether-audit-demo/report.html')
+        (True, 'aether-audit-demo/report_planted_anomalies.html')
     """
     from ._sync import connect
 
@@ -141,6 +145,7 @@ def _run_stream(store: Any, spec: DemoStream, out_dir: Path, progress: bool | No
         "matches": expected is not None and counts == expected,
         "differences": _differences(counts, expected),
         "report": str(page),
+        "report_shows": spec.shows,
         "export": str(out_dir / "export" / spec.stream),
         "exported_events": int(manifest["events"]),
     }
@@ -189,13 +194,14 @@ def _lines(summary: dict[str, Any]) -> list[str]:
                      f"{s['snapshots']:,} snapshots, {s['actors']:,} actors; "
                      f"{s['findings']} findings ({severities or 'none'}), {verdict}")
     for name, s in summary["streams"].items():
-        lines.append(f"  report  {s['report']}")
+        lines.append(f"  report  {s['report']}  ({s['report_shows']})")
     for name, s in summary["streams"].items():
         lines.append(f"  export  {s['export']}/  ({s['exported_events']:,} events, manifest.json)")
     lines.append(f"  summary {Path(summary['out_dir']) / 'summary.json'}")
     for notebook in summary.get("notebooks", []):
         lines.append(f"  notebook {notebook}")
-    lines.append(f"next: open {summary['report']} in a browser; "
+    reports = " and ".join(s["report"] for s in summary["streams"].values())
+    lines.append(f"next: open {reports} in a browser; "
                  f"pandas.read_parquet('{Path(summary['export']) / 'demo' / 'events'}')")
     return lines
 

@@ -1,18 +1,30 @@
 """The self-contained HTML report page, and the HTML fragments it is made of.
 
-One file, no external assets: CSS inline, plots as base64 PNG data URIs, so
-the page can be mailed, attached to a ticket or archived next to an export
-and still open years later. Every piece of text from the stream (actor IDs,
-messages, payload JSON) is escaped: the data is untrusted.
+One file, no external assets: CSS and a little plain JavaScript inline,
+plots as base64 PNG data URIs, so the page can be mailed, attached to a
+ticket or archived next to an export and still open years later. Every piece
+of text from the stream (actor IDs, messages, payload JSON) is escaped: the
+data is untrusted.
 
-The fragments (``summary_html``, ``findings_table_html``, ``frame_table_html``)
-are shared with the Jupyter widgets, so a notebook and the page say the same.
+The page reads top-down: a verdict (pass or fail at a glance), the summary,
+every check run with what it means and how many findings it has, the
+findings (sortable, filterable by severity, code and text; each links to
+its actor's history and the message's stream sequence), the histories of
+the most-affected actors, then the plots.
+
+Every CSS rule is scoped by the id of the fragment's root element (as
+pandas' Styler does), so the report looks the same on its own, inside
+JupyterLab and in an nbconvert export, whose own table rules would
+otherwise win. The fragments (``summary_html``, ``findings_table_html``,
+``frame_table_html``) are shared with the Jupyter widgets through
+``scoped``, so a notebook and the page say the same.
 """
 
 from __future__ import annotations
 
 import base64
 import datetime as dt
+import hashlib
 import html
 import numbers
 import os
@@ -22,44 +34,143 @@ from typing import Any
 
 import pandas as pd
 
-from ._checks import FINDING_COLUMNS, SEVERITIES
+from ._checks import CHECKS, FINDING_COLUMNS, SEVERITIES
 from ._files import write_atomic
+from ._text import human_time, humanize
 
 __all__ = [
     "findings_table_html",
-    "report_fragment_html",
     "frame_table_html",
     "render_report_html",
+    "report_fragment_html",
+    "scoped",
+    "sort_findings",
     "summary_html",
+    "verdict",
     "write_report_html",
 ]
 
 MAX_FINDING_ROWS = 1000
 # Most-affected actors drawn on the page's version timeline.
 TIMELINE_ACTORS = 6
+# Actors whose history the page lists (most findings first), and rows each.
+HISTORY_ACTORS = 30
+HISTORY_ROWS = 200
 
 # Page-wide rules, for the standalone page only.
 PAGE_CSS = """
-body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:2rem auto;max-width:1100px;
-  color:#222;padding:0 1rem;line-height:1.4}
-h1{font-size:1.6rem;margin-bottom:.2rem} h2{font-size:1.2rem;margin-top:2rem;border-bottom:1px solid #ddd}
-img.plot{max-width:100%;height:auto;display:block;margin:.5rem 0}
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;color:#222;line-height:1.4}
 """
-# Rules on our own classes only: safe to inject into a notebook (the widgets
-# use them) without restyling the notebook around them.
-CSS = """
-.meta{color:#666;font-size:.9rem}
-table.aa{border-collapse:collapse;font-size:.85rem;margin:.5rem 0}
-table.aa th,table.aa td{border:1px solid #ddd;padding:.25rem .5rem;text-align:left;vertical-align:top}
-table.aa th{background:#f4f6f8}
-table.aa td{max-width:28rem;overflow-wrap:anywhere}
-.sev{display:inline-block;border-radius:.25rem;padding:0 .4rem;color:#fff;font-size:.8rem}
-.sev-error{background:#c0392b} .sev-warning{background:#e67e22} .sev-info{background:#2e86c1}
-.cards{display:flex;gap:1rem;flex-wrap:wrap;margin:.8rem 0}
-.card{border:1px solid #ddd;border-radius:.4rem;padding:.6rem 1rem;min-width:8rem}
-.card b{display:block;font-size:1.4rem}
-.note{color:#666;font-style:italic}
-.clean{color:#1e8449;font-weight:bold}
+# Every rule starts with ``#R``, replaced by the root's id (``scoped``).
+_SCOPED_CSS = """
+#R{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#222;line-height:1.4;
+  max-width:1200px;margin:0 auto;padding:0 1rem 2rem;text-align:left}
+#R h1{font-size:1.6rem;margin:1rem 0 .2rem} #R h2{font-size:1.2rem;margin-top:2rem;border-bottom:1px solid #ddd}
+#R h3{font-size:1rem;margin:1rem 0 .3rem}
+#R .meta{color:#666;font-size:.9rem}
+#R .verdict{border-radius:.4rem;padding:.7rem 1rem;margin:.8rem 0;font-size:1.1rem;color:#fff}
+#R .verdict b{font-size:1.3rem;margin-right:.6rem}
+#R .verdict-fail{background:#c0392b} #R .verdict-warn{background:#b9770e} #R .verdict-pass{background:#1e8449}
+#R .verdict small{display:block;font-size:.85rem;opacity:.9}
+#R nav{position:sticky;top:0;background:#fff;border-bottom:1px solid #ddd;padding:.4rem 0;z-index:2}
+#R nav a{margin-right:1rem}
+#R a{color:#1a5276}
+#R table.aa{border-collapse:collapse;font-size:.85rem;margin:.5rem 0;width:auto}
+#R table.aa th,#R table.aa td{border:1px solid #ddd;padding:.25rem .5rem;text-align:left;vertical-align:top;
+  white-space:normal;line-height:1.35;background:none}
+#R table.aa th{background:#f4f6f8;white-space:nowrap}
+#R table.aa td{max-width:28rem;min-width:3rem;overflow-wrap:anywhere}
+#R table.aa td.nowrap,#R table.aa td.code{white-space:nowrap;overflow-wrap:normal;word-break:keep-all}
+#R table.aa td.actor{white-space:nowrap;max-width:14rem;overflow:hidden;text-overflow:ellipsis}
+#R table.aa td.msg{min-width:18rem} #R table.aa td.val{min-width:9rem}
+#R table.aa td.num{text-align:right;white-space:nowrap}
+#R table.aa tr.hit td{background:#fdf2e9}
+#R table.aa tr:target td{background:#fcf3cf}
+#R table.aa th button{all:unset;cursor:pointer}
+#R table.aa th[aria-sort=ascending] button::after{content:" \\25B2"}
+#R table.aa th[aria-sort=descending] button::after{content:" \\25BC"}
+#R .sev{display:inline-block;white-space:nowrap;border-radius:.25rem;padding:0 .4rem;color:#fff;font-size:.8rem}
+#R .sev-error{background:#c0392b} #R .sev-warning{background:#b9770e} #R .sev-info{background:#2e86c1}
+#R .pass{color:#1e8449;font-weight:bold} #R .fail{color:#c0392b;font-weight:bold}
+#R .cards{display:flex;gap:1rem;flex-wrap:wrap;margin:.8rem 0}
+#R .card{border:1px solid #ddd;border-radius:.4rem;padding:.6rem 1rem;min-width:8rem}
+#R .card b{display:block;font-size:1.4rem}
+#R .note{color:#666;font-style:italic}
+#R .clean{color:#1e8449;font-weight:bold}
+#R .filters{display:flex;gap:1rem;flex-wrap:wrap;align-items:center;margin:.5rem 0}
+#R .filters input[type=search]{min-width:16rem}
+#R [id]{scroll-margin-top:3rem}
+#R details{margin:.3rem 0} #R summary{cursor:pointer}
+#R img.plot{max-width:100%;height:auto;display:block;margin:.5rem 0}
+"""
+
+# Sorting, filtering and navigation of the findings; plain JavaScript, no
+# library. Filters also come from the URL: ``#filter:code=version_gap&severity=error&q=order-1``.
+_SCRIPT = """
+(function () {
+  var root = document.getElementById(%(root)s);
+  var table = root.querySelector("table.findings");
+  var count = root.querySelector(".shown");
+  var search = root.querySelector("input[name=q]");
+  var code = root.querySelector("select[name=code]");
+  var boxes = root.querySelectorAll("input[name=severity]");
+  function rows() { return table ? Array.prototype.slice.call(table.tBodies[0].rows) : []; }
+  function apply() {
+    var needle = search.value.trim().toLowerCase(), wanted = {}, shown = 0;
+    boxes.forEach(function (box) { wanted[box.value] = box.checked; });
+    rows().forEach(function (row) {
+      var ok = wanted[row.dataset.severity] !== false && (!code.value || row.dataset.code === code.value) &&
+               (!needle || row.textContent.toLowerCase().indexOf(needle) >= 0);
+      row.hidden = !ok;
+      if (ok) shown += 1;
+    });
+    count.textContent = shown.toLocaleString("en") + " of " + rows().length.toLocaleString("en");
+  }
+  function sortBy(th) {
+    var index = Array.prototype.indexOf.call(th.parentNode.children, th);
+    var down = th.getAttribute("aria-sort") === "ascending";
+    th.parentNode.querySelectorAll("th").forEach(function (other) { other.removeAttribute("aria-sort"); });
+    th.setAttribute("aria-sort", down ? "descending" : "ascending");
+    var numeric = th.dataset.type === "number";
+    var sorted = rows().sort(function (a, b) {
+      var x = a.cells[index].dataset.key || a.cells[index].textContent;
+      var y = b.cells[index].dataset.key || b.cells[index].textContent;
+      var order = numeric ? (Number(x || Infinity) - Number(y || Infinity)) : x.localeCompare(y);
+      return down ? -order : order;
+    });
+    sorted.forEach(function (row) { table.tBodies[0].appendChild(row); });
+  }
+  function fromHash() {
+    var hash = decodeURIComponent(location.hash.slice(1));
+    if (hash.indexOf("filter:") === 0) {
+      var params = new URLSearchParams(hash.slice(7));
+      code.value = params.get("code") || "";
+      search.value = params.get("q") || "";
+      var severities = params.get("severity");
+      boxes.forEach(function (box) { box.checked = !severities || severities.split(",").indexOf(box.value) >= 0; });
+      apply();
+      if (table) table.scrollIntoView();
+      return;
+    }
+    var target = hash && document.getElementById(hash);
+    for (var node = target; node && node !== root; node = node.parentNode) {
+      if (node.tagName === "DETAILS") node.open = true;
+    }
+    if (target) target.scrollIntoView();
+  }
+  if (table) {
+    table.querySelectorAll("th button").forEach(function (button) {
+      button.addEventListener("click", function () { sortBy(button.parentNode); });
+    });
+    [search, code].forEach(function (control) { control.addEventListener("input", apply); });
+    boxes.forEach(function (box) { box.addEventListener("change", apply); });
+    root.querySelector(".filters").hidden = false;
+  }
+  window.addEventListener("hashchange", fromHash);
+  if (table) apply();
+  fromHash();
+  root.dataset.ready = "1";
+})();
 """
 
 
@@ -68,6 +179,17 @@ def _e(value: Any) -> str:
     if value is None or (not isinstance(value, (str, bytes, list, dict)) and pd.isna(value)):
         return ""
     return html.escape(str(value), quote=True)
+
+
+def scoped(body: str, *, root_id: str | None = None) -> str:
+    """``body`` inside a root ``div`` whose id prefixes every CSS rule.
+
+    The id is derived from the content, so re-running a notebook renders the
+    same bytes, and two different fragments on one page never share one.
+    """
+    root_id = root_id or "aa-" + hashlib.sha1(body.encode("utf-8")).hexdigest()[:10]
+    css = _SCOPED_CSS.replace("#R", f"#{root_id}")
+    return f'<div id="{root_id}" class="aether-audit-report"><style>{css}</style>{body}</div>'
 
 
 # --- fragments -------------------------------------------------------------------------
@@ -103,11 +225,36 @@ def _stream_range(report: Any) -> dict[str, Any]:
     return out
 
 
+def verdict(findings: pd.DataFrame) -> tuple[str, str]:
+    """``("fail" | "warn" | "pass", sentence)``: fail on any error (what
+    ``aether-audit check`` exits 1 on by default), warn on warnings only."""
+    counts = findings["severity"].value_counts() if len(findings) else pd.Series(dtype="int64")
+    listed = ", ".join(f"{int(counts[s]):,} {s}{'s' if counts[s] != 1 and s != 'info' else ''}"
+                       for s in SEVERITIES if counts.get(s, 0))
+    codes = findings["code"].nunique() if len(findings) else 0
+    where = f" from {codes} check{'s' if codes != 1 else ''}" if codes else ""
+    if counts.get("error", 0):
+        return "fail", f"{listed}{where}"
+    if counts.get("warning", 0):
+        return "warn", f"no errors; {listed}{where}"
+    return "pass", f"no errors or warnings{'; ' + listed if listed else ''}"
+
+
+def _verdict_html(findings: pd.DataFrame) -> str:
+    kind, sentence = verdict(findings)
+    word = {"fail": "FAIL", "warn": "PASS with warnings", "pass": "PASS"}[kind]
+    why = {"fail": "errors make <code>aether-audit check</code> exit 1",
+           "warn": "warnings fail only with <code>--fail-on warning</code>",
+           "pass": "every check passed"}[kind]
+    return (f'<div class="verdict verdict-{kind}" role="status"><b>{word}</b>{_e(sentence)}'
+            f"<small>{why}</small></div>")
+
+
 def summary_html(report: Any) -> str:
     """The summary as an HTML fragment: stream, ranges, counts by severity and code.
 
     Example:
-        >>> from IPython.display import HTML; HTML(summary_html(report))  # doctest: +SKIP
+        >>> from IPython.display import HTML; HTML(scoped(summary_html(report)))  # doctest: +SKIP
     """
     info = _stream_range(report)
     findings = _findings(report)
@@ -117,7 +264,7 @@ def summary_html(report: Any) -> str:
     parts = [
         f'<p class="meta">stream <b>{_e(info["stream"] or "?")}</b>, sequences '
         f'{_e(info["first_seq"])}&ndash;{_e(info["last_seq"])}'
-        + (f', event time {_e(_when(info["first_time"]))} &ndash; {_e(_when(info["last_time"]))}'
+        + (f', event time {_e(human_time(info["first_time"]))} &ndash; {_e(human_time(info["last_time"]))}'
            if info["first_time"] is not None else "")
         + "</p>",
         '<div class="cards">' + "".join(
@@ -125,8 +272,6 @@ def summary_html(report: Any) -> str:
     ]
     if findings.empty:
         parts.append('<p class="clean">No findings: every check passed.</p>')
-    else:
-        parts.append(_counts_table(findings))
     return "\n".join(parts)
 
 
@@ -134,29 +279,48 @@ def _count(value: Any) -> str:
     return f"{value:,}" if isinstance(value, numbers.Integral) else ("?" if value is None else str(value))
 
 
-def _when(stamp: Any) -> str:
-    if stamp is None or pd.isna(stamp):
-        return "?"
-    return pd.Timestamp(stamp).strftime("%Y-%m-%d %H:%M:%S UTC")
+def _checks_html(report: Any, *, links: bool) -> str:
+    """Every check run: passed or not, its code, severity, what it means, its findings."""
+    findings = _findings(report)
+    counts = findings["code"].value_counts() if len(findings) else pd.Series(dtype="int64")
+    run = list(getattr(report, "checks", None) or CHECKS)
+    run += [code for code in counts.index if code not in run]
+    rank = {severity: i for i, severity in enumerate(SEVERITIES)}
+
+    def order(code: str) -> tuple[int, int, int]:
+        severity = _worst(findings, code) if counts.get(code, 0) else CHECKS[code].severity if code in CHECKS else "info"
+        return (0 if counts.get(code, 0) else 1, rank.get(severity, 3), run.index(code))
+
+    rows = []
+    for code in sorted(run, key=order):
+        n = int(counts.get(code, 0))
+        check = CHECKS.get(code)
+        severity = _worst(findings, code) if n else (check.severity if check else "")
+        status = '<span class="fail">&#x2717;</span>' if n else '<span class="pass">&#x2713;</span>'
+        total = f"{n:,}"
+        if n and links:
+            total = f'<a href="#filter:code={_e(code)}">{n:,}</a>'
+        rows.append(f'<tr id="check-{_e(code)}"><td class="nowrap">{status}</td><td class="code">{_e(code)}</td>'
+                    f'<td class="nowrap">{_severity(severity)}</td>'
+                    f'<td>{_e(check.description if check else "")}</td><td class="num">{total}</td></tr>')
+    return ('<table class="aa checks"><thead><tr><th></th><th>check</th><th>severity</th><th>what it means</th>'
+            f'<th>findings</th></tr></thead><tbody>{"".join(rows)}</tbody></table>')
 
 
-def _counts_table(findings: pd.DataFrame) -> str:
-    counts = findings.groupby(["code", "severity"]).size().reset_index(name="count")
-    order = {severity: rank for rank, severity in enumerate(SEVERITIES)}
-    counts = counts.sort_values(["severity", "count"], key=lambda c: c.map(order) if c.name == "severity" else -c)
-    rows = "".join(
-        f"<tr><td>{_e(r.code)}</td><td>{_severity(r.severity)}</td><td>{r.count:,}</td></tr>"
-        for r in counts.itertuples()
-    )
-    return f'<table class="aa"><tr><th>code</th><th>severity</th><th>findings</th></tr>{rows}</table>'
+def _worst(findings: pd.DataFrame, code: str) -> str:
+    present = set(findings.loc[findings["code"] == code, "severity"])
+    return next((s for s in SEVERITIES if s in present), "")
 
 
 def _severity(severity: Any) -> str:
-    return f'<span class="sev sev-{_e(severity)}">{_e(severity)}</span>'
+    return f'<span class="sev sev-{_e(severity)}">{_e(severity)}</span>' if _e(severity) else ""
 
 
 def frame_table_html(frame: pd.DataFrame, *, max_rows: int = 500, columns: Sequence[str] | None = None) -> str:
     """A DataFrame as an escaped HTML table, capped at ``max_rows`` with a note.
+
+    Timestamps read as ``2026-03-01 12:00:05.123 UTC`` (the exact value in
+    the cell's tooltip). Wrap it in ``scoped`` to style it.
 
     Example:
         >>> frame_table_html(store.history("order-7"), max_rows=50)  # doctest: +SKIP
@@ -168,29 +332,48 @@ def frame_table_html(frame: pd.DataFrame, *, max_rows: int = 500, columns: Seque
     shown = frame.head(max_rows)
     header = "".join(f"<th>{_e(c)}</th>" for c in shown.columns)
     body = "".join(
-        "<tr>" + "".join(f"<td>{_cell(c, v)}</td>" for c, v in zip(shown.columns, row)) + "</tr>"
+        "<tr>" + "".join(_cell(c, v) for c, v in zip(shown.columns, row)) + "</tr>"
         for row in shown.itertuples(index=False, name=None)
     )
     note = (f'<p class="note">showing the first {max_rows:,} of {len(frame):,} rows</p>'
             if len(frame) > max_rows else "")
-    return f'<table class="aa"><tr>{header}</tr>{body}</table>{note}'
+    return f'<table class="aa"><thead><tr>{header}</tr></thead><tbody>{body}</tbody></table>{note}'
 
 
 def _cell(column: str, value: Any) -> str:
     if column == "severity":
-        return _severity(value)
+        return f'<td class="nowrap">{_severity(value)}</td>'
+    if column == "code":
+        return f'<td class="code">{_e(value)}</td>'
     if isinstance(value, pd.Timestamp):
-        return _e(value.isoformat())
-    if isinstance(value, float) and column.endswith("seq") and not pd.isna(value):
-        return _e(int(value))
-    return _e(value)
+        return f'<td class="nowrap" title="{_e(value.isoformat())}">{_e(human_time(value))}</td>'
+    if column.endswith("seq") or column == "version":
+        return f'<td class="num">{_e(_int(value))}</td>'
+    if column == "message":
+        return f'<td class="msg">{_e(humanize(value))}</td>'
+    if column in ("expected", "found"):
+        return f'<td class="val" title="{_e(value)}">{_e(humanize(value))}</td>'
+    if column == "subject":
+        return f'<td class="val">{_e(value)}</td>'
+    return f"<td>{_e(value)}</td>"
+
+
+def _int(value: Any) -> Any:
+    if value is None or (not isinstance(value, str) and pd.isna(value)):
+        return None
+    return int(value) if isinstance(value, numbers.Number) else value
+
+
+# The findings' columns in reading order: what and where, then why, then the subject.
+READING_ORDER = ("severity", "code", "actor_id", "stream_seq", "message", "expected", "found", "subject")
 
 
 def findings_table_html(findings: pd.DataFrame, *, max_rows: int = MAX_FINDING_ROWS) -> str:
     """The findings, worst first, as an escaped HTML table capped at ``max_rows``."""
     if findings is None or findings.empty:
         return '<p class="note">no findings</p>'
-    return frame_table_html(sort_findings(findings), max_rows=max_rows, columns=FINDING_COLUMNS)
+    columns = list(READING_ORDER) + [c for c in FINDING_COLUMNS if c not in READING_ORDER]
+    return frame_table_html(sort_findings(findings), max_rows=max_rows, columns=columns)
 
 
 def sort_findings(findings: pd.DataFrame) -> pd.DataFrame:
@@ -201,13 +384,131 @@ def sort_findings(findings: pd.DataFrame) -> pd.DataFrame:
             .drop(columns="_rank").reset_index(drop=True))
 
 
-# --- plots --------------------------------------------------------------------------------
-
-
 def report_fragment_html(report: Any, *, max_rows: int = MAX_FINDING_ROWS) -> str:
-    """The report for a notebook cell: our CSS, the summary, then the findings."""
-    return (f'<div class="aether-audit-report"><style>{CSS}</style>{summary_html(report)}'
-            f"{findings_table_html(_findings(report), max_rows=max_rows)}</div>")
+    """The report for a notebook cell: verdict, summary, the checks, then the
+    findings; scoped CSS, no script (a notebook may not run one)."""
+    findings = _findings(report)
+    body = (_verdict_html(findings) + summary_html(report) + _checks_html(report, links=False)
+            + findings_table_html(findings, max_rows=max_rows))
+    return scoped(body)
+
+
+# --- the page's findings and histories ------------------------------------------------------
+
+
+def _anchors(report: Any, findings: pd.DataFrame) -> dict[str, str]:
+    """Actor ID -> anchor of its history section, for the most-affected actors."""
+    ranked = findings["actor_id"].dropna().astype(str).value_counts() if len(findings) else pd.Series(dtype="int64")
+    ranked = ranked[ranked.index != ""]
+    return {actor: f"actor-{i}" for i, actor in enumerate(ranked.index[:HISTORY_ACTORS])}
+
+
+def _history_frame(report: Any, actor: str) -> pd.DataFrame:
+    """The actor's messages in stream order: events, snapshots and undecodable ones."""
+    frames = getattr(report, "frames", None)
+    parts = []
+    for kind, name in (("event", "events"), ("snapshot", "snapshots"), ("undecodable", "replay_errors")):
+        frame = getattr(frames, name, None)
+        if frame is None or frame.empty or "actor_id" not in frame.columns:
+            continue
+        rows = frame[frame["actor_id"] == actor]
+        if len(rows):
+            parts.append(pd.DataFrame({
+                "stream_seq": rows["stream_seq"].to_numpy(),
+                "kind": kind,
+                "version": rows["version"].to_numpy() if "version" in rows else None,
+                "event_type": rows["event_type"].to_numpy() if "event_type" in rows else None,
+                "timestamp": rows["timestamp"].to_numpy() if "timestamp" in rows else pd.NaT,
+                "stored_at": rows["stored_at"].to_numpy() if "stored_at" in rows else pd.NaT,
+            }))
+    if not parts:
+        return pd.DataFrame(columns=["stream_seq", "kind", "version", "event_type", "timestamp", "stored_at"])
+    return pd.concat(parts, ignore_index=True).sort_values("stream_seq", kind="stable")
+
+
+def _histories(report: Any, findings: pd.DataFrame, anchors: dict[str, str]) -> tuple[str, set[int]]:
+    """The history sections, and the stream sequences they list (link targets)."""
+    if not anchors:
+        return '<p class="note">no actor has findings</p>', set()
+    located = findings.dropna(subset=["stream_seq"])
+    codes_at = located.groupby(located["stream_seq"].astype("int64"))["code"].agg(
+        lambda codes: ", ".join(sorted(set(map(str, codes))))).to_dict()
+    per_actor = findings["actor_id"].astype(str).value_counts()
+    sections, listed = [], set()
+    for actor, anchor in anchors.items():
+        history = _history_frame(report, actor)
+        rows = []
+        for row in history.head(HISTORY_ROWS).itertuples(index=False):
+            seq = int(row.stream_seq)
+            listed.add(seq)
+            hit = codes_at.get(seq, "")
+            stamp = pd.Timestamp(row.timestamp).tz_localize("UTC") if not pd.isna(row.timestamp) and pd.Timestamp(
+                row.timestamp).tzinfo is None else row.timestamp
+            rows.append(
+                f'<tr id="seq-{seq}"{" class=hit" if hit else ""}><td class="num">{seq}</td>'
+                f'<td class="nowrap">{_e(row.kind)}</td><td class="num">{_e(_int(row.version))}</td>'
+                f"<td>{_e(row.event_type)}</td>"
+                f'<td class="nowrap" title="{_e("" if pd.isna(stamp) else pd.Timestamp(stamp).isoformat())}">'
+                f"{_e(human_time(stamp) if not pd.isna(stamp) else '')}</td><td class=\"code\">{_e(hit)}</td></tr>")
+        note = (f'<p class="note">showing the first {HISTORY_ROWS:,} of {len(history):,} messages</p>'
+                if len(history) > HISTORY_ROWS else "")
+        table = ('<table class="aa"><thead><tr><th>stream seq</th><th>kind</th><th>version</th><th>event type</th>'
+                 f'<th>timestamp</th><th>findings</th></tr></thead><tbody>{"".join(rows)}</tbody></table>'
+                 if rows else '<p class="note">no messages of this actor in the stream</p>')
+        n = int(per_actor.get(actor, 0))
+        sections.append(f'<details id="{anchor}"><summary><b>{_e(actor)}</b>: {n:,} finding{"s" if n != 1 else ""}, '
+                        f"{len(history):,} message{'s' if len(history) != 1 else ''}</summary>{table}{note}</details>")
+    more = findings["actor_id"].dropna().astype(str).nunique() - len(anchors)
+    if more > 0:
+        sections.append(f'<p class="note">and {more:,} more actors with findings (all of them: '
+                        "<code>report.findings</code> or <code>aether-audit check --json</code>)</p>")
+    return "\n".join(sections), listed
+
+
+def _findings_page_table(findings: pd.DataFrame, anchors: dict[str, str], listed: set[int]) -> str:
+    if findings.empty:
+        return '<p class="note">no findings</p>'
+    ordered = sort_findings(findings)
+    shown = ordered.head(MAX_FINDING_ROWS)
+    rank = {s: i for i, s in enumerate(SEVERITIES)}
+    rows = []
+    for row in shown.to_dict("records"):
+        actor, seq = row.get("actor_id"), _int(row.get("stream_seq"))
+        actor_text = _e(actor)
+        if actor_text and str(actor) in anchors:
+            actor_text = f'<a href="#{anchors[str(actor)]}">{actor_text}</a>'
+        seq_text = "" if seq is None else str(seq)
+        if seq is not None and seq in listed:
+            seq_text = f'<a href="#seq-{seq}">{seq}</a>'
+        severity = _e(row.get("severity"))
+        seq_key = "" if seq is None else seq
+        rows.append(
+            f'<tr data-severity="{severity}" data-code="{_e(row.get("code"))}">'
+            f'<td class="nowrap" data-key="{rank.get(row.get("severity"), 3)}">{_severity(severity)}</td>'
+            f'<td class="code"><a href="#check-{_e(row.get("code"))}">{_e(row.get("code"))}</a></td>'
+            f'<td class="actor" title="{_e(actor)}">{actor_text}</td><td class="num" data-key="{seq_key}">{seq_text}</td>'
+            f'<td class="msg" title="{_e(row.get("message"))}">{_e(humanize(row.get("message")))}</td>'
+            f'<td class="val">{_e(humanize(row.get("expected")))}</td>'
+            f'<td class="val">{_e(humanize(row.get("found")))}</td></tr>')
+    header = "".join(
+        f'<th{" data-type=number" if kind == "number" else ""}><button type="button">{label}</button></th>'
+        for label, kind in (("severity", "number"), ("code", "text"), ("actor", "text"), ("stream seq", "number"),
+                            ("message", "text"), ("expected", "text"), ("found", "text")))
+    note = (f'<p class="note">showing the first {MAX_FINDING_ROWS:,} of {len(findings):,} rows '
+            "(all of them: <code>report.findings</code> or <code>aether-audit check --json</code>)</p>"
+            if len(findings) > MAX_FINDING_ROWS else "")
+    codes = ordered["code"].value_counts()
+    options = "".join(f'<option value="{_e(code)}">{_e(code)} ({n:,})</option>' for code, n in codes.items())
+    severities = "".join(f'<label><input type="checkbox" name="severity" value="{s}" checked> {s}</label>'
+                         for s in SEVERITIES)
+    filters = (f'<div class="filters" hidden><input type="search" name="q" placeholder="filter: actor, message ..." '
+               f'aria-label="filter findings"><select name="code" aria-label="code"><option value="">every code</option>'
+               f'{options}</select>{severities}<span>showing <span class="shown"></span></span></div>')
+    return (f'{filters}<table class="aa findings"><thead><tr>{header}</tr></thead>'
+            f'<tbody>{"".join(rows)}</tbody></table>{note}')
+
+
+# --- plots --------------------------------------------------------------------------------
 
 
 def _img(fig: Any, alt: str) -> str:
@@ -218,27 +519,22 @@ def _img(fig: Any, alt: str) -> str:
 
 
 def _figures_html(report: Any) -> str:
+    """The plots worth drawing for this data; each skipped one is named, with why."""
     from . import plots
 
     findings = _findings(report)
     frames = getattr(report, "frames", None)
-    images = [_img(plots.findings_by_code(findings), "findings by code")]
-    if frames is not None:
-        events = frames.events
-        images.append(_img(plots.events_over_time(events), "events over time"))
-        images.append(_img(plots.sequence_holes(frames), "stream sequence holes"))
-        actors = _most_affected(findings, events)
-        # Always the report's findings, even none: the checks already ran, so
-        # nothing is to be derived again from the events.
-        images.append(_img(plots.version_timeline(events, actors, findings),
-                           "version timeline of the most-affected actors"))
-    return "\n".join(images)
+    chosen = plots.report_figures(findings, frames, actors=_most_affected(findings, frames))
+    parts = [_img(fig, alt) for alt, fig in chosen.figures]
+    parts += [f'<p class="note">{_e(alt)}: not drawn, {_e(why)}</p>' for alt, why in chosen.skipped]
+    return "\n".join(parts)
 
 
-def _most_affected(findings: pd.DataFrame, events: pd.DataFrame, limit: int = TIMELINE_ACTORS) -> list[str] | None:
+def _most_affected(findings: pd.DataFrame, frames: Any, limit: int = TIMELINE_ACTORS) -> list[str] | None:
     """Actors with the most findings that also have events (None: let the
     plot choose, e.g. for a clean stream)."""
-    if findings.empty or events.empty:
+    events = getattr(frames, "events", None)
+    if findings.empty or events is None or events.empty:
         return None
     ranked = findings["actor_id"].dropna().value_counts().index
     # Membership against the distinct actors: isin over every event row is
@@ -253,8 +549,8 @@ def _most_affected(findings: pd.DataFrame, events: pd.DataFrame, limit: int = TI
 def render_report_html(report: Any, *, title: str | None = None) -> str:
     """The whole report as one self-contained HTML page (a ``str``).
 
-    Summary first, then the plots, then the findings table (capped at
-    1,000 rows, with a note saying so).
+    Verdict, summary, the checks, the findings (capped at 1,000 rows, with a
+    note saying so), the most-affected actors' histories, then the plots.
 
     Example:
         >>> page = render_report_html(store.audit(), title="orders, nightly")  # doctest: +SKIP
@@ -263,17 +559,31 @@ def render_report_html(report: Any, *, title: str | None = None) -> str:
     title = title or f"aether audit: {info['stream'] or 'stream'}"
     findings = _findings(report)
     generated = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    anchors = _anchors(report, findings)
+    histories, listed = _histories(report, findings, anchors)
+    body = "\n".join([
+        f"<h1>{_e(title)}</h1>",
+        f'<p class="meta">generated {generated} by aether_audit</p>',
+        _verdict_html(findings),
+        '<nav><a href="#summary">Summary</a><a href="#checks">Checks</a>'
+        f'<a href="#findings">Findings ({len(findings):,})</a><a href="#actors">Actors</a>'
+        '<a href="#plots">Plots</a></nav>',
+        '<h2 id="summary">Summary</h2>', summary_html(report),
+        f'<h2 id="checks">Checks ({len(getattr(report, "checks", None) or CHECKS)} run)</h2>',
+        _checks_html(report, links=True),
+        f'<h2 id="findings">Findings ({len(findings):,})</h2>',
+        _findings_page_table(findings, anchors, listed),
+        '<h2 id="actors">Actors with findings</h2>', histories,
+        '<h2 id="plots">Plots</h2>', _figures_html(report),
+    ])
+    root_id = "aa-report"
     return "\n".join([
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>{_e(title)}</title><style>{PAGE_CSS}{CSS}</style></head><body>",
-        f"<h1>{_e(title)}</h1>",
-        f'<p class="meta">generated {generated} by aether_audit</p>',
-        "<h2>Summary</h2>", summary_html(report),
-        "<h2>Plots</h2>", _figures_html(report),
-        f"<h2>Findings ({len(findings):,})</h2>",
-        findings_table_html(findings),
+        f"<title>{_e(title)}</title><style>{PAGE_CSS}</style></head><body>",
+        scoped(body, root_id=root_id),
+        f"<script>{_SCRIPT % {'root': repr(root_id)}}</script>",
         "</body></html>",
     ])
 

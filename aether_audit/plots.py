@@ -14,6 +14,7 @@ never pays for it.
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass, field
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +31,7 @@ __all__ = [
     "events_over_time",
     "figure_to_png",
     "findings_by_code",
+    "report_figures",
     "sequence_holes",
     "version_marks",
     "version_timeline",
@@ -145,7 +147,6 @@ def events_over_time(events: pd.DataFrame, freq: str | None = None, *, time_colu
     ax.legend(handles[::-1], labels[::-1], title="event type", fontsize="small", loc="upper left",
               bbox_to_anchor=(1.0, 1.0))
     ax.grid(axis="y", alpha=0.3)
-    fig.autofmt_xdate()
     return fig
 
 
@@ -168,7 +169,18 @@ def _stacked_bars(ax: Axes, counts: pd.DataFrame) -> None:
                color=colour, linewidth=0)
         bottom += values
     ax.xaxis_date()
+    _concise_dates(ax)
     ax.set_xlim(left[0] - widths[0] * 0.1, left[-1] + widths[-1] * 1.1)
+
+
+def _concise_dates(ax: Axes) -> None:
+    """Date ticks that say only what changes (``Mar 01``, ``12:00``), never
+    ``45:05.200000``."""
+    import matplotlib.dates as mdates
+
+    locator = mdates.AutoDateLocator(minticks=3, maxticks=8)
+    ax.xaxis.set_major_locator(locator)
+    ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator, show_offset=True))
 
 
 def _nominal_days(freq: str | None) -> float:
@@ -269,7 +281,7 @@ def version_timeline(
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
     if x == "timestamp":
-        fig.autofmt_xdate()
+        _concise_dates(ax)
     return fig
 
 
@@ -462,3 +474,89 @@ def _present_seqs(source: Any, first_seq: int | None, last_seq: int | None) -> t
         first_seq = int(seqs.min()) if first_seq is None else first_seq
         last_seq = int(seqs.max()) if last_seq is None else last_seq
     return seqs, first_seq, last_seq
+
+
+# --- what a report shows ------------------------------------------------------------------
+
+
+@dataclass
+class ReportFigures:
+    """The figures worth drawing for some data, and the ones left out.
+
+    ``figures``: ``(alt text, Figure)`` pairs; ``skipped``: ``(name, why)``
+    pairs, the sentence a report prints instead of an empty or meaningless
+    chart.
+    """
+
+    figures: list[tuple[str, Figure]] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+
+# A time plot with fewer filled buckets than this says nothing a sentence would not.
+MIN_TIME_BUCKETS = 3
+
+
+def report_figures(findings: pd.DataFrame | None, frames: Any = None, *, actors: Sequence[str] | None = None) -> ReportFigures:
+    """Choose the plots that show something for this data.
+
+    - findings by code: when codes differ in how many findings they have
+      (all bars of one length compare nothing; the checks table lists them);
+    - events over time: when the events spread over at least
+      ``MIN_TIME_BUCKETS`` buckets (a burst is one bar);
+    - stream sequences: when messages were deleted;
+    - version timeline: when some actor's versions gap, repeat or go back.
+
+    Example:
+        >>> chosen = report_figures(report.findings, report.frames)  # doctest: +SKIP
+        >>> [alt for alt, _ in chosen.figures], chosen.skipped      # doctest: +SKIP
+    """
+    from ._text import human_duration
+
+    out = ReportFigures()
+    findings = findings if findings is not None else pd.DataFrame(columns=["code", "severity"])
+    name = "findings by code"
+    counts = findings["code"].value_counts() if len(findings) else pd.Series(dtype="int64")
+    if counts.empty:
+        out.skipped.append((name, "no findings"))
+    elif counts.nunique() == 1:
+        n = int(counts.iloc[0])
+        out.skipped.append((name, f"every code found has {n:,} finding{'s' if n != 1 else ''} "
+                                  f"({len(counts)} code{'s' if len(counts) != 1 else ''}; see the checks table)"))
+    else:
+        out.figures.append((name, findings_by_code(findings)))
+    events = getattr(frames, "events", None)
+    if frames is None or events is None:
+        return out
+
+    name = "events over time"
+    stamps = events["timestamp"].dropna() if "timestamp" in events.columns else pd.Series(dtype="datetime64[ns, UTC]")
+    if stamps.empty:
+        out.skipped.append((name, "no event has a timestamp"))
+    else:
+        span = stamps.max() - stamps.min()
+        freq = _auto_freq(span)
+        filled = stamps.dt.floor(freq if freq[0].isdigit() or freq in ("s", "min", "h", "D") else "D").nunique()
+        if filled < MIN_TIME_BUCKETS:
+            out.skipped.append((name, f"all {len(stamps):,} events fall within {human_duration(span)}: "
+                                      f"over time they would make {filled} bar{'s' if filled != 1 else ''}"))
+        else:
+            out.figures.append((name, events_over_time(events)))
+
+    name = "stream sequence holes"
+    seqs, first, last = _present_seqs(frames, None, None)
+    holes = seq_ranges(seqs, first, last)[1] if first is not None and last is not None and last >= first else []
+    if not holes:
+        out.skipped.append((name, "no message was deleted" + (f": sequences {first}-{last} are all present"
+                                                             if first is not None and last is not None else "")))
+    else:
+        out.figures.append((name, sequence_holes(frames)))
+
+    name = "version timeline of the most-affected actors"
+    marks = _marks_from(events, findings if len(findings) else None)
+    versions = marks[marks["code"].isin(["version_gap", "version_duplicate", "version_regression"])]
+    if events.empty or versions.empty:
+        out.skipped.append((name, "no actor's versions gap, repeat or go back"))
+    else:
+        shown = list(dict.fromkeys(list(versions["actor_id"].astype(str)) + list(actors or [])))[:MAX_ACTORS]
+        out.figures.append((name, version_timeline(events, shown, findings if len(findings) else None)))
+    return out

@@ -26,9 +26,9 @@ import pandas as pd
 from . import plots
 from ._frames import FINDING_SCHEMA, SCHEMAS, StreamFrames, to_pandas
 from ._html import (
-    CSS,
     findings_table_html,
     frame_table_html,
+    scoped,
     sort_findings,
     summary_html,
 )
@@ -40,12 +40,44 @@ MAX_ROWS = 500
 # Steps of the time-range slider: fine enough to zoom, few enough to drag.
 TIME_STEPS = 100
 HISTORY_COLUMNS = ["stream_seq", "version", "event_type", "timestamp", "stored_at", "event_id", "data", "extra", "findings"]
-# The tables live in a scroll box so a 500-row table does not push the rest away.
-_SCROLL = '<style>{css}</style><div style="max-height:420px;overflow:auto">{body}</div>'
+# Rows of the static fallback (what a notebook shows where widgets do not run).
+STATIC_ROWS = 20
 
 
 def _scrolled(body: str) -> str:
-    return _SCROLL.format(css=CSS, body=body)
+    """A table in a scroll box (a 500-row table must not push the rest away),
+    styled by the page's scoped CSS."""
+    return scoped(f'<div style="max-height:420px;overflow:auto">{body}</div>')
+
+
+def _image_html(png: bytes, alt: str) -> str:
+    import base64
+
+    data = base64.b64encode(png).decode("ascii")
+    return f'<img alt="{_esc(alt)}" style="max-width:100%" src="data:image/png;base64,{data}">'
+
+
+class _Displayed:
+    """Display as the live widget, with a static HTML rendering beside it in
+    the same output: JupyterLab shows the widget, a code host or nbviewer
+    (which run no kernel) shows the HTML."""
+
+    widget: Any
+
+    def static_html(self) -> str:
+        raise NotImplementedError
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
+        bundle = self.widget._repr_mimebundle_(**kwargs)
+        data = bundle[0] if isinstance(bundle, tuple) else bundle
+        data = dict(data or {})
+        data["text/html"] = self.static_html()
+        return data
+
+    def _ipython_display_(self) -> None:
+        from IPython.display import display
+
+        display(self._repr_mimebundle_(), raw=True)
 
 
 def _empty(kind: str) -> pd.DataFrame:
@@ -78,6 +110,15 @@ def _resolve(source: Any, report: Any) -> tuple[StreamFrames, Any]:
     return source, report
 
 
+def _ipywidgets() -> Any:
+    """ipywidgets, or an ImportError naming the extra that installs it (as pandas does)."""
+    try:
+        import ipywidgets
+    except ImportError as exc:
+        raise ImportError("aether_audit.widgets needs ipywidgets: pip install 'aether_audit[notebook]'") from exc
+    return ipywidgets
+
+
 def _png_image(fig: Any) -> bytes:
     return plots.figure_to_png(fig, dpi=90)
 
@@ -101,7 +142,7 @@ def _time_options(stamps: pd.Series, steps: int = TIME_STEPS) -> list[tuple[str,
     return list(zip(labels, edges))
 
 
-class ActorExplorer:
+class ActorExplorer(_Displayed):
     """Browse one actor at a time: history table, version timeline, findings.
 
     ``frames_or_store`` is an ``AuditReport`` (its frames and findings are
@@ -120,8 +161,7 @@ class ActorExplorer:
     """
 
     def __init__(self, frames_or_store: Any, report: Any = None, *, max_rows: int = MAX_ROWS) -> None:
-        import ipywidgets as w
-
+        w = _ipywidgets()
         frames, report = _resolve(frames_or_store, report)
         self.frames, self.report, self.max_rows = frames, report, max_rows
         self._index(frames.events, None if report is None else report.findings)
@@ -284,13 +324,10 @@ class ActorExplorer:
 
     # --- display ---------------------------------------------------------------------------
 
-    def _ipython_display_(self) -> None:
-        from IPython.display import display
-
-        display(self.widget)
-
-    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
-        return self.widget._repr_mimebundle_(**kwargs)
+    def static_html(self) -> str:
+        """What is shown now, as static HTML (the fallback where widgets do not run)."""
+        table = frame_table_html(self._history_table(), max_rows=STATIC_ROWS)
+        return scoped(f"<p>{self.status.value}</p>{table}" + _image_html(self.plot.value, "version timeline"))
 
 
 def _utc(value: Any) -> pd.Timestamp:
@@ -305,7 +342,7 @@ def _esc(value: Any) -> str:
     return html.escape(str(value))
 
 
-class AuditDashboard:
+class AuditDashboard(_Displayed):
     """An audit report at a glance: summary, findings by code, filterable findings.
 
     Controls: ``codes`` and ``severities`` (none selected means all) and
@@ -321,8 +358,7 @@ class AuditDashboard:
     """
 
     def __init__(self, report: Any, *, max_rows: int = MAX_ROWS) -> None:
-        import ipywidgets as w
-
+        w = _ipywidgets()
         self.report, self.max_rows = report, max_rows
         findings = report.findings if report.findings is not None else _empty("findings")
         self._findings = sort_findings(findings) if len(findings) else findings
@@ -367,11 +403,9 @@ class AuditDashboard:
             explorer.select(actor_id)
         return explorer
 
-    def _ipython_display_(self) -> None:
-        from IPython.display import display
-
-        display(self.widget)
-
-    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
-        return self.widget._repr_mimebundle_(**kwargs)
+    def static_html(self) -> str:
+        """What is shown now, as static HTML (the fallback where widgets do not run)."""
+        return scoped(summary_html(self.report) + _image_html(self.plot.value, "findings by code")
+                      + f"<p>{self.status.value}</p>"
+                      + findings_table_html(self.current_findings, max_rows=STATIC_ROWS))
 

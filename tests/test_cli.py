@@ -123,3 +123,111 @@ def test_secrets_never_appear_in_output(nats_url):
     result = cli("check", "--server", f"nats://alice:S3CRET-PW@{host}", "--stream", "nope", "--password", "OTHER-SECRET")
     assert result.returncode == 2
     assert "S3CRET-PW" not in result.stderr + result.stdout and "OTHER-SECRET" not in result.stderr + result.stdout
+
+
+# --- saying what and where ---------------------------------------------------------------
+
+
+def test_version():
+    from aether_audit import __version__
+
+    result = cli("--version")
+    assert result.returncode == 0 and result.stdout.strip() == f"aether-audit {__version__}"
+
+
+def test_check_help_lists_the_exit_codes():
+    text = cli("check", "--help").stdout
+    assert "exit codes:" in text and "0  nothing at or above --fail-on" in text
+    assert "1  findings at or above --fail-on" in text and "2  usage or connection error" in text
+    assert "--timeout SECONDS" in text
+
+
+def test_check_text_says_where_grouped_by_code(seeded):
+    url, stream = seeded
+    result = cli("check", "--server", url, "--stream", stream)
+    assert result.returncode == 1
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith(f"audit of stream '{stream}'")
+    header = lines.index("version_gap (error, 1): " + "an actor's versions skip numbers (info when retention may explain it)")
+    assert lines[header + 1].startswith("  actor order-2, seq 4: actor order-2: version 3 follows 1")
+
+
+def test_check_text_is_capped_per_code_with_the_count_left_out(nats_url, stream_name):
+    with connect(nats_url, stream=stream_name) as store:
+        for i in range(8):  # eight actors, each starting at version 2: eight gaps
+            store.save_event(Event.new(f"order-{i}", "OrderPlaced", 2))
+    result = cli("check", "--server", nats_url, "--stream", stream_name)
+    gaps = [line for line in result.stdout.splitlines() if line.startswith("  actor order-")]
+    assert len(gaps) == 5
+    assert "  ... and 3 more version_gap (all of them: --json)" in result.stdout
+
+
+def test_errors_are_json_too_with_json(nats_url):
+    result = cli("check", "--server", nats_url, "--stream", "no_such_stream", "--json")
+    assert_one_line_error(result, "no_such_stream")
+    payload = json.loads(result.stdout)
+    assert payload["exit_code"] == 2 and "no_such_stream" in payload["error"]
+    usage = cli("check", "--fail-on", "sometimes", "--json")
+    assert usage.returncode == 2 and json.loads(usage.stdout)["exit_code"] == 2
+
+
+def test_a_missing_stream_lists_the_streams_that_exist(seeded):
+    url, stream = seeded
+    result = cli("history", "order-1", "--server", url, "--stream", "no_such_stream")
+    assert_one_line_error(result, "no_such_stream", "streams there:", stream)
+
+
+def test_on_an_empty_embedded_server_says_how_to_point_at_data():
+    # What a user runs right after `demo`: a new embedded server, with nothing in it.
+    result = cli("history", "order-1")
+    assert_one_line_error(result, "embedded nats-server", "empty", "--server", "AETHER_AUDIT_DATA_DIR")
+
+
+@pytest.mark.parametrize("option", ["--creds", "--nkey", "--tls-ca", "--tls-cert", "--tls-key"])
+def test_a_missing_credentials_file_is_named_before_connecting(option, tmp_path):
+    missing = tmp_path / "nope.file"
+    # An unreachable server: naming the file must not wait on connecting.
+    result = cli("check", "--server", "nats://10.255.255.1:4222", option, str(missing), "--json", timeout=20)
+    assert_one_line_error(result, option, str(missing), "no such file")
+    assert json.loads(result.stdout)["error"] == f"{option} {missing}: no such file"
+
+
+def test_timeout_bounds_an_unreachable_host():
+    import time
+
+    started = time.monotonic()
+    result = cli("check", "--server", "nats://10.255.255.1:4222", "--timeout", "1", timeout=30)
+    elapsed = time.monotonic() - started
+    assert_one_line_error(result, "cannot connect to nats://10.255.255.1:4222")
+    assert "TimeoutError" not in result.stderr
+    # 1 s of waiting plus the interpreter's start (pandas, pyarrow) on a slow machine.
+    assert elapsed < 8, elapsed
+
+
+def test_verify_of_exports_of_two_streams_says_so_in_one_line(nats_url, tmp_path):
+    for name in ("alpha", "beta"):
+        stream = f"{name}_{os.getpid()}"
+        with connect(nats_url, stream=stream) as store:
+            store.save_event(Event.new(f"{name}-1", "Created", 1))
+        assert cli("export", "--server", nats_url, "--stream", stream, "--out", str(tmp_path / name)).returncode == 0
+    result = cli("verify", str(tmp_path / "alpha"), str(tmp_path / "beta"))
+    assert result.returncode == 1
+    assert result.stdout.strip().count("\n") == 0 and "different streams" in result.stdout
+
+
+def test_no_progress_bar_frames_when_stderr_is_not_a_terminal():
+    probe = "from aether_audit._progress import progress_bar; print(type(progress_bar(10**6, None, 'x')).__name__)"
+    piped = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert piped.stdout.strip() == "_NoBar" and piped.stderr == ""
+
+    import pty
+
+    # The same under a terminal: a real bar.
+    leader, follower = pty.openpty()
+    try:
+        tty = subprocess.run([sys.executable, "-c", probe], stdout=subprocess.PIPE, stderr=follower, text=True,
+                             timeout=60)
+    finally:
+        os.close(follower)
+        os.close(leader)
+    assert tty.stdout.strip().startswith("tqdm")

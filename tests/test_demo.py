@@ -7,6 +7,7 @@ compared with what the scenario files declare, and with what is on disk.
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import re
@@ -94,15 +95,18 @@ def test_exports_are_on_disk_and_complete(demo):
 
 def test_reports_are_self_contained_and_name_every_finding(demo):
     out, summary = demo
-    assert summary["report"] == str(out / "report.html")
-    page = (out / "report.html").read_text(encoding="utf-8")
+    assert summary["report"] == str(out / "report_planted_anomalies.html")
+    page = (out / "report_planted_anomalies.html").read_text(encoding="utf-8")
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page)
-    assert len(re.findall(r'src="data:image/png;base64,', page)) == 4
-    for code in CHECKS:
-        assert f"<td>{code}</td>" in page
-    healthy = (out / "report_demo.html").read_text(encoding="utf-8")
-    assert "aether demo: orders and accounts" in healthy
-    assert "<h2>Findings (2)</h2>" in healthy
+    # One finding per code (equal bars) in a two-hour span: the hole and the version timeline are drawn.
+    assert re.findall(r'<img[^>]*alt="([^"]+)"', page) == ["stream sequence holes",
+                                                          "version timeline of the most-affected actors"]
+    assert "<b>FAIL</b>" in page
+    for code, check in CHECKS.items():
+        assert f'<td class="code">{code}</td>' in page and html.escape(check.description) in page
+    healthy = (out / "report_orders_and_accounts.html").read_text(encoding="utf-8")
+    assert "aether demo: orders and accounts" in healthy and "<b>PASS with warnings</b>" in healthy
+    assert 'id="findings">Findings (2)</h2>' in healthy
 
 
 def test_summary_is_written_and_printable(demo):
@@ -110,7 +114,9 @@ def test_summary_is_written_and_printable(demo):
     assert json.loads((out / "summary.json").read_text()) == summary
     text = "\n".join(summary["lines"])
     assert "stream demo_anomalies (anomalies)" in text and "as the scenarios declare" in text
-    assert str(out / "report.html") in text and str(out / "export" / "demo") in text
+    for name in ("report_planted_anomalies.html", "report_orders_and_accounts.html"):
+        assert f"  report  {out / name}  (" in text
+    assert str(out / "export" / "demo") in text
 
 
 def test_demo_never_writes_into_a_stream_that_has_data(tmp_path):
@@ -120,6 +126,6 @@ def test_demo_never_writes_into_a_stream_that_has_data(tmp_path):
         assert first["matches_expectations"] and first["embedded"] is False
         with pytest.raises(ScenarioError, match="already holds"):
             run_demo(tmp_path / "second", url=server.url)
-        assert not (tmp_path / "second" / "report.html").exists()
+        assert not list((tmp_path / "second").glob("*.html"))
     finally:
         server.cleanup()

@@ -286,3 +286,43 @@ def test_figures_do_not_touch_pyplot_state():
         import matplotlib.pyplot as plt
 
         assert plt.get_fignums() == []
+
+
+# --- what a report draws ----------------------------------------------------------------
+
+
+def test_report_figures_draws_only_what_says_something():
+    spread = make_events([("order-1", 1, "A"), ("order-1", 3, "B"), ("order-2", 1, "A"), ("order-2", 2, "B")],
+                         skip=(3,))
+    findings = make_findings([
+        {"code": "version_gap", "severity": "error", "actor_id": "order-1", "stream_seq": 2},
+        {"code": "deleted_sequence", "severity": "error", "stream_seq": 3},
+        {"code": "deleted_sequence", "severity": "error", "stream_seq": 3},
+    ])
+    chosen = plots.report_figures(findings, empty_frames(spread))
+    assert [alt for alt, _ in chosen.figures] == ["findings by code", "events over time", "stream sequence holes",
+                                                  "version timeline of the most-affected actors"]
+    assert chosen.skipped == []
+
+
+def test_report_figures_says_why_instead_of_drawing_nothing():
+    burst = make_events([("order-1", 1, "A"), ("order-1", 2, "B"), ("order-2", 1, "A")], step="1ms")
+    equal = make_findings([{"code": "clock_skew", "severity": "warning", "actor_id": "order-1", "stream_seq": 1},
+                           {"code": "snapshot_orphan", "severity": "warning", "actor_id": "order-2", "stream_seq": 3}])
+    chosen = plots.report_figures(equal, empty_frames(burst))
+    assert chosen.figures == []
+    why = dict(chosen.skipped)
+    assert why["findings by code"].startswith("every code found has 1 finding (2 codes")
+    assert why["events over time"].startswith("all 3 events fall within 2 ms")
+    assert why["stream sequence holes"] == "no message was deleted: sequences 1-3 are all present"
+    assert why["version timeline of the most-affected actors"] == "no actor's versions gap, repeat or go back"
+
+
+def test_time_ticks_say_only_what_changes():
+    events = make_events([("order-1", v, "A") for v in range(1, 40)], step="1s")
+    fig = plots.events_over_time(events)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig).draw()
+    labels = [t.get_text() for t in fig.axes[0].get_xticklabels() if t.get_text()]
+    assert labels and not any(".000000" in label or "00000" in label for label in labels), labels

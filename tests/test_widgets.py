@@ -154,14 +154,16 @@ def test_stays_responsive_on_thousands_of_actors(report):
 
 
 def test_styles_do_not_leak_into_the_notebook(report):
-    # The tables carry their CSS inline; it must only style our own classes.
+    # The tables carry their CSS inline; every rule is scoped by its root's id.
     import re
 
     explorer, dashboard = ActorExplorer(report), AuditDashboard(report)
-    for html in (explorer.table.value, explorer.findings_table.value, dashboard.summary.value, dashboard.table.value):
+    for html in (explorer.table.value, explorer.findings_table.value, dashboard.summary.value, dashboard.table.value,
+                 explorer.static_html(), dashboard.static_html()):
+        root = re.match(r'<div id="(aa-\w+)"', html).group(1)
         for css in re.findall(r"<style>(.*?)</style>", html, re.DOTALL):
             selectors = re.findall(r"([^{}]+)\{", css)
-            assert selectors and all(part.strip().startswith((".", "table.aa"))
+            assert selectors and all(part.strip().startswith(f"#{root}")
                                      for sel in selectors for part in sel.split(",")), selectors
 
 
@@ -173,6 +175,18 @@ def test_display_delegates_to_the_vbox(report):
     bundle = explorer._repr_mimebundle_()
     assert "application/vnd.jupyter.widget-view+json" in bundle
     assert bundle["application/vnd.jupyter.widget-view+json"]["model_id"] == explorer.widget.model_id
+
+
+def test_a_static_render_shows_what_the_widgets_show(report):
+    # Where no kernel runs (a code host, nbviewer), the text/html beside the widget is what is read.
+    dashboard = AuditDashboard(report)
+    dashboard.severities.value = ("error",)
+    html = dashboard._repr_mimebundle_()["text/html"]
+    assert "data:image/png;base64," in html and f"{len(dashboard.current_findings):,} of" in html
+    explorer = ActorExplorer(report)
+    explorer.select("order-8")
+    html = explorer._repr_mimebundle_()["text/html"]
+    assert "order-8" in html and "data:image/png;base64," in html and "<table" in html
 
 
 def test_explorer_without_report_still_marks_version_anomalies():
@@ -247,3 +261,11 @@ def test_dashboard_filters_change_the_findings_table():
 
     explorer = dashboard.explore("order-7")
     assert explorer.actor.value == "order-7"
+
+
+def test_without_ipywidgets_the_error_names_the_extra(report, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "ipywidgets", None)  # as if not installed
+    with pytest.raises(ImportError, match=r"pip install 'aether_audit\[notebook\]'"):
+        AuditDashboard(report)
