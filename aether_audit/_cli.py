@@ -150,19 +150,11 @@ def _explain(store: Any, error: StreamNotFound, args: argparse.Namespace) -> Str
 
 
 def _stream_names(store: Any) -> list[str]:
-    """The server's stream names (one read-only STREAM.NAMES request; none if refused)."""
-    from ._sync import run_sync
-
-    names: list[str] = []
+    """The server's stream names (read-only; none if refused)."""
     try:
-        while True:
-            reply = run_sync(store.core._api("STREAM.NAMES", {"offset": len(names)}))
-            page = reply.get("streams") or []
-            names += page
-            if not page or len(names) >= int(reply.get("total", 0)):
-                return sorted(names)
+        return store.stream_names()
     except AuditError:
-        return sorted(names)
+        return []
 
 
 def _progress(args: argparse.Namespace) -> bool | None:

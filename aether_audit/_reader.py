@@ -256,6 +256,17 @@ class StreamReader:
             info = await scanner.stream_info(self.stream_name, deleted_details=deleted_details)
         return StreamState.from_info(info)
 
+    async def stream_names(self) -> list[str]:
+        """Every stream's name on the server, sorted (read-only ``STREAM.NAMES`` pages)."""
+        names: list[str] = []
+        async with self._scanners.lease() as scanner:
+            while True:
+                reply = await scanner.api("STREAM.NAMES", {"offset": len(names)}, self.stream_name)
+                page = reply.get("streams") or []
+                names += page
+                if not page or len(names) >= int(reply.get("total", 0)):
+                    return sorted(names)
+
     def _decode(self, raw: RawBatch) -> DecodedBatch:
         return decode_messages(raw.seqs, raw.stored_ns, raw.subjects, raw.payloads,
                                snapshot_prefix=self._snapshot_prefix)

@@ -299,7 +299,7 @@ class StreamScanner:
         self._send(b"PUB %s %s %d\r\n%s\r\n" % (subject.encode(), reply, len(data), data))
         where = self._options.describe()
         try:
-            async with asyncio.timeout(timeout or max(self._options.connect_timeout, 5.0)):
+            async with asyncio.timeout(timeout or self._options.connect_timeout):
                 while True:  # skips frames of other subscriptions, e.g. a finished scan's tail
                     op, args, header, payload = await self._frame()
                     if op in (b"MSG", b"HMSG") and args[0] == reply:
@@ -399,13 +399,17 @@ class StreamScanner:
             self._send(b"".join(requests))  # one write: a syscall per request would dominate
             answers: list[dict[str, Any] | None] = [None] * len(chunk)
             missing = len(chunk)
-            async with asyncio.timeout(max(self._options.connect_timeout, 5.0)):
-                while missing:
-                    op, args, _, payload = await self._frame()
-                    index = replies.get(args[0]) if op in (b"MSG", b"HMSG") else None
-                    if index is not None and answers[index] is None:
-                        answers[index] = orjson.loads(payload)
-                        missing -= 1
+            try:
+                async with asyncio.timeout(self._options.connect_timeout):
+                    while missing:
+                        op, args, _, payload = await self._frame()
+                        index = replies.get(args[0]) if op in (b"MSG", b"HMSG") else None
+                        if index is not None and answers[index] is None:
+                            answers[index] = orjson.loads(payload)
+                            missing -= 1
+            except TimeoutError as exc:
+                raise _NoAnswer(f"no answer from {self._options.describe()} to {missing} of "
+                                f"{len(chunk)} gets from {stream}") from exc
             for answer in answers:
                 message = (answer or {}).get("message")
                 if message is not None:  # else deleted since it was indexed (err_code 10037)

@@ -157,6 +157,9 @@ class EventStore:
     def stream_state(self, *, deleted_details: bool = False) -> StreamState:
         return run_sync(self.core.stream_state(deleted_details=deleted_details))
 
+    def stream_names(self) -> list[str]:
+        return run_sync(self.core.stream_names())
+
     def scan(
         self,
         *,

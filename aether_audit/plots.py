@@ -535,7 +535,10 @@ def report_figures(findings: pd.DataFrame | None, frames: Any = None, *, actors:
     else:
         span = stamps.max() - stamps.min()
         freq = _auto_freq(span)
-        filled = stamps.dt.floor(freq if freq[0].isdigit() or freq in ("s", "min", "h", "D") else "D").nunique()
+        width = pd.Timedelta(freq if freq[0].isdigit() else f"1{freq}") if freq not in ("W", "MS") else pd.Timedelta(days=7)
+        # Runs of events with no gap wider than a bar: unlike counting the
+        # bars they fill, this does not depend on where the bars' edges fall.
+        filled = 1 + int((stamps.sort_values().diff() >= width).sum())
         if filled < MIN_TIME_BUCKETS:
             out.skipped.append((name, f"all {len(stamps):,} events fall within {human_duration(span)}: "
                                       f"over time they would make {filled} bar{'s' if filled != 1 else ''}"))
