@@ -616,12 +616,16 @@ class AsyncEventStore:
         *,
         incremental: bool = False,
         progress: bool | None = None,
+        format: str = "parquet",
+        timestamp_unit: str | None = None,
+        sign: str | Path | None = None,
     ) -> dict[str, Any]:
-        """Export events, snapshots and replay errors to Parquet under
-        ``out_dir`` and return the manifest (SPEC §4)."""
+        """Export events, snapshots and replay errors to Parquet (or Delta
+        Lake tables) under ``out_dir`` and return the manifest (SPEC §4)."""
         from ._export import export_stream
 
-        return await export_stream(self, Path(out_dir), incremental=incremental, progress=progress)
+        return await export_stream(self, Path(out_dir), incremental=incremental, progress=progress,
+                                   format=format, timestamp_unit=timestamp_unit, sign=sign)
 
 
 _BATCH_FIELD = {"events": "events", "snapshots": "snapshots", "replay_errors": "errors"}
