@@ -433,7 +433,7 @@ def _listed_in(manifest: dict[str, Any], kind: str) -> set[str]:
     return {e["path"] for e in entries(manifest, kind)}
 
 
-def publish(out_dir: Path, manifest: dict[str, Any]) -> None:
+def publish(out_dir: Path, manifest: dict[str, Any], *, stops: bool = True) -> None:
     """Steps 2 and 3 of the commit (see the module doc); idempotent, so it
     also finishes a commit that a killed run left half done. Each table's
     root holds a hidden ``.generation-<tag>`` mark of the run whose file set
@@ -450,8 +450,10 @@ def publish(out_dir: Path, manifest: dict[str, Any]) -> None:
             else:
                 os.rename(staged, live)
             sync_dir(out_dir)
-            _stop_at("after_exchange")
-    _stop_at("after_publish")
+            if stops:
+                _stop_at("after_exchange")
+    if stops:
+        _stop_at("after_publish")
     _clean(out_dir, manifest)
 
 
@@ -663,7 +665,7 @@ async def export_stream(
                                       timestamp_unit=timestamp_unit, signer=signer)
         _check_dir(out_dir, previous, stream)
         if previous is not None:
-            publish(out_dir, previous)  # finish a commit a killed run left half done
+            publish(out_dir, previous, stops=False)  # finish a commit a killed run left half done
         else:
             _clean(out_dir, None)
         continuing = incremental and previous is not None

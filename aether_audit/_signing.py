@@ -54,7 +54,7 @@ def _verify_key(public_key: str) -> Any:
         raise ValueError(public_key) from exc
     if len(raw) != 35 or not nkeys.valid_public_prefix_byte(raw[0]):
         raise ValueError(public_key)
-    if int.from_bytes(raw[-2:], "little") != nkeys.crc16_checksum(raw[:-2]):
+    if raw[-2:] != nkeys.crc16_checksum(raw[:-2]):
         raise ValueError(public_key)
     return nacl.signing.VerifyKey(raw[1:-2])
 

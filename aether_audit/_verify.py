@@ -310,6 +310,8 @@ def file_problems(root: Path, manifest: dict[str, Any]) -> list[dict[str, Any]]:
     for entry in listed:
         path = locate(root, manifest, entry)
         name = entry["path"]
+        if entry is not manifest.get("chain_heads"):
+            totals[entry.get("kind", name.split("/", 1)[0])] += int(entry.get("rows", 0))
         try:
             size = os.lstat(path).st_size
             digest = sha256_file(path)
@@ -325,11 +327,9 @@ def file_problems(root: Path, manifest: dict[str, Any]) -> list[dict[str, Any]]:
             problems.append(_file_problem("changed", f"{name} does not match its sha256 in the manifest"))
         elif entry is not manifest.get("chain_heads"):
             problems += _footer_problems(path, entry, manifest)
-        if entry is not manifest.get("chain_heads"):
-            totals[entry.get("kind", name.split("/", 1)[0])] += int(entry.get("rows", 0))
     for kind in KINDS:
         if totals[kind] != manifest[kind]:
-            problems.append(_file_problem("manifest", f"the manifest counts {manifest[kind]} {kind}, its files hold {totals[kind]}"))
+            problems.append(_file_problem("manifest", f"the manifest counts {manifest[kind]} {kind}, its files list {totals[kind]}"))
     problems += _unlisted(root, manifest)
     return problems
 
@@ -382,7 +382,7 @@ def check_base(root: Path, manifest: dict[str, Any]) -> None:
     """Refuse (``ExportError``) to build on an export that is not what its
     manifest says: files, counts, ranges, and chain heads against the stored
     last rows (cheap: the full recomputation is ``verify_export``'s)."""
-    problems = file_problems(root, manifest) + _stored_heads_problems(root, manifest)
+    problems = file_problems(root, manifest) or _stored_heads_problems(root, manifest)
     if problems:
         raise ExportError(f"refusing to add to {root}: {problems[0]['message']} "
                           f"(aether-audit verify {root} lists everything; or run a full export into a new directory)")
