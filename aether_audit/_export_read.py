@@ -53,7 +53,7 @@ def read_kind(root: Path, manifest: dict[str, Any], kind: str, columns: list[str
     if manifest.get("format") == "delta":
         from ._delta import read_table
 
-        table = read_table(root, kind)
+        table = read_table(root, kind, manifest.get("delta_versions", {}).get(kind))
         return table.select([c for c in columns if c in table.schema.names]) if columns else table
     tables = []
     for entry in entries(manifest, kind):

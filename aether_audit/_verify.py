@@ -361,7 +361,7 @@ def _unlisted(root: Path, manifest: dict[str, Any]) -> list[dict[str, Any]]:
 
         present: set[str] = set()
         for kind in KINDS:
-            present |= table_data_files(root, kind)
+            present |= table_data_files(root, kind, manifest.get("delta_versions", {}).get(kind))
     else:
         present = set()
         for kind in KINDS:
