@@ -103,6 +103,10 @@ FILE_ROWS = 1_000_000
 # biggest buffers are written as (smaller) row groups. This is what keeps peak
 # memory flat however long the stream and however many actor types.
 BUFFER_BYTES = 64 << 20
+# Parquet files open at once, whatever the number of actor types: beyond it
+# the least recently written partition's file is finished (the partition
+# starts a new file when more rows come), so ``ulimit -n 1024`` is never near.
+MAX_OPEN_FILES = 64
 # Fault injection for the crash tests: at the named point the process kills
 # itself (``NAME``) or interrupts itself (``NAME:INT``). Points: ``writing``
 # (first file open), ``before_manifest``, ``after_manifest``, ``after_exchange``
@@ -172,8 +176,9 @@ class _PartWriter:
     groups, rolls to a new file every ``FILE_ROWS`` rows."""
 
     def __init__(self, kind: str, directory: Path, relative: str, schema: pa.Schema,
-                 partition: str | None = None) -> None:
+                 partition: str | None = None, opened: dict[int, _PartWriter] | None = None) -> None:
         self.kind, self.directory, self.relative, self.partition = kind, directory, relative, partition
+        self.opened = {} if opened is None else opened  # the run's writers with an open file, oldest first
         self.schema = schema
         self.pending: list[pa.RecordBatch] = []
         self.pending_rows = self.pending_bytes = 0
@@ -203,10 +208,17 @@ class _PartWriter:
             self._write(part)
             if self.file_rows >= FILE_ROWS:
                 self._close_file()
+            else:  # most recently written last
+                self.opened.pop(id(self), None)
+                self.opened[id(self)] = self
 
     def _open(self) -> None:
+        while len(self.opened) >= MAX_OPEN_FILES:
+            oldest = next(iter(self.opened.values()))
+            oldest._close_file()
         self.directory.mkdir(parents=True, exist_ok=True)
         self.temp = self.directory / f".part-{len(self.finished)}.parquet.tmp"
+        self.opened[id(self)] = self
         self.writer = _parquet_writer(self.temp, self.schema)
         self.file_rows = 0
         _stop_at("writing")
@@ -235,6 +247,7 @@ class _PartWriter:
             sha256_file(final, sync=True), self.partition,
         ))
         self.writer, self.temp, self.file_rows = None, None, 0
+        self.opened.pop(id(self), None)
 
     def close(self) -> list[_Written]:
         self.flush()
@@ -268,6 +281,7 @@ class _RunWriter:
             META_PREFIX + "timestamp_unit": unit,
         }
         self.writers: dict[tuple[str, str | None], _PartWriter] = {}
+        self.opened: dict[int, _PartWriter] = {}
         self.counts = dict.fromkeys(KINDS, 0)
 
     def schema(self, kind: str, partition: str | None = None) -> pa.Schema:
@@ -283,7 +297,8 @@ class _RunWriter:
             directory, relative = self.staging[kind], kind
             if partition is not None:
                 directory, relative = directory / partition_dir(partition), f"{kind}/{partition_dir(partition)}"
-            writer = self.writers[key] = _PartWriter(kind, directory, relative, self.schema(kind, partition), partition)
+            writer = self.writers[key] = _PartWriter(kind, directory, relative, self.schema(kind, partition),
+                                                     partition, self.opened)
         return writer
 
     def add(self, batch: DecodedBatch) -> None:

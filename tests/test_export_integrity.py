@@ -299,3 +299,51 @@ def test_a_signed_export_checks_with_its_key_only_and_only_unchanged(store, nats
     changed = verify_export(out, signer=public)
     assert not changed.ok and list(changed.problems["kind"]) == ["signature"]
     one_line_error(export_cli(nats_url, store.stream_name, tmp_path / "x", "--sign", str(tmp_path / "none")), "seed")
+
+
+# --- hostile shapes of data ------------------------------------------------------------------
+
+
+def test_an_actor_type_longer_than_a_directory_name_is_exported(store, tmp_path):
+    long_type = "é" * 200  # 400 bytes, 1,200 once percent-encoded
+    store.save_event(Event.new(f"{long_type}-1", "X", 1))
+    store.save_event(Event.new(f"{long_type[:-1]}-1", "X", 1))  # shares the cut name's prefix
+    store.save_event(Event.new("order-1", "X", 1))
+    out = tmp_path / "export"
+    manifest = store.export_parquet(out)
+    dirs = {e["path"].split("/")[1] for e in manifest["files"] if e["kind"] == "events"}
+    assert len(dirs) == 3 and all(len(d.encode()) <= 255 for d in dirs)
+    assert sorted(read_export(out).events["actor_type"]) == sorted([long_type, long_type[:-1], "order"])
+    assert verify_export(out).ok
+    assert ds.dataset(out / "events", format="parquet", partitioning="hive").count_rows() == 3
+
+
+MANY_TYPES = """
+import resource, sys
+resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
+import aether_audit
+from aether_audit import _export
+_export.ROW_GROUP_ROWS = 1  # every partition's file opens at its first row and stays open until it rolls
+with aether_audit.connect(sys.argv[1], stream=sys.argv[2]) as store:
+    print(store.export_parquet(sys.argv[3], progress=False)["events"])
+"""
+
+
+def test_many_actor_types_export_under_a_low_open_files_limit(store, nats_url, tmp_path):
+    async def publish(url=nats_url):  # 600 actor types, more than the 256 files the child may open
+        nc = await nats.connect(url)
+        for n in range(1200):
+            actor = f"type{n % 600}-{n}"
+            payload = json.dumps({"id": f"e{n}", "eventType": "X", "actorId": actor, "version": 1, "data": {},
+                                  "timestamp": "2026-11-20T10:11:12.123456789Z"}).encode()
+            await nc.jetstream().publish(f"{store.stream_name}.events.type{n % 600}.{actor}", payload)
+        await nc.close()
+
+    store.save_event(Event.new("order-1", "X", 1))  # creates the stream
+    run_sync(publish())
+    out = tmp_path / "export"
+    done = subprocess.run([sys.executable, "-c", MANY_TYPES, nats_url, store.stream_name, str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert int(done.stdout.strip()) == 1201
+    assert verify_export(out).ok
