@@ -128,7 +128,6 @@ async def export_delta(reader: Any, out_dir: Path, previous: dict[str, Any] | No
     seq_range = ex._plan(previous, state, incremental, out_dir)
     if seq_range is None:
         return previous
-    identity = previous["stream_identity"] if continuing else await ex._identity(reader, state)
     heads = ex.load_heads(out_dir, previous) if continuing else {}
     tag = secrets.token_hex(4)
     staging = ex._stage(out_dir, tag, [])
@@ -149,6 +148,7 @@ async def export_delta(reader: Any, out_dir: Path, previous: dict[str, Any] | No
         ex._clean(out_dir, previous)
         raise
     totals = {k: (previous[k] if continuing else 0) + run.counts[k] for k in KINDS}
+    identity = previous["stream_identity"] if continuing else ex._identity(state, run)
     manifest = ex._manifest(stream, previous, continuing, seq_range, run.counts, totals, files,
                             heads_entry, "us", identity, tag)
     manifest.update(format="delta", delta_versions=versions)

@@ -66,7 +66,6 @@ from ._layout import (
     SEQ_DIGITS,
     STAGING_NAME,
     TIMESTAMP_COLUMNS,
-    entries,
     file_schema,
     manifest_bytes,
     part_name,
@@ -283,6 +282,7 @@ class _RunWriter:
         self.writers: dict[tuple[str, str | None], _PartWriter] = {}
         self.opened: dict[int, _PartWriter] = {}
         self.counts = dict.fromkeys(KINDS, 0)
+        self.first_seq, self.first_digest = first_seq, None  # the stream identity's first message
 
     def schema(self, kind: str, partition: str | None = None) -> pa.Schema:
         metadata = dict(self.metadata, **{META_PREFIX + "kind": kind})
@@ -302,6 +302,8 @@ class _RunWriter:
         return writer
 
     def add(self, batch: DecodedBatch) -> None:
+        if not any(self.counts.values()):  # the run's first batch holds its first message
+            self.first_digest = _message_digest(batch, self.first_seq)
         if batch.events.num_rows:
             self._add_events(batch.events)
         if batch.snapshots.num_rows:
@@ -444,10 +446,6 @@ def _exchange(a: Path, b: Path) -> None:
     os.rename(aside, a)
 
 
-def _listed_in(manifest: dict[str, Any], kind: str) -> set[str]:
-    return {e["path"] for e in entries(manifest, kind)}
-
-
 def publish(out_dir: Path, manifest: dict[str, Any], *, stops: bool = True) -> None:
     """Steps 2 and 3 of the commit (see the module doc); idempotent, so it
     also finishes a commit that a killed run left half done. Each table's
@@ -544,11 +542,11 @@ async def _first_message_digest(reader: Any, seq: int) -> str | None:
     return digest
 
 
-async def _identity(reader: Any, state: Any) -> dict[str, Any]:
+def _identity(state: Any, run: _RunWriter) -> dict[str, Any]:
+    """What tells this generation of the stream from a recreated one: its
+    creation time and the hash of its first message (read by the run)."""
     created = state.created.isoformat() if state.created is not None else None
-    first = max(state.first_seq, 1)
-    digest = await _first_message_digest(reader, first) if state.last_seq >= first else None
-    return {"created": created, "first_seq": first, "first_message_sha256": digest}
+    return {"created": created, "first_seq": run.first_seq, "first_message_sha256": run.first_digest}
 
 
 async def _check_identity(reader: Any, state: Any, previous: dict[str, Any], out_dir: Path) -> None:
@@ -692,7 +690,6 @@ async def export_stream(
         seq_range = _plan(previous, state, incremental, out_dir)
         if seq_range is None:
             return previous
-        identity = previous["stream_identity"] if continuing else await _identity(reader, state)
         heads = load_heads(out_dir, previous) if continuing else {}
         tag = secrets.token_hex(4)
         keep = list(previous["files"]) if continuing else []
@@ -711,6 +708,7 @@ async def export_stream(
             run.abort()
             _clean(out_dir, previous)
             raise
+        identity = previous["stream_identity"] if continuing else _identity(state, run)
         manifest = _manifest(stream, previous, continuing, seq_range, run.counts, totals,
                              keep + [w.entry() for w in written], heads_entry, unit, identity, tag)
         if previous is not None and not continuing and _same_export(manifest, previous):

@@ -34,6 +34,7 @@ from aether_audit._export import (
 )
 from aether_audit._frames import EVENT_SCHEMA, to_pandas
 from aether_audit._sync import run_sync
+from _export_support import rewrite_value
 
 STAMP = pd.Timestamp("2026-11-20T10:11:12.123456789Z")
 # Actor types that need percent-encoding in a hive path, next to plain ones.
@@ -534,18 +535,11 @@ def test_verify_deep_catches_an_edited_file_and_checks_the_manifest_hashes(store
     store.export_parquet(old)
     edited = tmp_path / "edited"
     shutil.copytree(old, edited)
-    manifest = json.loads((edited / "manifest.json").read_text())
-    entry = next(e for e in manifest["files"] if e.get("actor_type") == "acct")
-    path = edited / entry["path"]
-    table = pq.read_table(path)
-    data = table.column("data").to_pylist()
-    data[0] = '{"n":999}'
-    pq.write_table(table.set_column(table.schema.get_field_index("data"), "data", pa.array(data)), path)
-
+    entry = next(e for e in read_manifest(edited)["files"] if e.get("actor_type") == "acct")
+    rewrite_value(edited, entry, 0, fix_manifest=False)
     with pytest.raises(ExportError, match="is damaged: .*(sha256|bytes)"):
         verify_exports(old, edited)
-    entry["sha256"], entry["bytes"] = sha256_of(path), path.stat().st_size
-    (edited / "manifest.json").write_text(json.dumps(manifest))
+    rewrite_value(edited, entry, 0, fix_manifest=True)
     assert verify_exports(old, edited, deep=False).ok  # stored chain hashes still agree
     deep = verify_exports(old, edited)  # recomputed from the values by default
     assert not deep.ok

@@ -14,22 +14,14 @@ import pandas as pd
 import polars as pl
 import pytest
 
-from aether_audit import ExportError, connect
+from aether_audit import ExportError
 from aether_audit._export import STOP_ENV
 from aether_audit._export_read import read_export
 from aether_audit._verify import verify_export
 
 deltalake = pytest.importorskip("deltalake")
 
-from test_export_integrity import write  # noqa: E402  (tests/ is on sys.path under pytest)
-
-KINDS = ("events", "snapshots", "replay_errors")
-
-
-@pytest.fixture
-def store(nats_url, stream_name):
-    with connect(nats_url, stream=stream_name) as store:
-        yield store
+from _export_support import KINDS, store, write  # noqa: E402,F401  (store: a fixture)
 
 
 def counts(out) -> dict[str, int]:

@@ -27,21 +27,7 @@ from aether_audit._export_read import read_export
 from aether_audit._sync import run_sync
 from aether_audit._verify import verify_export
 
-STAMP = pd.Timestamp("2026-11-20T10:11:12.123456789Z")
-KINDS = ("events", "snapshots", "replay_errors")
-
-
-@pytest.fixture
-def store(nats_url, stream_name):
-    with connect(nats_url, stream=stream_name) as store:
-        yield store
-
-
-def write(store, versions: range, actors=("order-1", "order-2", "acct-7")) -> None:
-    for version in versions:
-        for n, actor in enumerate(actors):
-            store.save_event(Event(id=f"{actor}/{version}", event_type="Changed", actor_id=actor, version=version,
-                                   data={"n": n, "v": version}, timestamp=STAMP + pd.Timedelta(nanoseconds=version * 7 + n)))
+from _export_support import KINDS, rewrite_value, store, write  # noqa: F401  (store: a fixture)
 
 
 def cli(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -242,15 +228,8 @@ def test_verify_one_export_names_what_changed_was_added_or_removed(store, tmp_pa
 
     changed = tmp_path / "changed"  # one value rewritten, its file's sha256 and size fixed in the manifest
     shutil.copytree(out, changed)
-    manifest = manifest_of(changed)
-    entry = next(e for e in manifest["files"] if e.get("actor_type") == "acct")
-    path = changed / entry["path"]
-    table = pq.read_table(path)
-    data = table.column("data").to_pylist()
-    data[1] = '{"n":999}'
-    pq.write_table(table.set_column(table.schema.get_field_index("data"), "data", pa.array(data)), path)
-    entry["sha256"], entry["bytes"] = __import__("hashlib").sha256(path.read_bytes()).hexdigest(), path.stat().st_size
-    (changed / "manifest.json").write_text(json.dumps(manifest))
+    entry = next(e for e in manifest_of(changed)["files"] if e.get("actor_type") == "acct")
+    rewrite_value(changed, entry, 1, fix_manifest=True)
     result = verify_export(changed)
     rows = result.problems[result.problems["actor_id"].notna()]
     assert rows[["kind", "actor_id", "version"]].to_dict("records") == [{"kind": "changed", "actor_id": "acct-7", "version": 2}]
