@@ -113,11 +113,15 @@ MAX_OPEN_FILES = 64
 STOP_ENV = "AETHER_AUDIT_EXPORT_STOP_AT"
 
 
+_stopped: list[str] = []
+
+
 def _stop_at(point: str) -> None:
     wanted = os.environ.get(STOP_ENV)
     if wanted == point:
         os.kill(os.getpid(), signal.SIGKILL)
-    elif wanted == point + ":INT":
+    elif wanted == point + ":INT" and not _stopped:  # one interrupt, as one Ctrl-C
+        _stopped.append(point)
         os.kill(os.getpid(), signal.SIGINT)
 
 
