@@ -156,6 +156,7 @@ async def export_delta(reader: Any, out_dir: Path, previous: dict[str, Any] | No
         from ._signing import sign_manifest
 
         manifest = sign_manifest(manifest, signer)
+    await asyncio.to_thread(ex._sync_run, out_dir, {})
     ex._stop_at("before_manifest")
     write_atomic(out_dir / MANIFEST, manifest_bytes(manifest))
     ex._stop_at("after_manifest")
