@@ -136,16 +136,13 @@ def partition_of(entry: dict[str, Any]) -> str | None:
     return urllib.parse.unquote(segment.split("=", 1)[1])
 
 
-def sha256_file(path: Path, *, sync: bool = False) -> str:
-    """A file's sha256, read without following a symbolic link; with ``sync``
-    its bytes are also forced to disk (before a rename makes them visible)."""
+def sha256_file(path: Path) -> str:
+    """A file's sha256, read without following a symbolic link."""
     digest = hashlib.sha256()
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     with os.fdopen(fd, "rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
-        if sync:
-            os.fsync(handle.fileno())
     return digest.hexdigest()
 
 
