@@ -8,6 +8,7 @@ unreadable files) is one line on stderr and exit code 2; no traceback unless
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -51,6 +52,7 @@ examples:
   aether-audit demo                                  # the whole job on an embedded server
   aether-audit check --server nats://host:4222 --stream events --json
   aether-audit export --server nats://host:4222 --out ./export --incremental
+  aether-audit verify ./export --signer UA5W...      # one export: files, hash chains, signature
   aether-audit verify ./export-2026-11-01 ./export-2026-11-27
   aether-audit history order-1042 --server nats://host:4222
 """
@@ -194,8 +196,15 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    import signal
+
     with _store(args) as store:
-        manifest = store.export_parquet(args.out, incremental=args.incremental, progress=_progress(args))
+        manifest = store.export_parquet(args.out, incremental=args.incremental, progress=_progress(args),
+                                        format=args.format, timestamp_unit=args.timestamp_unit, sign=args.sign)
+        # Committed: an interrupt from now on would only turn a finished
+        # export into a traceback, so the rest (closing, exiting) ignores it.
+        with contextlib.suppress(ValueError):  # not the main thread
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
     if args.json:
         _print_json(manifest)
     else:
@@ -208,13 +217,18 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from ._export import verify_exports
+    from ._verify import verify_export, verify_exports
 
-    result = verify_exports(args.old_dir, args.new_dir)
-    if not args.json and result.old["stream"] != result.new["stream"]:
-        print(f"NOT OK: {args.old_dir} is an export of stream {result.old['stream']}, {args.new_dir} of stream "
-              f"{result.new['stream']}: different streams, nothing to compare")
-        return EXIT_FINDINGS
+    if args.new_dir is None:
+        result = verify_export(args.old_dir, signer=args.signer)
+    else:
+        if args.signer:
+            raise ValueError("--signer checks one export: aether-audit verify DIR --signer KEY")
+        result = verify_exports(args.old_dir, args.new_dir)
+        if not args.json and result.old["stream"] != result.new["stream"]:
+            print(f"NOT OK: {args.old_dir} is an export of stream {result.old['stream']}, {args.new_dir} of stream "
+                  f"{result.new['stream']}: different streams, nothing to compare")
+            return EXIT_FINDINGS
     if args.json:
         _print_json(result.to_dict())
     else:
@@ -320,15 +334,26 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--checks", metavar="CODES", help="comma-separated subset of checks to run")
     check.add_argument("--clock-skew", type=float, metavar="SECONDS", help="clock_skew threshold (default: 300)")
 
-    export = command("export", cmd_export, "export events, snapshots and replay errors to Parquet")
+    export = command("export", cmd_export, "export events, snapshots and replay errors to Parquet or Delta Lake")
     export.add_argument("--out", required=True, metavar="DIR", help="export directory")
-    export.add_argument("--incremental", action="store_true", help="add only what is newer than the manifest's last_seq")
+    export.add_argument("--incremental", action="store_true",
+                        help="check the export, then add only what is newer than the manifest's last_seq")
+    export.add_argument("--format", choices=["parquet", "delta"], default="parquet",
+                        help="hive-partitioned Parquet files (default) or Delta Lake tables (needs aether_audit[delta])")
+    export.add_argument("--timestamp-unit", choices=["us", "ns"], default=None,
+                        help="us (default): TIMESTAMP(MICROS) plus exact int64 *_ns columns, for every BI engine; "
+                             "ns: nanosecond timestamps only")
+    export.add_argument("--sign", metavar="SEED_FILE", help="sign the manifest with this NKey seed")
 
-    verify = commands.add_parser("verify", help="check that an older export is still the start of a newer one",
-                                 description="Exit 0 when OLD_DIR's history is, event for event, the start of NEW_DIR's; "
-                                             "1 when not; 2 when an export cannot be read.")
-    verify.add_argument("old_dir", metavar="OLD_DIR")
-    verify.add_argument("new_dir", metavar="NEW_DIR")
+    verify = commands.add_parser(
+        "verify", help="check one export against itself, or that an older export is the start of a newer one",
+        description="With DIR: recompute every file's sha256 and every actor's hash chain from the values, "
+                    "and the signature with --signer. With OLD_DIR NEW_DIR: whether OLD_DIR's history is, "
+                    "event for event, the start of NEW_DIR's. Exit 0 when so, 1 when not; 2 when an export "
+                    "cannot be read.")
+    verify.add_argument("old_dir", metavar="DIR")
+    verify.add_argument("new_dir", metavar="NEW_DIR", nargs="?")
+    verify.add_argument("--signer", metavar="PUBLIC_KEY", help="NKey public key the manifest must be signed with")
     verify.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     verify.set_defaults(handler=cmd_verify)
 

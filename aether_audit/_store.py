@@ -272,10 +272,14 @@ class AsyncEventStore(StreamReader):
         *,
         incremental: bool = False,
         progress: bool | None = None,
+        format: str = "parquet",
+        timestamp_unit: str | None = None,
+        sign: str | Path | None = None,
     ) -> dict[str, Any]:
-        """Export events, snapshots and replay errors to Parquet under
-        ``out_dir`` and return the manifest (SPEC §4)."""
-        return await export_stream(self, Path(out_dir), incremental=incremental, progress=progress)
+        """Export events, snapshots and replay errors to Parquet (or Delta
+        Lake tables) under ``out_dir`` and return the manifest (SPEC §4)."""
+        return await export_stream(self, Path(out_dir), incremental=incremental, progress=progress,
+                                   format=format, timestamp_unit=timestamp_unit, sign=sign)
 
 
 class _Connecting:

@@ -241,8 +241,11 @@ class EventStore:
     def audit(self, checks: Sequence[str] | None = None, *, progress: bool | None = None, **options: Any) -> AuditReport:
         return run_sync(self.core.audit(checks, progress=progress, **options))
 
-    def export_parquet(self, out_dir: str | Path, *, incremental: bool = False, progress: bool | None = None) -> dict[str, Any]:
-        return run_sync(self.core.export_parquet(out_dir, incremental=incremental, progress=progress))
+    def export_parquet(self, out_dir: str | Path, *, incremental: bool = False, progress: bool | None = None,
+                       format: str = "parquet", timestamp_unit: str | None = None,
+                       sign: str | Path | None = None) -> dict[str, Any]:
+        return run_sync(self.core.export_parquet(out_dir, incremental=incremental, progress=progress, format=format,
+                                                 timestamp_unit=timestamp_unit, sign=sign))
 
 
 def connect(

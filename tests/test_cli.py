@@ -171,8 +171,12 @@ def test_errors_are_json_too_with_json(nats_url):
     assert usage.returncode == 2 and json.loads(usage.stdout)["exit_code"] == 2
 
 
-def test_a_missing_stream_lists_the_streams_that_exist(seeded):
-    url, stream = seeded
+def test_a_missing_stream_lists_the_streams_that_exist(server_factory, stream_name):
+    # A server of its own: the shared one holds more streams than the line lists.
+    url = server_factory().url
+    with connect(url, stream=stream_name) as store:
+        store.save_event(Event.new("order-1", "OrderPlaced", 1))
+    stream = stream_name
     result = cli("history", "order-1", "--server", url, "--stream", "no_such_stream")
     assert_one_line_error(result, "no_such_stream", "streams there:", stream)
 

@@ -34,6 +34,7 @@ from aether_audit._export import (
 )
 from aether_audit._frames import EVENT_SCHEMA, to_pandas
 from aether_audit._sync import run_sync
+from _export_support import rewrite_value
 
 STAMP = pd.Timestamp("2026-11-20T10:11:12.123456789Z")
 # Actor types that need percent-encoding in a hive path, next to plain ones.
@@ -92,9 +93,19 @@ def write_mixed(store, url: str) -> None:
     js_call(url, publish)
 
 
+def exact(frame: pd.DataFrame) -> pd.DataFrame:
+    """A frame read from the default layout with its timestamps rebuilt from the _ns columns."""
+    frame = frame.copy()
+    for name in ("stored_at", "timestamp"):
+        if name + "_ns" in frame:
+            assert (frame[name] == pd.to_datetime(frame[name + "_ns"] // 1000 * 1000, utc=True)).all()
+            frame[name] = pd.to_datetime(frame.pop(name + "_ns"), unit="ns", utc=True)
+    return frame
+
+
 def spec_order(frame: pd.DataFrame) -> pd.DataFrame:
     """A read-back events frame in the SPEC column order, stream order, without chain_hash."""
-    return frame[EVENT_SCHEMA.names].sort_values("stream_seq").reset_index(drop=True)
+    return exact(frame)[EVENT_SCHEMA.names].sort_values("stream_seq").reset_index(drop=True)
 
 
 def sha256_of(path: Path) -> str:
@@ -102,8 +113,10 @@ def sha256_of(path: Path) -> str:
 
 
 def visible_parquet(out: Path) -> set[str]:
-    """Every file a globbing reader would pick up."""
-    return {p.relative_to(out).as_posix() for p in out.rglob("*.parquet") if not p.name.startswith(".")}
+    """Every file a globbing reader of the tables (``events/**/*.parquet``, hidden
+    names included, as DuckDB and polars glob) or of the top directory would pick up."""
+    found = {p for kind in ("events", "snapshots", "replay_errors") for p in (out / kind).rglob("*.parquet")}
+    return {p.relative_to(out).as_posix() for p in found | set(out.glob("*.parquet"))}
 
 
 def listed(manifest: dict) -> set[str]:
@@ -171,7 +184,7 @@ def test_export_reads_back_equal_to_load_with_pandas_duckdb_and_read_export(stor
     pd.testing.assert_frame_equal(spec_order(via_duckdb), loaded)
 
     # every nanosecond survived, in every reader
-    assert loaded["timestamp"].dt.nanosecond.tolist() == via_duckdb["timestamp"].dt.nanosecond.tolist()
+    assert loaded["timestamp"].dt.nanosecond.tolist() == spec_order(via_duckdb)["timestamp"].dt.nanosecond.tolist()
     assert set(loaded["timestamp"].dt.nanosecond) != {0}
     assert str(loaded["timestamp"].dtype) == "datetime64[ns, UTC]"
 
@@ -197,10 +210,26 @@ def test_export_reads_back_equal_to_load_with_pandas_duckdb_and_read_export(stor
         "actor_type=unknown"}
 
 
+def test_parquet_files_carry_us_timestamps_with_exact_ns_columns_by_default(store, tmp_path):
+    write_history(store, versions=2)
+    manifest = store.export_parquet(tmp_path / "export")
+    entry = next(e for e in manifest["files"] if e["kind"] == "events")
+    parquet = pq.ParquetFile(tmp_path / "export" / entry["path"])
+    schema = parquet.schema_arrow
+    assert schema.field("timestamp").type == pa.timestamp("us", tz="UTC") == schema.field("stored_at").type
+    assert schema.field("timestamp_ns").type == pa.int64() == schema.field("stored_at_ns").type
+    assert schema.names[-3:] == ["stored_at_ns", "timestamp_ns", "chain_hash"]
+    column = parquet.metadata.schema.column(schema.get_field_index("timestamp"))
+    assert "isAdjustedToUTC=true" in str(column.logical_type) and "microseconds" in str(column.logical_type)
+    assert manifest["timestamp_unit"] == "us"
+    frame = parquet.read().to_pandas()
+    assert (frame["timestamp_ns"] % 1000 != 0).any()  # the nanoseconds are there, exactly
+
+
 def test_parquet_files_carry_ns_utc_timestamps_zstd_and_metadata(store, tmp_path):
     write_history(store, versions=2)
     out = tmp_path / "export"
-    manifest = store.export_parquet(out)
+    manifest = store.export_parquet(out, timestamp_unit="ns")
     entry = next(e for e in manifest["files"] if e["kind"] == "events")
     parquet = pq.ParquetFile(out / entry["path"])
     schema = parquet.schema_arrow
@@ -353,14 +382,20 @@ CHILD = textwrap.dedent("""
 """)
 
 
+def temp_files(out: Path) -> set[str]:
+    """Hidden temp files of a run, wherever they are (os.walk: directories
+    may vanish while it looks, as the child cleans up)."""
+    return {os.path.join(d, f) for d, _, files in os.walk(out) for f in files if f.startswith(".part-") and f.endswith(".tmp")}
+
+
 def kill_export_midway(url: str, stream: str, out: Path, incremental: bool) -> None:
     """Start an export in a child process and SIGKILL it once it is writing files
     (a temp file that an earlier killed run did not leave)."""
-    leftovers = set(out.rglob(".part-*.tmp"))
+    leftovers = temp_files(out)
     child = subprocess.Popen([sys.executable, "-c", CHILD, url, stream, str(out), "1" if incremental else "0"])
     try:
         deadline = time.monotonic() + 30
-        while not set(out.rglob(".part-*.tmp")) - leftovers:
+        while not temp_files(out) - leftovers:
             assert child.poll() is None, "the export finished before it could be killed"
             assert time.monotonic() < deadline
             time.sleep(0.002)
@@ -387,7 +422,7 @@ def test_a_killed_export_leaves_the_previous_one_intact_and_the_rerun_completes_
     bulk_publish(nats_url, store.stream_name, 60_000)
 
     kill_export_midway(nats_url, store.stream_name, out, incremental=True)
-    assert list(out.rglob(".part-*.tmp"))  # it was killed while writing
+    assert temp_files(out)  # it was killed while writing
     assert_intact(out, previous_bytes, previous_frame)
     kill_export_midway(nats_url, store.stream_name, out, incremental=False)
     assert_intact(out, previous_bytes, previous_frame)
@@ -404,9 +439,10 @@ def test_a_killed_export_leaves_the_previous_one_intact_and_the_rerun_completes_
         assert verify_exports(uninterrupted, out).ok and verify_exports(out, uninterrupted).ok
 
 
-def test_complete_files_no_manifest_lists_are_never_counted(store, tmp_path):
-    """What a run killed between its renames and its manifest leaves behind:
-    complete, final-named files. The next run removes them."""
+def test_files_no_manifest_lists_are_refused_then_replaced(store, tmp_path):
+    """What a run of an older version killed between its renames and its
+    manifest left behind: complete, final-named files in a table. An
+    incremental run refuses to build on them; a full run replaces them."""
     write_history(store, versions=2)
     out = tmp_path / "export"
     manifest = store.export_parquet(out)
@@ -416,7 +452,9 @@ def test_complete_files_no_manifest_lists_are_never_counted(store, tmp_path):
     stray_heads = out / "chain_heads-000000000099.parquet"
     stray_heads.write_bytes(b"partial")
     write_history(store, versions=1, start=3)
-    again = store.export_parquet(out, incremental=True)
+    with pytest.raises(ExportError, match="not in its manifest"):
+        store.export_parquet(out, incremental=True)
+    again = store.export_parquet(out)
     assert not orphan.exists() and not stray_heads.exists()
     assert visible_parquet(out) == listed(again)
     assert len(pd.read_parquet(out / "events")) == again["events"] == len(store.load())
@@ -497,20 +535,13 @@ def test_verify_deep_catches_an_edited_file_and_checks_the_manifest_hashes(store
     store.export_parquet(old)
     edited = tmp_path / "edited"
     shutil.copytree(old, edited)
-    manifest = json.loads((edited / "manifest.json").read_text())
-    entry = next(e for e in manifest["files"] if e.get("actor_type") == "acct")
-    path = edited / entry["path"]
-    table = pq.read_table(path)
-    data = table.column("data").to_pylist()
-    data[0] = '{"n":999}'
-    pq.write_table(table.set_column(table.schema.get_field_index("data"), "data", pa.array(data)), path)
-
-    with pytest.raises(ExportError, match="does not match its sha256"):
+    entry = next(e for e in read_manifest(edited)["files"] if e.get("actor_type") == "acct")
+    rewrite_value(edited, entry, 0, fix_manifest=False)
+    with pytest.raises(ExportError, match="is damaged: .*(sha256|bytes)"):
         verify_exports(old, edited)
-    entry["sha256"] = sha256_of(path)
-    (edited / "manifest.json").write_text(json.dumps(manifest))
-    assert verify_exports(old, edited).ok  # chain hashes still agree: the edit is only visible deep
-    deep = verify_exports(old, edited, deep=True)
+    rewrite_value(edited, entry, 0, fix_manifest=True)
+    assert verify_exports(old, edited, deep=False).ok  # stored chain hashes still agree
+    deep = verify_exports(old, edited)  # recomputed from the values by default
     assert not deep.ok
     assert deep.problems[["kind", "actor_id", "version"]].to_dict("records") == [
         {"kind": "changed", "actor_id": "acct-7", "version": 1}]

@@ -1,0 +1,188 @@
+"""``--format delta``: events, snapshots and replay errors as Delta Lake tables.
+
+``DIR/events`` (partitioned by ``actor_type``), ``DIR/snapshots`` and
+``DIR/replay_errors`` are Delta tables in the microsecond layout (Delta has
+no nanosecond timestamps: the exact values are the ``_ns`` columns), with
+``chain_hash`` on events. ``DIR/manifest.json`` lists each table's Delta
+version and the data files of that version with their sha256, so ``verify``
+and ``read_export`` work as on Parquet exports.
+
+Exactly once. A run stages its rows as hidden Parquet files (as the Parquet
+export does), then appends them to each table in one Delta commit carrying
+the Delta transaction ``(app_id "aether_audit", version = the run's
+last_seq)``. A rerun after a kill reads each table's transaction version
+and appends only rows above it, so a table committed before the kill is not
+appended twice; the manifest, written last, records what every table holds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import urllib.parse
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.dataset as ds
+
+from ._errors import ExportError
+from ._files import write_atomic
+from ._layout import KINDS, MANIFEST, file_schema, manifest_bytes, sha256_file
+
+__all__ = ["export_delta", "read_table", "table_data_files"]
+
+APP_ID = "aether_audit"
+
+
+def _deltalake() -> Any:
+    try:
+        import deltalake
+    except ImportError as exc:
+        raise ExportError("--format delta needs the deltalake package: pip install 'aether_audit[delta]'") from exc
+    return deltalake
+
+
+def _table(root: Path, kind: str, version: int | None = None) -> Any:
+    deltalake = _deltalake()
+    uri = str(root / kind)
+    if not deltalake.DeltaTable.is_deltatable(uri):
+        return None
+    table = deltalake.DeltaTable(uri)
+    if version is not None:
+        table.load_as_version(version)
+    return table
+
+
+def _active_files(root: Path, kind: str, version: int | None = None) -> list[dict[str, Any]]:
+    """The data files of a table's version, as manifest entries."""
+    table = _table(root, kind, version)
+    if table is None:
+        return []
+    actions = pa.table(table.get_add_actions(flatten=True)).to_pylist()
+    out = []
+    for action in actions:
+        relative = f"{kind}/{urllib.parse.unquote(action['path'])}"
+        path = root / relative
+        entry = {"path": relative, "kind": kind, "rows": int(action["num_records"]),
+                 "bytes": path.stat().st_size, "sha256": sha256_file(path)}
+        if action.get("min.stream_seq") is not None:
+            entry.update(first_seq=int(action["min.stream_seq"]), last_seq=int(action["max.stream_seq"]))
+        if kind == "events":
+            entry["actor_type"] = action.get("partition.actor_type")
+        out.append(entry)
+    return out
+
+
+def table_data_files(root: Path, kind: str, version: int | None = None) -> set[str]:
+    """Paths (relative to the export) of the data files a table's version holds."""
+    table = _table(root, kind, version)
+    if table is None:
+        return set()
+    return {f"{kind}/{urllib.parse.unquote(p)}" for p in pa.table(table.get_add_actions(flatten=True)).column("path").to_pylist()}
+
+
+def read_table(root: Path, kind: str, version: int | None = None) -> pa.Table:
+    table = _table(root, kind, version)
+    if table is None:
+        raise ExportError(f"{root / kind} is not a Delta table")
+    return table.to_pyarrow_table()
+
+
+def _check_dir(out_dir: Path, previous: dict[str, Any] | None, stream: str) -> None:
+    if previous is not None and previous["stream"] != stream:
+        raise ExportError(f"{out_dir} holds an export of stream {previous['stream']!r}, not {stream!r}: choose another directory")
+    for kind in KINDS:
+        path = out_dir / kind
+        if os.path.islink(path):
+            raise ExportError(f"{path} is a symbolic link: an export never follows links")
+        if path.exists() and _table(out_dir, kind) is None and any(path.iterdir()):
+            raise ExportError(f"{path} is not a Delta table this export wrote: choose another directory")
+    if previous is None:
+        from ._export import _ours
+
+        strangers = [p.name for p in out_dir.iterdir() if not _ours(p.name)]
+        if strangers:
+            raise ExportError(f"{out_dir} is not empty and holds no export (found {strangers[0]!r}): choose another directory")
+
+
+async def export_delta(reader: Any, out_dir: Path, previous: dict[str, Any] | None, *, incremental: bool,
+                       progress: bool | None, timestamp_unit: str | None, signer: Any) -> dict[str, Any]:
+    """The Delta flavour of ``export_stream`` (called with the directory locked)."""
+    from . import _export as ex
+    from ._verify import check_base
+
+    deltalake = _deltalake()
+    if timestamp_unit not in (None, "us"):
+        raise ExportError("Delta tables hold microsecond timestamps (the exact nanoseconds are the _ns columns): "
+                          "drop --timestamp-unit ns")
+    stream = reader.stream_name
+    _check_dir(out_dir, previous, stream)
+    ex._clean(out_dir, previous)
+    continuing = incremental and previous is not None
+    state = await reader.stream_state()
+    if continuing:
+        await asyncio.to_thread(check_base, out_dir, previous)
+        await ex._check_identity(reader, state, previous, out_dir)
+    seq_range = ex._plan(previous, state, incremental, out_dir)
+    if seq_range is None:
+        return previous
+    heads = ex.load_heads(out_dir, previous) if continuing else {}
+    tag = secrets.token_hex(4)
+    staging = ex._stage(out_dir, tag, [])
+    run = ex._RunWriter(staging, stream, *seq_range, heads, "us")
+    try:
+        if seq_range[1] >= seq_range[0]:
+            await ex._consume(reader.scan(start_seq=seq_range[0], end_seq=seq_range[1], progress=progress), run)
+        await asyncio.to_thread(run.close)
+        versions = {}
+        for kind in KINDS:
+            versions[kind] = await asyncio.to_thread(_commit_table, deltalake, out_dir, kind, staging[kind],
+                                                     continuing, seq_range[1])
+            ex._stop_at("after_delta_" + kind)
+        heads_entry = await asyncio.to_thread(ex._write_heads, out_dir, heads, seq_range[1], tag)
+        files = [e for kind in KINDS for e in await asyncio.to_thread(_active_files, out_dir, kind)]
+    except BaseException:
+        run.abort()
+        ex._clean(out_dir, previous)
+        raise
+    totals = {k: (previous[k] if continuing else 0) + run.counts[k] for k in KINDS}
+    identity = previous["stream_identity"] if continuing else ex._identity(state, run)
+    manifest = ex._manifest(stream, previous, continuing, seq_range, run.counts, totals, files,
+                            heads_entry, "us", identity, tag)
+    manifest.update(format="delta", delta_versions=versions)
+    if signer is not None:
+        from ._signing import sign_manifest
+
+        manifest = sign_manifest(manifest, signer)
+    await asyncio.to_thread(ex._sync_run, out_dir, {})
+    ex._stop_at("before_manifest")
+    write_atomic(out_dir / MANIFEST, manifest_bytes(manifest))
+    ex._stop_at("after_manifest")
+    ex._clean(out_dir, manifest)
+    return manifest
+
+
+def _commit_table(deltalake: Any, out_dir: Path, kind: str, staged: Path, continuing: bool, last_seq: int) -> int:
+    """One Delta commit of the staged rows the table does not hold yet; the table's version."""
+    uri = str(out_dir / kind)
+    schema = file_schema(kind, "us", partitioned=False)
+    partition_by = ["actor_type"] if kind == "events" else None
+    table = _table(out_dir, kind)
+    done = table.transaction_version(APP_ID) if table is not None and continuing else None
+    partitioning = ds.partitioning(pa.schema([("actor_type", pa.string())]), flavor="hive") if kind == "events" else None
+    files = [str(p) for p in staged.rglob("part-*.parquet")]
+    data = ds.dataset(files, schema=schema, format="parquet", partitioning=partitioning,
+                      partition_base_dir=str(staged)) if files else None
+    if table is not None and continuing and (data is None or (done is not None and done >= last_seq)):
+        return table.version()  # nothing to add, or this run's rows are in already
+    commit = deltalake.CommitProperties(app_transactions=[deltalake.Transaction(APP_ID, last_seq)])
+    if data is None:
+        rows: Any = schema.empty_table()
+    else:
+        keep = ds.field("stream_seq") > done if done is not None else None
+        rows = data.scanner(columns=schema.names, filter=keep).to_reader()
+    deltalake.write_deltalake(uri, rows, partition_by=partition_by, mode="append" if continuing else "overwrite",
+                              commit_properties=commit, schema_mode=None if continuing else "overwrite")
+    return _table(out_dir, kind).version()

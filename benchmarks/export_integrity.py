@@ -1,0 +1,98 @@
+"""Export figures for the integrity and BI work: many actor types, and what verify costs.
+
+    python benchmarks/export_integrity.py partitions   # 200,000 events: 1 vs 3,000 actor types, ulimit -n 1024
+    python benchmarks/export_integrity.py verify       # 200,000 events: verify DIR, verify OLD NEW (recomputed / stored)
+
+Each export runs in a fresh process (``export_memory.py --child``), so its
+peak RSS is its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import nats
+import orjson
+
+HERE = Path(__file__).resolve().parent
+CHILD = str(HERE / "export_memory.py")
+
+
+async def fill(url: str, stream: str, types: int, events: int = 200_000) -> None:
+    """``events`` ~360-byte events over 2,000 actors spread over ``types`` actor types."""
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    await js.add_stream(name=stream, subjects=[f"{stream}.events.>", f"{stream}.snapshots.>"])
+    for n in range(events):
+        kind = f"type{n % types}"
+        actor = f"{kind}-{n % 2000}"
+        payload = orjson.dumps({"id": f"e{n}", "eventType": "Bulk", "actorId": actor, "version": n + 1,
+                                "data": {"n": n, "pad": "x" * 250}, "timestamp": "2026-11-20T10:11:12.123456789Z"})
+        await nc.publish(f"{stream}.events.{kind}.{actor}", payload)
+        if n % 20_000 == 0:
+            await nc.flush()
+    await nc.flush()
+    while (await js.stream_info(stream)).state.messages < events:
+        await asyncio.sleep(0.05)
+    await nc.close()
+
+
+def _limit_files() -> None:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (1024, 1024))
+
+
+def export_child(url: str, stream: str, out: str) -> dict[str, float]:
+    done = subprocess.run([sys.executable, CHILD, "--child", url, stream, out], capture_output=True, text=True,
+                          preexec_fn=_limit_files, check=False)
+    if done.returncode:
+        raise RuntimeError(done.stderr.strip().splitlines()[-1:])
+    figures = json.loads(done.stdout.strip().splitlines()[-1])
+    return {"seconds": round(figures["seconds"], 2), "peak_rss_mb": round(figures["peak_rss_mb"], 1)}
+
+
+def partitions(url: str, scratch: str) -> dict[str, object]:
+    out = {}
+    for types in (1, 3000):
+        stream = f"types_{types}"
+        asyncio.run(fill(url, stream, types))
+        out[str(types)] = export_child(url, stream, f"{scratch}/{stream}")
+        print(types, out[str(types)], file=sys.stderr, flush=True)
+    one, many = out["1"], out["3000"]
+    out["time_ratio"] = round(many["seconds"] / one["seconds"], 2)
+    out["rss_ratio"] = round(many["peak_rss_mb"] / one["peak_rss_mb"], 2)
+    return out
+
+
+def verify(url: str, scratch: str) -> dict[str, float]:
+    from aether_audit._verify import verify_export, verify_exports
+
+    asyncio.run(fill(url, "verify", 4))
+    export_child(url, "verify", f"{scratch}/a")
+    export_child(url, "verify", f"{scratch}/b")
+    timings = {}
+    for name, run in [("verify_dir_s", lambda: verify_export(f"{scratch}/a")),
+                      ("verify_old_new_recomputed_s", lambda: verify_exports(f"{scratch}/a", f"{scratch}/b")),
+                      ("verify_old_new_stored_s", lambda: verify_exports(f"{scratch}/a", f"{scratch}/b", deep=False))]:
+        began = time.perf_counter()
+        assert run().ok
+        timings[name] = round(time.perf_counter() - began, 2)
+    return timings
+
+
+def main() -> None:
+    from aether_audit._server import NatsServer
+
+    what = sys.argv[1] if len(sys.argv) > 1 else "verify"
+    with NatsServer() as server, tempfile.TemporaryDirectory(prefix="aether-export-bench-") as scratch:
+        print(json.dumps({"partitions": partitions, "verify": verify}[what](server.url, scratch)))
+
+
+if __name__ == "__main__":
+    main()
