@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 from pathlib import Path
@@ -232,9 +233,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(result.to_dict())
     else:
-        print(result.summary)
+        from ._text import escape
+
+        print(escape(result.summary))
         if not result.ok:
-            print(result.problems.to_string(index=False, max_rows=200))
+            print(result.problems.map(escape).to_string(index=False, max_rows=200))
     return EXIT_OK if result.ok else EXIT_FINDINGS
 
 
@@ -385,7 +388,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except (AuditError, OSError, ValueError) as exc:
         if os.environ.get("AETHER_AUDIT_DEBUG"):
-            raise
+            traceback.print_exc()  # then the one line and exit 2, as without it
         message = error_line(exc)
         if getattr(args, "json", False):
             print(json.dumps({"error": message, "exit_code": EXIT_ERROR}))

@@ -54,6 +54,20 @@ __all__ = [
 logger = logging.getLogger("aether_audit")
 T = TypeVar("T")
 
+
+class _QuietTlsEof(logging.Filter):
+    """Drops asyncio's "returning true from eof_received() has no effect when
+    using ssl", printed at the end of every TLS connection: a stream upgraded
+    with ``start_tls`` (NATS sends INFO in the clear, then TLS starts) keeps a
+    protocol that does not know it is over TLS. Nothing is wrong; the server
+    simply closed the connection."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "eof_received() has no effect when using ssl" not in record.getMessage()
+
+
+logging.getLogger("asyncio").addFilter(_QuietTlsEof())
+
 # JetStream API error codes (nats-server's errors.json) we give a meaning to.
 JS_ERR_TEMPORARILY_UNAVAILABLE = 10008  # no leader yet (a cluster electing one): worth a retry
 JS_ERR_NO_MESSAGE = 10037  # a get found no message at that sequence or subject
@@ -274,17 +288,19 @@ class ReconnectWindow:
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
         self._deadline: float | None = None
+        self.first_reason = ""  # why the window opened
 
     @property
     def open(self) -> bool:
         """A failure has happened since the last success."""
         return self._deadline is not None
 
-    def failed(self) -> bool:
+    def failed(self, reason: str = "") -> bool:
         """Note a failure; False once the window has closed."""
         now = time.monotonic()
         if self._deadline is None:
             self._deadline = now + self.seconds
+            self.first_reason = reason
         return now < self._deadline
 
     def succeeded(self) -> None:

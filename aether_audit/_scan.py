@@ -55,7 +55,12 @@ _PULL_BATCH = 5_000
 _PULL_EXPIRES_NS = 30_000_000_000  # reached only when delivery stalls
 _INACTIVE_NS = 120_000_000_000  # the server removes an abandoned consumer after this
 _READ_SIZE = 1 << 20  # bytes per socket read, ~2,000 typical events
-_SILENCE_SECONDS = 150.0  # no byte for this long: the link is dead (servers PING every 2 min)
+# A pull asks the server for an idle heartbeat every 2 s, so while a scan
+# waits on deliveries, silence for the request timeout plus two heartbeats
+# means the server stopped answering (frozen, or the link is gone): without
+# it, a frozen server held a scan for 150 s before the reconnect window.
+_HEARTBEAT_NS = 2_000_000_000
+_SILENCE_BEYOND_TIMEOUT = 2 * _HEARTBEAT_NS / 1e9
 _MAX_FRUITLESS_RESTARTS = 3
 
 
@@ -188,6 +193,7 @@ class StreamScanner:
 
     def __init__(self, options: ConnectOptions) -> None:
         self._options = options
+        self._silence = options.connect_timeout + _SILENCE_BEYOND_TIMEOUT
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._buf, self._pos = b"", 0  # received; parsed up to _pos
@@ -245,10 +251,12 @@ class StreamScanner:
         try:
             if self._reader is None:
                 raise ConnectionError("not connected")
-            async with asyncio.timeout(_SILENCE_SECONDS):
+            async with asyncio.timeout(self._silence):
                 chunk = await self._reader.read(_READ_SIZE)
         except OSError as exc:  # TimeoutError included
             self._drop()
+            if isinstance(exc, TimeoutError):
+                raise _Disconnected(f"the server stopped answering (nothing for {self._silence:g} s)") from exc
             raise _Disconnected(str(exc) or type(exc).__name__) from exc
         if not chunk:
             self._drop()
@@ -324,10 +332,10 @@ class StreamScanner:
             raise exc
         if isinstance(exc, ConnectionFailed) and not isinstance(exc, _NoAnswer) and not window.open and not resuming:
             raise exc  # never got going (no server, no JetStream): nothing to resume
-        if not window.failed():
+        if not window.failed(str(exc)):
             raise ConnectionFailed(
                 f"lost the connection to {self._options.describe()} and could not resume "
-                f"within {window.seconds:g}s ({exc})") from exc
+                f"within {window.seconds:g}s ({window.first_reason}; then: {exc})") from exc
         await asyncio.sleep(0.2)
 
     async def api(self, endpoint: str, body: dict[str, Any] | None, stream: str) -> dict[str, Any]:
@@ -487,7 +495,8 @@ class StreamScanner:
             cursor.confirmed = True
             if not created.get("num_pending"):
                 return
-            body = json.dumps({"batch": _PULL_BATCH, "expires": _PULL_EXPIRES_NS}).encode()
+            body = json.dumps({"batch": _PULL_BATCH, "expires": _PULL_EXPIRES_NS,
+                               "idle_heartbeat": _HEARTBEAT_NS}).encode()
             pull = b"PUB $JS.API.CONSUMER.MSG.NEXT.%s.%s %s %d\r\n%s\r\n" % (
                 stream.encode(), name.encode(), deliver, len(body), body)
             requested = received = 0

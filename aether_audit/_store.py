@@ -14,6 +14,8 @@ is created lazily by the first write, and only if it does not exist.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
@@ -93,10 +95,19 @@ class AsyncEventStore(StreamReader):
         return self.config.namespace or ""
 
     async def aclose(self) -> None:
-        """Close every connection."""
+        """Close every connection, in bounded time: a server that stopped
+        answering gets ``connect_timeout`` to take the goodbye, then the
+        connection is dropped."""
         await super().aclose()
-        if not self._nc.is_closed:
-            await self._nc.drain() if self._nc.is_connected else await self._nc.close()
+        if self._nc.is_closed:
+            return
+        try:
+            goodbye = self._nc.drain() if self._nc.is_connected else self._nc.close()
+            await asyncio.wait_for(goodbye, self._options.connect_timeout)
+        except Exception as exc:  # nats-py's FlushTimeoutError, a timeout, a broken link
+            logger.debug("closing the connection to %s: %s", self.server, type(exc).__name__)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._nc.close(), 1.0)
 
     async def __aenter__(self) -> AsyncEventStore:
         return self

@@ -18,6 +18,7 @@ import pandas as pd
 import pyarrow as pa
 
 from ._broadcast import EventBroadcaster
+from ._connection import logger
 from ._frames import DecodedBatch, StreamFrames
 from ._index import SubjectIndex
 from ._records import ActorSnapshot, Event, JetStreamConfig, ReplayResult, StreamState
@@ -121,8 +122,15 @@ class EventStore:
     def __enter__(self) -> EventStore:
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: type[BaseException] | None, *exc_info: object) -> None:
+        if exc_type is None:
+            self.close()
+            return
+        # Leaving on an error: a failure to close must not replace it.
+        try:
+            self.close()
+        except Exception as exc:
+            logger.debug("closing after %s: %s", exc_type.__name__, type(exc).__name__)
 
     # the Go store's operations
     def save_event(self, event: Event) -> None:

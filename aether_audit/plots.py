@@ -165,7 +165,7 @@ def _stacked_bars(ax: Axes, counts: pd.DataFrame) -> None:
     bottom = np.zeros(len(counts))
     for colour, kind in zip(colours, counts.columns):
         values = counts[kind].to_numpy(dtype=float)
-        ax.bar(left, values, width=widths * 0.92, bottom=bottom, align="edge", label=str(kind),
+        ax.bar(left, values, width=widths * 0.92, bottom=bottom, align="edge", label=_label(kind),
                color=colour, linewidth=0)
         bottom += values
     ax.xaxis_date()
@@ -270,7 +270,7 @@ def version_timeline(
     for actor in actors:
         rows = shown[shown["actor_id"] == actor]
         ax.plot(_x_values(rows[x]), rows["version"].to_numpy(), marker=".", markersize=4,
-                linewidth=1.2, label=actor, drawstyle="steps-post" if x == "stream_seq" else "default")
+                linewidth=1.2, label=_label(actor), drawstyle="steps-post" if x == "stream_seq" else "default")
     drawn = _draw_marks(ax, shown, marks, x)
     ax.set_title(_timeline_title(title, actors, drawn))
     ax.set_xlabel("stream sequence" if x == "stream_seq" else "event timestamp (UTC)")
@@ -336,8 +336,16 @@ def _draw_marks(ax: Axes, shown: pd.DataFrame, marks: pd.DataFrame, x: str) -> i
     return int(visible["code"].isin(list(MARKERS)).sum())
 
 
+def _label(value: Any) -> str:
+    """Text from the stream, drawn as it is: control characters escaped (no
+    missing-glyph warnings) and ``$`` kept from starting matplotlib's mathtext."""
+    from ._text import escape
+
+    return escape(value).replace("$", r"\$")
+
+
 def _timeline_title(title: str, actors: Sequence[str], drawn: int) -> str:
-    title = f"{title}: {actors[0]}" if len(actors) == 1 else f"{title}: {len(actors)} actors"
+    title = f"{title}: {_label(actors[0])}" if len(actors) == 1 else f"{title}: {len(actors)} actors"
     return f"{title} ({drawn} marked)" if drawn else title
 
 

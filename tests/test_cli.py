@@ -235,3 +235,12 @@ def test_no_progress_bar_frames_when_stderr_is_not_a_terminal():
         os.close(follower)
         os.close(leader)
     assert tty.stdout.strip().startswith("tqdm")
+
+
+def test_with_debug_on_an_error_still_exits_2_after_its_traceback(server_factory, monkeypatch):
+    monkeypatch.setenv("AETHER_AUDIT_DEBUG", "1")
+    url = server_factory().url
+    result = cli("check", "--server", url, "--stream", "no_such_stream")
+    assert result.returncode == 2, result
+    assert "Traceback" in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("aether-audit: error: ")

@@ -356,3 +356,29 @@ def test_a_discard_old_stream_drops_the_oldest_and_the_audit_says_so(server_fact
         gaps = report.findings[report.findings["code"] == "version_gap"]
         assert gaps["severity"].tolist() == ["info"]  # the stream's start was cut, not a hole
         assert not report.findings["severity"].eq("error").any()
+
+
+# --- a server that stops answering -------------------------------------------------------
+
+
+def test_a_frozen_server_fails_a_scan_within_the_bound_and_closing_keeps_the_error(server_factory, stream_name):
+    import os
+    import signal
+
+    server = server_factory()
+    asyncio.run(fill(server.url, stream_name))
+    pid = server.process.pid
+    store = connect(server.url, stream=stream_name, reconnect_seconds=3, connect_timeout=1)
+    started = time.monotonic()
+    try:
+        with pytest.raises(ConnectionFailed, match="stopped answering") as raised:
+            with store:
+                Fault(store, lambda: os.kill(pid, signal.SIGSTOP))
+                store.load(progress=False)  # fails: closing the store must not replace that error
+        elapsed = time.monotonic() - started
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    # Silence for the timeout plus two heartbeats (~5 s), then the 3 s window:
+    # the bound is seconds, not the 200 s a frozen server used to cost.
+    assert elapsed < DOWN_BOUND, elapsed
+    assert "could not resume within 3s" in str(raised.value)

@@ -326,3 +326,21 @@ def test_time_ticks_say_only_what_changes():
     FigureCanvasAgg(fig).draw()
     labels = [t.get_text() for t in fig.axes[0].get_xticklabels() if t.get_text()]
     assert labels and not any(".000000" in label or "00000" in label for label in labels), labels
+
+
+def test_text_from_the_stream_is_drawn_escaped_without_glyph_warnings(recwarn):
+    import warnings
+
+    from aether_audit import plots
+
+    events = pd.DataFrame({
+        "stream_seq": [1, 2, 3], "actor_id": ["a\x1b[2J$x$-1"] * 3, "version": [1, 3, 4],
+        "event_type": ["Bell\x07", "Bell\x07", "Bell\x07"],
+        "timestamp": pd.to_datetime(["2026-01-01T00:00:00Z", "2026-01-01T00:10:00Z", "2026-01-01T00:20:00Z"]),
+    })
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "Glyph ... missing from font" would raise here
+        for figure in (plots.version_timeline(events), plots.events_over_time(events)):
+            plots.figure_to_png(figure)
+            texts = [t.get_text() for t in figure.findobj(lambda a: hasattr(a, "get_text"))]
+            assert not any("\x1b" in t or "\x07" in t for t in texts)

@@ -563,3 +563,14 @@ def test_logs_at_debug_never_hold_a_secret(secure, strangers, caplog, capfd):
     for text in texts:
         for secret in secure.secrets + strangers:
             assert secret not in text, text
+
+
+def test_a_tls_run_prints_nothing_on_stderr(secure, stream_name):
+    # asyncio used to print "returning true from eof_received() has no effect
+    # when using ssl" at the end of every TLS connection.
+    url, credentials = KINDS["mutual-tls"](secure)
+    options = [f"--{name.replace('_', '-')}={value}" for name, value in credentials.items()]
+    seeded = cli("seed", "clean", "--server", url, "--stream", stream_name, *options)
+    checked = cli("check", "--server", url, "--stream", stream_name, *options)
+    assert (seeded.returncode, seeded.stderr) == (0, "")
+    assert (checked.returncode, checked.stderr) == (0, "")
