@@ -72,7 +72,7 @@ def frames(events=(), snapshots=(), errors=(), state=None):
 
 
 def run(code, fr, **options):
-    return CHECKS[code].function(fr, CheckOptions.of(**options))
+    return run_checks(fr, [code], CheckOptions.of(**options))
 
 
 def clean_history(actor="order-1", versions=(1, 2, 3), start=1):
@@ -87,7 +87,7 @@ def test_registry_covers_every_spec_code_in_order():
         "malformed_payload", "malformed_snapshot", "missing_field", "actor_mismatch", "subject_collision",
         "version_gap", "version_duplicate", "version_regression", "duplicate_event_id", "deleted_sequence",
         "timestamp_regression", "clock_skew", "snapshot_ahead", "snapshot_orphan",
-        "immutability_not_enforced", "retention_expiry",
+        "immutability_not_enforced", "retention_expiry", "history_rewritten",
     ]
     assert all(check.severity in ("error", "warning", "info") and check.description for check in CHECKS.values())
 

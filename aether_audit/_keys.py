@@ -1,0 +1,232 @@
+"""An exact "seen before?" structure for keys (event IDs, actor versions) that
+spills to disk, so the streaming audit's memory does not grow with the stream.
+
+Rows ``(key, seq, ord, *extra)`` are added in stream order (``ord`` is the
+audit's own running row number). ``repeats`` answers, for the rows added
+since a given ``ord``: which keys were already stored at a lower ``ord``,
+and at which sequence the key was first stored. Keys are compared whole
+(the hash only picks a partition), so the answer is exact.
+
+Layout: rows are buffered in memory; past ``spill_rows`` the buffer becomes
+one immutable *segment*, an Arrow IPC file in ``directory`` holding one
+record batch per hash partition. ``repeats`` reads one partition of every
+segment at a time (memory-mapped), so its memory is a 1/``PARTS`` slice.
+Segments merge pairwise as they pile up (a binary counter: O(log n) files).
+A checkpoint names the segments it relies on; files it does not name are
+left-overs of an interrupted run and are removed by ``prune``.
+
+Why not DuckDB: it is an optional (notebook) dependency, and the audit must
+run from a bare install; this needs only pyarrow and numpy, and is measured
+in ``benchmarks/audit_scale.py``.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import uuid
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ._files import sync_dir
+
+__all__ = ["KeyStore"]
+
+PARTS = 256
+SPILL_ROWS = 400_000
+
+
+def partition_of(keys: pa.Array) -> np.ndarray:
+    """A stable partition number (0..PARTS-1) per key, from its bytes.
+
+    Vectorised over the Arrow buffers (a per-string Python hash costs ~3 µs a
+    row); the same bytes give the same partition in every process.
+    """
+    keys = keys.cast(pa.large_string())
+    if len(keys) == 0:
+        return np.zeros(0, dtype=np.uint16)
+    offsets = np.frombuffer(keys.buffers()[1], dtype=np.int64)[keys.offset: keys.offset + len(keys) + 1]
+    data = keys.buffers()[2]
+    start, end = int(offsets[0]), int(offsets[-1])
+    if end == start:
+        return np.zeros(len(keys), dtype=np.uint16)
+    raw = np.frombuffer(data, dtype=np.uint8)[start:end].astype(np.uint64)
+    lengths = np.diff(offsets)
+    begins = offsets[:-1] - start
+    pos = np.arange(end - start, dtype=np.uint64) - np.repeat(begins, lengths).astype(np.uint64)
+    mixed = (raw + np.uint64(1)) * ((pos * np.uint64(0x9E3779B1) + np.uint64(0x7F4A7C15)) & np.uint64(0xFFFFFFFF))
+    nonempty = lengths > 0
+    sums = np.zeros(len(keys), dtype=np.uint64)
+    sums[nonempty] = np.add.reduceat(mixed, begins[nonempty])
+    sums ^= sums >> np.uint64(17)
+    sums *= np.uint64(0xED5AD4BB)
+    sums ^= sums >> np.uint64(11)
+    return (sums % np.uint64(PARTS)).astype(np.uint16)
+
+
+class KeyStore:
+    """See the module doc. ``extra`` names further string columns kept with
+    each row (what a finding about a repeated row needs)."""
+
+    def __init__(
+        self,
+        directory: Path | None = None,
+        segments: Sequence[Mapping[str, Any]] = (),
+        *,
+        extra: Sequence[str] = (),
+        name: str = "keys",
+        spill_rows: int = SPILL_ROWS,
+    ) -> None:
+        self.name = name
+        self._directory = directory
+        self._temporary: tempfile.TemporaryDirectory[str] | None = None
+        self.segments: list[dict[str, Any]] = [dict(s) for s in segments]  # {"file", "rows"}
+        self.extra = tuple(extra)
+        self.spill_rows = spill_rows
+        self.schema = pa.schema(
+            [("key", pa.large_string()), ("seq", pa.int64()), ("ord", pa.int64())]
+            + [(name, pa.large_string()) for name in self.extra]
+        )
+        self._buffer: list[tuple[pa.RecordBatch, np.ndarray]] = []
+        self._buffered = 0
+        for segment in self.segments:
+            if not (self._dir() / segment["file"]).is_file():
+                raise FileNotFoundError(f"key segment {segment['file']} is missing from {self._dir()}")
+
+    # --- files -----------------------------------------------------------------
+
+    def _dir(self) -> Path:
+        if self._directory is None:
+            self._temporary = tempfile.TemporaryDirectory(prefix="aether-audit-keys-")
+            self._directory = Path(self._temporary.name)
+        return self._directory
+
+    def close(self) -> None:
+        if self._temporary is not None:
+            self._temporary.cleanup()
+            self._temporary = None
+
+    def _write(self, parts: list[pa.RecordBatch]) -> dict[str, Any]:
+        directory = self._dir()
+        directory.mkdir(parents=True, exist_ok=True)
+        name = f"{self.name}-{uuid.uuid4().hex[:16]}.arrow"
+        temp = directory / f".{name}.tmp"
+        with pa.OSFile(str(temp), "wb") as sink, pa.ipc.new_file(sink, self.schema) as writer:
+            for batch in parts:
+                writer.write_batch(batch)
+        fd = os.open(temp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(temp, directory / name)
+        sync_dir(directory)
+        return {"file": name, "rows": sum(batch.num_rows for batch in parts)}
+
+    def _read(self, segment: Mapping[str, Any]) -> pa.ipc.RecordBatchFileReader:
+        return pa.ipc.open_file(pa.memory_map(str(self._dir() / segment["file"])))
+
+    def prune(self) -> None:
+        """Remove segment files no longer named by ``segments`` (merged ones,
+        left-overs of an interrupted run)."""
+        if self._directory is None or not self._directory.is_dir():
+            return
+        keep = {segment["file"] for segment in self.segments}
+        for path in self._directory.glob(f"{self.name}-*.arrow"):
+            if path.name not in keep:
+                path.unlink(missing_ok=True)
+        for path in self._directory.glob(f".{self.name}-*.tmp"):
+            path.unlink(missing_ok=True)
+
+    # --- adding ----------------------------------------------------------------
+
+    def add(self, keys: pa.Array, seqs: Any, ords: Any, extra: Mapping[str, pa.Array] | None = None) -> None:
+        if len(keys) == 0:
+            return
+        columns = [keys.cast(pa.large_string()), pa.array(seqs, pa.int64()), pa.array(ords, pa.int64())]
+        columns += [pa.array((extra or {})[name]).cast(pa.large_string()) for name in self.extra]
+        batch = pa.RecordBatch.from_arrays(columns, schema=self.schema)
+        self._buffer.append((batch, partition_of(columns[0])))
+        self._buffered += len(keys)
+        if self._buffered >= self.spill_rows:
+            self.flush()
+
+    def _partitioned_buffer(self) -> list[pa.RecordBatch]:
+        table = pa.Table.from_batches([b for b, _ in self._buffer], schema=self.schema).combine_chunks()
+        parts = np.concatenate([p for _, p in self._buffer])
+        order = np.argsort(parts, kind="stable")
+        table = table.take(pa.array(order))
+        bounds = np.searchsorted(parts[order], np.arange(PARTS + 1))
+        empty = self.schema.empty_table().to_batches() or [pa.RecordBatch.from_pylist([], schema=self.schema)]
+        out = []
+        for p in range(PARTS):
+            piece = table.slice(int(bounds[p]), int(bounds[p + 1] - bounds[p])).combine_chunks().to_batches()
+            out.append(piece[0] if piece else empty[0])
+        return out
+
+    def flush(self) -> None:
+        """Write the buffer as a segment (nothing if empty), then merge while
+        the newest segment is not much smaller than the one before it."""
+        if not self._buffer:
+            return
+        self.segments.append(self._write(self._partitioned_buffer()))
+        self._buffer, self._buffered = [], 0
+        while len(self.segments) >= 2 and self.segments[-1]["rows"] * 2 >= self.segments[-2]["rows"]:
+            merged = self._merge(self.segments[-2:])
+            self.segments[-2:] = [merged]
+
+    def _merge(self, segments: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        readers = [self._read(s) for s in segments]
+        parts = [pa.concat_batches([r.get_batch(p) for r in readers]) for p in range(PARTS)]
+        return self._write(parts)
+
+    # --- asking ------------------------------------------------------------------
+
+    def _partition(self, p: int, readers: list[Any], buffered: list[pa.RecordBatch] | None) -> pa.Table:
+        batches = [r.get_batch(p) for r in readers]
+        if buffered is not None:
+            batches.append(buffered[p])
+        return pa.Table.from_batches(batches, schema=self.schema)
+
+    def repeats(self, since_ord: int, *, only: pa.Array | None = None, min_seq: int = 0) -> pd.DataFrame:
+        """Rows with ``ord >= since_ord`` whose key was stored before at a
+        lower ``ord`` (ignoring rows below ``min_seq``: expired messages),
+        with ``first_seq``: where the key was first stored. ``only``: look
+        at these keys only (a fast path when few can repeat). In ``ord``
+        order; columns ``key, seq, ord, *extra, first_seq``."""
+        columns = [*self.schema.names, "first_seq"]
+        total = self._buffered + sum(s["rows"] for s in self.segments)
+        if total == 0 or (only is not None and len(only) == 0):
+            return pd.DataFrame(columns=columns)
+        readers = [self._read(s) for s in self.segments]
+        buffered = self._partitioned_buffer() if self._buffer else None
+        wanted = None if only is None else only.cast(pa.large_string())
+        found = []
+        for p in range(PARTS):
+            table = self._partition(p, readers, buffered)
+            if table.num_rows == 0:
+                continue
+            if wanted is not None:
+                table = table.filter(pc.is_in(table["key"], value_set=wanted))
+            if min_seq:
+                table = table.filter(pc.greater_equal(table["seq"], min_seq))
+            if table.num_rows < 2:
+                continue
+            counts = table.group_by("key").aggregate([("ord", "count")])
+            repeated = counts.filter(pc.greater(counts["ord_count"], 1))["key"]
+            if len(repeated) == 0:
+                continue
+            rows = table.filter(pc.is_in(table["key"], value_set=repeated)).to_pandas()
+            rows = rows.sort_values("ord", kind="stable")
+            rows["first_seq"] = rows.groupby("key", sort=False)["seq"].transform("first")
+            later = rows["key"].duplicated() & (rows["ord"] >= since_ord)
+            found.append(rows[later.to_numpy()])
+        if not found:
+            return pd.DataFrame(columns=columns)
+        return pd.concat(found, ignore_index=True).sort_values("ord", kind="stable").reset_index(drop=True)
