@@ -265,7 +265,7 @@ def _stream_of(subjects: pa.Array, kind: str) -> pa.Array:
     return pc.replace_substring_regex(subjects, pattern=rf"\.{kind}\..*$", replacement="", max_replacements=1)
 
 
-def _subjects(frame: pd.DataFrame, kind: str) -> _Subjects:
+def _subjects(frame: pd.DataFrame, kind: str, suffixes: dict[str, str] | None = None) -> _Subjects:
     """``_wire.event_subject`` / ``snapshot_subject`` of every row's actor.
 
     The actor part is built once per distinct actor; the stream part is the
@@ -274,7 +274,8 @@ def _subjects(frame: pd.DataFrame, kind: str) -> _Subjects:
     """
     actor_codes, actors = pd.factorize(frame["actor_id"].fillna(""))
     # The wire's own naming rules, once per distinct actor (not per row).
-    suffix = pa.array([f"{sanitize(actor_type(a))}.{sanitize(a)}" for a in actors], TEXT)
+    memo = {} if suffixes is None else suffixes  # an engine's: each actor's suffix built once per stream
+    suffix = pa.array([memo.get(a) or memo.setdefault(a, f"{sanitize(actor_type(a))}.{sanitize(a)}") for a in actors], TEXT)
     suffix = suffix.take(pa.array(actor_codes))
     subjects = pa.array(frame["subject"], from_pandas=True).cast(TEXT)
     if len(subjects) == 0:

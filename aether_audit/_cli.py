@@ -33,6 +33,8 @@ EPILOG = """\
 examples:
   aether-audit demo                                  # the whole job on an embedded server
   aether-audit check --server nats://host:4222 --stream events --json
+  aether-audit check --server nats://host:4222 --checkpoint audit.ckpt   # reads only what is new
+  aether-audit watch --server nats://host:4222 --checkpoint watch.ckpt --json
   aether-audit export --server nats://host:4222 --out ./export --incremental
   aether-audit verify ./export-2026-11-01 ./export-2026-11-27
   aether-audit history order-1042 --server nats://host:4222
@@ -55,10 +57,8 @@ def _connection_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def _store(args: argparse.Namespace) -> Any:
-    from ._sync import connect
-
-    credentials = {
+def _credentials(args: argparse.Namespace) -> dict[str, Any]:
+    return {
         "user": args.user,
         "password": args.password or os.environ.get("NATS_PASSWORD"),
         "token": args.token or os.environ.get("NATS_TOKEN"),
@@ -68,7 +68,12 @@ def _store(args: argparse.Namespace) -> Any:
         "tls_cert": args.tls_cert,
         "tls_key": args.tls_key,
     }
-    return connect(args.server, stream=args.stream, namespace=args.namespace, **credentials)
+
+
+def _store(args: argparse.Namespace) -> Any:
+    from ._sync import connect
+
+    return connect(args.server, stream=args.stream, namespace=args.namespace, **_credentials(args))
 
 
 def _progress(args: argparse.Namespace) -> bool | None:
@@ -82,20 +87,61 @@ def _print_json(value: Any) -> None:
 # --- commands -------------------------------------------------------------------
 
 
-def cmd_check(args: argparse.Namespace) -> int:
+def _check_options(args: argparse.Namespace) -> dict[str, Any]:
     options: dict[str, Any] = {}
     if args.clock_skew is not None:
         options["clock_skew"] = timedelta(seconds=args.clock_skew)
+    return options
+
+
+def cmd_check(args: argparse.Namespace) -> int:
     checks = args.checks.split(",") if args.checks else None
     with _store(args) as store:
-        report = store.audit(checks, progress=_progress(args), **options)
+        report = store.audit(checks, checkpoint=args.checkpoint, keep_frames=False, progress=_progress(args),
+                             **_check_options(args))
     if args.json:
         _print_json(report.to_dict())
     else:
         print(report)
+        if report.checkpoint is not None:
+            read = report.read
+            span = "nothing new" if read["from_seq"] is None else f"sequences {read['from_seq']}..{read['to_seq']}"
+            print(f"checkpoint {report.checkpoint}: read {span}")
     threshold = SEVERITIES.index(args.fail_on)
     failing = report.findings["severity"].isin(SEVERITIES[: threshold + 1]).any()
     return EXIT_FINDINGS if failing else EXIT_OK
+
+
+def _printable(text: str) -> str:
+    """Text with control characters from the data escaped (``\\x1b``...)."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    import asyncio
+    import signal
+
+    from ._store import connect_async
+
+    checks = args.checks.split(",") if args.checks else None
+
+    async def follow() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        async with await connect_async(args.server, stream=args.stream, namespace=args.namespace,
+                                       **_credentials(args)) as store:
+            async for finding in store.watch(checks, checkpoint=args.checkpoint, interval=args.interval,
+                                             settle=args.settle, stop=stop, **_check_options(args)):
+                if args.json:
+                    print(json.dumps(finding), flush=True)
+                else:
+                    print(_printable(f"{finding['severity']:<7} {finding['code']:<26} seq {finding['stream_seq']} "
+                                       f"{finding['message']}"), flush=True)
+
+    asyncio.run(follow())
+    return EXIT_OK
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -189,6 +235,16 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--fail-on", choices=SEVERITIES, default="error", help="lowest severity that fails (default: error)")
     check.add_argument("--checks", metavar="CODES", help="comma-separated subset of checks to run")
     check.add_argument("--clock-skew", type=float, metavar="SECONDS", help="clock_skew threshold (default: 300)")
+    check.add_argument("--checkpoint", metavar="FILE",
+                       help="read only what is newer than FILE, report the cumulative findings, update FILE")
+
+    watch = command("watch", cmd_watch, "follow the stream and print each finding once, as soon as it is certain")
+    watch.add_argument("--checkpoint", metavar="FILE", help="resume from FILE and keep it current")
+    watch.add_argument("--checks", metavar="CODES", help="comma-separated subset of checks to run")
+    watch.add_argument("--clock-skew", type=float, metavar="SECONDS", help="clock_skew threshold (default: 300)")
+    watch.add_argument("--interval", type=float, default=0.5, metavar="SECONDS", help="poll interval (default: 0.5)")
+    watch.add_argument("--settle", type=float, default=30.0, metavar="SECONDS",
+                       help="hold snapshot findings until the snapshot is this old (default: 30)")
 
     export = command("export", cmd_export, "export events, snapshots and replay errors to Parquet")
     export.add_argument("--out", required=True, metavar="DIR", help="export directory")

@@ -87,6 +87,7 @@ class AuditEngine:
         self.max_version = np.zeros(1024, dtype=np.int64)
         self.last_ts = np.full(1024, _NAT, dtype=np.int64)
         self.has_history = np.zeros(1024, dtype=bool)
+        self.suffixes: dict[str, str] = {}  # actor -> its subject's actor part (a cache)
         self.first_on_subject: dict[str, int] = {}  # history: subject -> its first actor's code
         self.groups: dict[str, list[str]] = {}  # history subjects with two or more actors
         self.snapshot_subjects: dict[str, list[str]] = {}
@@ -188,7 +189,7 @@ class AuditEngine:
         self.lowest_seq = low if self.lowest_seq is None else min(self.lowest_seq, low)
 
     def _view(self, events: pd.DataFrame, snapshots: pd.DataFrame, errors: pd.DataFrame) -> BatchView:
-        subjects = _subjects(events, "events")
+        subjects = _subjects(events, "events", self.suffixes)
         codes_of_actor = self._codes(list(subjects.actors))
         mask = _has_actor(events) & (events["version"] >= 1).to_numpy() & subjects.own
         history = events if mask.all() else events[mask]
@@ -210,7 +211,7 @@ class AuditEngine:
         previous_ts[order[1:]] = stamps[order[:-1]]
         prev_ts = np.where(after, previous_ts, self.last_ts[codes])
         collisions = (self._history_collisions(history[is_first]), self._snapshot_collisions(snapshots))
-        snapshot_subjects = _subjects(snapshots, "snapshots")
+        snapshot_subjects = _subjects(snapshots, "snapshots", self.suffixes)
         # The last row of each actor in the batch carries over.
         last = np.ones(len(codes), dtype=bool)
         last[order[:-1]] = codes[order[1:]] != codes[order[:-1]]
@@ -243,7 +244,7 @@ class AuditEngine:
     def _snapshot_collisions(self, snapshots: pd.DataFrame) -> pd.DataFrame:
         if snapshots.empty:
             return snapshots
-        own = snapshots[_has_actor(snapshots) & _subjects(snapshots, "snapshots").own]
+        own = snapshots[_has_actor(snapshots) & _subjects(snapshots, "snapshots", self.suffixes).own]
         extra = []
         for index, actor, subject in zip(own.index, own["actor_id"], own["subject"]):
             actors = self.snapshot_subjects.setdefault(subject, [actor])

@@ -93,7 +93,7 @@ class KeyStore:
             [("key", pa.large_string()), ("seq", pa.int64()), ("ord", pa.int64())]
             + [(name, pa.large_string()) for name in self.extra]
         )
-        self._buffer: list[tuple[pa.RecordBatch, np.ndarray]] = []
+        self._buffer: list[pa.RecordBatch] = []
         self._buffered = 0
         for segment in self.segments:
             if not (self._dir() / segment["file"]).is_file():
@@ -152,14 +152,14 @@ class KeyStore:
         columns = [keys.cast(pa.large_string()), pa.array(seqs, pa.int64()), pa.array(ords, pa.int64())]
         columns += [pa.array((extra or {})[name]).cast(pa.large_string()) for name in self.extra]
         batch = pa.RecordBatch.from_arrays(columns, schema=self.schema)
-        self._buffer.append((batch, partition_of(columns[0])))
+        self._buffer.append(batch)
         self._buffered += len(keys)
         if self._buffered >= self.spill_rows:
             self.flush()
 
     def _partitioned_buffer(self) -> list[pa.RecordBatch]:
-        table = pa.Table.from_batches([b for b, _ in self._buffer], schema=self.schema).combine_chunks()
-        parts = np.concatenate([p for _, p in self._buffer])
+        table = pa.Table.from_batches(self._buffer, schema=self.schema).combine_chunks()
+        parts = partition_of(table["key"].combine_chunks()) if table.num_rows else np.zeros(0, dtype=np.uint16)
         order = np.argsort(parts, kind="stable")
         table = table.take(pa.array(order))
         bounds = np.searchsorted(parts[order], np.arange(PARTS + 1))
@@ -204,12 +204,16 @@ class KeyStore:
         total = self._buffered + sum(s["rows"] for s in self.segments)
         if total == 0 or (only is not None and len(only) == 0):
             return pd.DataFrame(columns=columns)
-        readers = [self._read(s) for s in self.segments]
-        buffered = self._partitioned_buffer() if self._buffer else None
         wanted = None if only is None else only.cast(pa.large_string())
+        if not self.segments:
+            # All in memory: one pass, no partitions.
+            tables = [pa.Table.from_batches(self._buffer, schema=self.schema)]
+        else:
+            readers = [self._read(s) for s in self.segments]
+            buffered = self._partitioned_buffer() if self._buffer else None
+            tables = (self._partition(p, readers, buffered) for p in range(PARTS))
         found = []
-        for p in range(PARTS):
-            table = self._partition(p, readers, buffered)
+        for table in tables:
             if table.num_rows == 0:
                 continue
             if wanted is not None:
@@ -218,10 +222,11 @@ class KeyStore:
                 table = table.filter(pc.greater_equal(table["seq"], min_seq))
             if table.num_rows < 2:
                 continue
-            counts = table.group_by("key").aggregate([("ord", "count")])
-            repeated = counts.filter(pc.greater(counts["ord_count"], 1))["key"]
-            if len(repeated) == 0:
+            keys = table["key"]
+            if len(pc.unique(keys)) == table.num_rows:  # the usual case, and the cheapest test
                 continue
+            counts = pc.value_counts(keys)
+            repeated = counts.field("values").filter(pc.greater(counts.field("counts"), 1))
             rows = table.filter(pc.is_in(table["key"], value_set=repeated)).to_pandas()
             rows = rows.sort_values("ord", kind="stable")
             rows["first_seq"] = rows.groupby("key", sort=False)["seq"].transform("first")

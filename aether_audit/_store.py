@@ -600,15 +600,33 @@ class AsyncEventStore:
         self,
         checks: Sequence[str] | None = None,
         *,
+        checkpoint: str | Path | None = None,
+        keep_frames: bool | None = None,
         progress: bool | None = None,
         **options: Any,
     ) -> Any:
-        """Run the integrity checks (all, or the named ones) and return an
-        ``AuditReport``. Options such as ``clock_skew`` go to the checks."""
-        from ._report import audit_frames
+        """Run the integrity checks (all, or the named ones) batch by batch
+        and return an ``AuditReport``. Options such as ``clock_skew`` go to
+        the checks.
 
-        frames = await self.load_all(progress=progress)
-        return audit_frames(frames, checks=checks, **options)
+        ``checkpoint``: a file; reads only what is newer than it and reports
+        the cumulative findings (``_audit.audit_stream``). ``keep_frames``
+        (default: yes, unless a checkpoint is given) keeps what was read as
+        ``report.frames`` for plots and drilling in; pass False for memory
+        that does not grow with the stream.
+        """
+        from ._audit import audit_stream
+
+        keep = checkpoint is None if keep_frames is None else keep_frames
+        return await audit_stream(self, checks, checkpoint=checkpoint, keep_frames=keep, progress=progress, **options)
+
+    def watch(self, checks: Sequence[str] | None = None, *, checkpoint: str | Path | None = None, **options: Any) -> Any:
+        """Follow the stream and yield each finding (a dict) once, as soon as
+        it is certain: an async iterator (``_watch.watch_stream``; options:
+        ``interval``, ``settle``, ``stop``, ``on_notice`` and the checks')."""
+        from ._watch import watch_stream
+
+        return watch_stream(self, checks, checkpoint=checkpoint, **options)
 
     async def export_parquet(
         self,
