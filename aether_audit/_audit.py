@@ -135,7 +135,7 @@ async def audit_stream(
     checkpoint: str | Path | None = None,
     keep_frames: bool = False,
     progress: bool | None = None,
-    batch_size: int = 10_000,
+    batch_size: int = 50_000,
     **options: Any,
 ) -> AuditReport:
     """Audit the stream behind ``reader`` batch by batch (see the module doc).

@@ -272,7 +272,10 @@ def _subjects(frame: pd.DataFrame, kind: str, suffixes: dict[str, str] | None = 
     first row's stream, and only rows stored under another stream (frames
     concatenated from several) get theirs by a slower per-row regex.
     """
-    actor_codes, actors = pd.factorize(frame["actor_id"].fillna(""))
+    ids = pc.fill_null(pa.array(frame["actor_id"], from_pandas=True).cast(TEXT), "")
+    encoded = (ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids).dictionary_encode()
+    actor_codes = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    actors = encoded.dictionary.to_pylist()  # distinct actors, in order of appearance
     # The wire's own naming rules, once per distinct actor (not per row).
     memo = {} if suffixes is None else suffixes  # an engine's: each actor's suffix built once per stream
     suffix = pa.array([memo.get(a) or memo.setdefault(a, f"{sanitize(actor_type(a))}.{sanitize(a)}") for a in actors], TEXT)

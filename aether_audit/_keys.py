@@ -10,8 +10,10 @@ and at which sequence the key was first stored. Keys are compared whole
 Layout: rows are buffered in memory; past ``spill_rows`` the buffer becomes
 one immutable *segment*, an Arrow IPC file in ``directory`` holding one
 record batch per hash partition. ``repeats`` reads one partition of every
-segment at a time (memory-mapped), so its memory is a 1/``PARTS`` slice.
-Segments merge pairwise as they pile up (a binary counter: O(log n) files).
+segment at a time, so its memory is a 1/``PARTS`` slice; while everything
+still fits in the buffer it skips partitioning altogether.
+Small segments merge pairwise as they pile up (a binary counter), spill-size
+ones only past ``MAX_SEGMENTS``.
 A checkpoint names the segments it relies on; files it does not name are
 left-overs of an interrupted run and are removed by ``prune``.
 
@@ -25,7 +27,7 @@ from __future__ import annotations
 import os
 import tempfile
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,30 +42,37 @@ __all__ = ["KeyStore"]
 
 PARTS = 256
 SPILL_ROWS = 400_000
+FRESH_ROWS = 200_000
+MAX_SEGMENTS = 24
 
 
-def partition_of(keys: pa.Array) -> np.ndarray:
+def partition_of(keys: pa.Array, chunk: int = 16_384) -> np.ndarray:
     """A stable partition number (0..PARTS-1) per key, from its bytes.
 
     Vectorised over the Arrow buffers (a per-string Python hash costs ~3 µs a
-    row); the same bytes give the same partition in every process.
+    row), ``chunk`` keys at a time so the temporaries stay small; the same
+    bytes give the same partition in every process.
     """
     keys = keys.cast(pa.large_string())
+    if len(keys) > chunk:
+        return np.concatenate([_partition_chunk(keys.slice(i, chunk)) for i in range(0, len(keys), chunk)])
+    return _partition_chunk(keys)
+
+
+_TAIL = 16  # the bytes of a key that pick its partition: its last ones (IDs and versions differ there)
+_WEIGHTS = (np.arange(1, _TAIL + 1, dtype=np.uint64) * np.uint64(0x9E3779B1)) | np.uint64(1)
+
+
+def _partition_chunk(keys: pa.Array) -> np.ndarray:
     if len(keys) == 0:
         return np.zeros(0, dtype=np.uint16)
     offsets = np.frombuffer(keys.buffers()[1], dtype=np.int64)[keys.offset: keys.offset + len(keys) + 1]
-    data = keys.buffers()[2]
-    start, end = int(offsets[0]), int(offsets[-1])
-    if end == start:
-        return np.zeros(len(keys), dtype=np.uint16)
-    raw = np.frombuffer(data, dtype=np.uint8)[start:end].astype(np.uint64)
-    lengths = np.diff(offsets)
-    begins = offsets[:-1] - start
-    pos = np.arange(end - start, dtype=np.uint64) - np.repeat(begins, lengths).astype(np.uint64)
-    mixed = (raw + np.uint64(1)) * ((pos * np.uint64(0x9E3779B1) + np.uint64(0x7F4A7C15)) & np.uint64(0xFFFFFFFF))
-    nonempty = lengths > 0
-    sums = np.zeros(len(keys), dtype=np.uint64)
-    sums[nonempty] = np.add.reduceat(mixed, begins[nonempty])
+    data = np.frombuffer(keys.buffers()[2], dtype=np.uint8) if keys.buffers()[2] is not None else np.zeros(1, np.uint8)
+    starts, ends = offsets[:-1], offsets[1:]
+    at = ends[:, None] - np.arange(1, _TAIL + 1)[None, :]
+    inside = at >= starts[:, None]
+    tail = np.where(inside, data[np.clip(at, 0, max(len(data) - 1, 0))], 0).astype(np.uint64)
+    sums = (tail + inside) @ _WEIGHTS + (ends - starts).astype(np.uint64) * np.uint64(0x85EBCA6B)
     sums ^= sums >> np.uint64(17)
     sums *= np.uint64(0xED5AD4BB)
     sums ^= sums >> np.uint64(11)
@@ -95,6 +104,11 @@ class KeyStore:
         )
         self._buffer: list[pa.RecordBatch] = []
         self._buffered = 0
+        self._last_ord = -1
+        # Keys added since the last ``repeats``, while few: an incremental
+        # run then compares only them against what is stored.
+        self._fresh: list[pa.Array] | None = []
+        self._fresh_rows = 0
         for segment in self.segments:
             if not (self._dir() / segment["file"]).is_file():
                 raise FileNotFoundError(f"key segment {segment['file']} is missing from {self._dir()}")
@@ -112,14 +126,17 @@ class KeyStore:
             self._temporary.cleanup()
             self._temporary = None
 
-    def _write(self, parts: list[pa.RecordBatch]) -> dict[str, Any]:
+    def _write(self, parts: Iterable[pa.RecordBatch]) -> dict[str, Any]:
+        """One segment from its partitions (an iterable: written as produced)."""
         directory = self._dir()
         directory.mkdir(parents=True, exist_ok=True)
         name = f"{self.name}-{uuid.uuid4().hex[:16]}.arrow"
         temp = directory / f".{name}.tmp"
+        rows = 0
         with pa.OSFile(str(temp), "wb") as sink, pa.ipc.new_file(sink, self.schema) as writer:
             for batch in parts:
                 writer.write_batch(batch)
+                rows += batch.num_rows
         fd = os.open(temp, os.O_RDONLY)
         try:
             os.fsync(fd)
@@ -127,10 +144,12 @@ class KeyStore:
             os.close(fd)
         os.replace(temp, directory / name)
         sync_dir(directory)
-        return {"file": name, "rows": sum(batch.num_rows for batch in parts)}
+        return {"file": name, "rows": rows}
 
     def _read(self, segment: Mapping[str, Any]) -> pa.ipc.RecordBatchFileReader:
-        return pa.ipc.open_file(pa.memory_map(str(self._dir() / segment["file"])))
+        # Read, not memory-mapped: a mapped file's touched pages count as the
+        # process's memory; a read partition is freed once compared.
+        return pa.ipc.open_file(pa.OSFile(str(self._dir() / segment["file"])))
 
     def prune(self) -> None:
         """Remove segment files no longer named by ``segments`` (merged ones,
@@ -154,6 +173,12 @@ class KeyStore:
         batch = pa.RecordBatch.from_arrays(columns, schema=self.schema)
         self._buffer.append(batch)
         self._buffered += len(keys)
+        self._last_ord = max(self._last_ord, int(np.max(ords)))
+        if self._fresh is not None:
+            self._fresh.append(columns[0])
+            self._fresh_rows += len(keys)
+            if self._fresh_rows > FRESH_ROWS:
+                self._fresh = None
         if self._buffered >= self.spill_rows:
             self.flush()
 
@@ -177,14 +202,18 @@ class KeyStore:
             return
         self.segments.append(self._write(self._partitioned_buffer()))
         self._buffer, self._buffered = [], 0
-        while len(self.segments) >= 2 and self.segments[-1]["rows"] * 2 >= self.segments[-2]["rows"]:
+        # Small segments (a watch's polls) merge pairwise as a binary counter;
+        # full-size spills stay as they are until there are too many.
+        while len(self.segments) >= 2 and (
+            len(self.segments) > MAX_SEGMENTS
+            or (self.segments[-1]["rows"] * 2 >= self.segments[-2]["rows"] and self.segments[-2]["rows"] < self.spill_rows)
+        ):
             merged = self._merge(self.segments[-2:])
             self.segments[-2:] = [merged]
 
     def _merge(self, segments: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         readers = [self._read(s) for s in segments]
-        parts = [pa.concat_batches([r.get_batch(p) for r in readers]) for p in range(PARTS)]
-        return self._write(parts)
+        return self._write(pa.concat_batches([r.get_batch(p) for r in readers]) for p in range(PARTS))
 
     # --- asking ------------------------------------------------------------------
 
@@ -201,9 +230,12 @@ class KeyStore:
         at these keys only (a fast path when few can repeat). In ``ord``
         order; columns ``key, seq, ord, *extra, first_seq``."""
         columns = [*self.schema.names, "first_seq"]
+        fresh, self._fresh, self._fresh_rows = self._fresh, [], 0
         total = self._buffered + sum(s["rows"] for s in self.segments)
-        if total == 0 or (only is not None and len(only) == 0):
+        if total == 0 or (only is not None and len(only) == 0) or since_ord > self._last_ord:
             return pd.DataFrame(columns=columns)
+        if only is None and fresh is not None and sum(map(len, fresh)) * 4 < total:
+            only = pa.concat_arrays(fresh) if fresh else pa.array([], pa.large_string())
         wanted = None if only is None else only.cast(pa.large_string())
         if not self.segments:
             # All in memory: one pass, no partitions.
