@@ -14,6 +14,7 @@ stream with what the checkpoint vouched for, read the new range, settle.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -84,13 +85,20 @@ class IncrementalAudit:
         self.engine.begin_run(start)
         self.read = {"from_seq": start, "to_seq": state.last_seq}
         if state.last_seq >= start:
+            # The engine checks batch i in a worker thread while the loop reads
+            # and decodes batch i+1 (Arrow and numpy release the GIL); in order.
+            feeding: asyncio.Future[None] | None = None
             async for batch in self.reader.scan(start_seq=start, end_seq=state.last_seq, progress=progress,
                                                 batch_size=batch_size):
-                self.engine.feed(batch)
+                if feeding is not None:
+                    await feeding
+                feeding = asyncio.ensure_future(asyncio.to_thread(self.engine.feed, batch))
                 if frames is not None:
                     frames["events"].append(batch.events)
                     frames["snapshots"].append(batch.snapshots)
                     frames["replay_errors"].append(batch.errors)
+            if feeding is not None:
+                await feeding
         else:
             self.read = {"from_seq": None, "to_seq": None}
         self.engine.settle(state, state.last_seq if state.last_seq >= start else None)

@@ -102,6 +102,7 @@ class KeyStore:
             [("key", pa.large_string()), ("seq", pa.int64()), ("ord", pa.int64())]
             + [(name, pa.large_string()) for name in self.extra]
         )
+        self._core = pa.schema(list(self.schema)[:3])
         self._buffer: list[pa.RecordBatch] = []
         self._buffered = 0
         self._last_ord = -1
@@ -146,10 +147,12 @@ class KeyStore:
         sync_dir(directory)
         return {"file": name, "rows": rows}
 
-    def _read(self, segment: Mapping[str, Any]) -> pa.ipc.RecordBatchFileReader:
+    def _read(self, segment: Mapping[str, Any], core: bool = False) -> pa.ipc.RecordBatchFileReader:
         # Read, not memory-mapped: a mapped file's touched pages count as the
-        # process's memory; a read partition is freed once compared.
-        return pa.ipc.open_file(pa.OSFile(str(self._dir() / segment["file"])))
+        # process's memory; a read partition is freed once compared. ``core``:
+        # key, seq and ord only (the extra columns are read for repeats alone).
+        options = pa.ipc.IpcReadOptions(included_fields=[0, 1, 2]) if core else None
+        return pa.ipc.open_file(pa.OSFile(str(self._dir() / segment["file"])), options=options)
 
     def prune(self) -> None:
         """Remove segment files no longer named by ``segments`` (merged ones,
@@ -217,11 +220,11 @@ class KeyStore:
 
     # --- asking ------------------------------------------------------------------
 
-    def _partition(self, p: int, readers: list[Any], buffered: list[pa.RecordBatch] | None) -> pa.Table:
+    def _partition(self, p: int, readers: list[Any], buffered: list[pa.RecordBatch] | None, core: bool) -> pa.Table:
         batches = [r.get_batch(p) for r in readers]
         if buffered is not None:
-            batches.append(buffered[p])
-        return pa.Table.from_batches(batches, schema=self.schema)
+            batches.append(buffered[p].select([0, 1, 2]) if core else buffered[p])
+        return pa.Table.from_batches(batches, schema=self._core if core else self.schema)
 
     def repeats(self, since_ord: int, *, only: pa.Array | None = None, min_seq: int = 0) -> pd.DataFrame:
         """Rows with ``ord >= since_ord`` whose key was stored before at a
@@ -241,11 +244,11 @@ class KeyStore:
             # All in memory: one pass, no partitions.
             tables = [pa.Table.from_batches(self._buffer, schema=self.schema)]
         else:
-            readers = [self._read(s) for s in self.segments]
+            readers = [self._read(s, core=True) for s in self.segments]
             buffered = self._partitioned_buffer() if self._buffer else None
-            tables = (self._partition(p, readers, buffered) for p in range(PARTS))
+            tables = (self._partition(p, readers, buffered, core=True) for p in range(PARTS))
         found = []
-        for table in tables:
+        for p, table in enumerate(tables):
             if table.num_rows == 0:
                 continue
             if wanted is not None:
@@ -259,6 +262,8 @@ class KeyStore:
                 continue
             counts = pc.value_counts(keys)
             repeated = counts.field("values").filter(pc.greater(counts.field("counts"), 1))
+            if self.segments and self.extra:  # read the partition again, whole, for the repeats' extra columns
+                table = self._partition(p, [self._read(s) for s in self.segments], buffered, core=False)
             rows = table.filter(pc.is_in(table["key"], value_set=repeated)).to_pandas()
             rows = rows.sort_values("ord", kind="stable")
             rows["first_seq"] = rows.groupby("key", sort=False)["seq"].transform("first")
