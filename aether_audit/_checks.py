@@ -727,7 +727,6 @@ def _registry(*checks: Check) -> dict[str, Check]:
     return {check.code: check for check in checks}
 
 
-_GAP_MARK = ("X", "#c0392b", "version gap")
 CHECKS: dict[str, Check] = _registry(
     Check("malformed_payload", "error", "bytes that do not decode as an event", batch=check_malformed_payload),
     Check("malformed_snapshot", "error", "a snapshot message that does not decode", batch=check_malformed_snapshot),
@@ -736,7 +735,7 @@ CHECKS: dict[str, Check] = _registry(
     Check("subject_collision", "error", "two or more actor IDs share one subject",
           batch=check_subject_collision, final=final_subject_collision),
     Check("version_gap", "error", "an actor's versions skip numbers (info when retention may explain it)",
-          batch=check_version_gap, final=final_version_gap, marker=_GAP_MARK),
+          batch=check_version_gap, final=final_version_gap, marker=("X", "#c0392b", "version gap")),
     Check("version_duplicate", "error", "an actor has two events with the same version",
           settle=check_version_duplicate, marker=("D", "#8e44ad", "duplicate version")),
     Check("version_regression", "error", "a version lower than an earlier one of the same actor",
@@ -780,7 +779,7 @@ def run_checks(
 ) -> pd.DataFrame:
     """All (or the named) checks over ``frames``: one findings frame, in
     the order of ``checks``, then stream order. The frames go through the
-    same streaming engine as a live audit (``_engine.audit_frames_engine``).
+    same streaming engine as a live audit (``_engine.engine_of_frames``).
 
     Example:
         >>> run_checks(frames, ["version_gap"])  # doctest: +SKIP
