@@ -130,15 +130,37 @@ def cmd_watch(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        async with await connect_async(args.server, stream=args.stream, namespace=args.namespace,
-                                       **_credentials(args)) as store:
-            async for finding in store.watch(checks, checkpoint=args.checkpoint, interval=args.interval,
-                                             settle=args.settle, stop=stop, **_check_options(args)):
+
+        def opener() -> Any:
+            return connect_async(args.server, stream=args.stream, namespace=args.namespace, **_credentials(args))
+
+        stores = [await opener()]
+
+        async def reopen() -> Any:
+            # The server stayed away past the reconnect window: a new connection.
+            fresh = await opener()
+            old = stores.pop()
+            try:
+                await old.aclose()
+            except AuditError:
+                pass
+            stores.append(fresh)
+            return fresh
+
+        try:
+            async for finding in stores[0].watch(checks, checkpoint=args.checkpoint, interval=args.interval,
+                                                 settle=args.settle, stop=stop, reopen=reopen, **_check_options(args)):
                 if args.json:
                     print(json.dumps(finding), flush=True)
                 else:
                     print(_printable(f"{finding['severity']:<7} {finding['code']:<26} seq {finding['stream_seq']} "
                                        f"{finding['message']}"), flush=True)
+        finally:
+            for store in stores:
+                try:
+                    await store.aclose()
+                except AuditError:
+                    pass
 
     asyncio.run(follow())
     return EXIT_OK

@@ -26,7 +26,7 @@ import asyncio
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -62,10 +62,13 @@ async def watch_stream(
     save_every: float = 5.0,
     stop: asyncio.Event | None = None,
     on_notice: Callable[[str], None] | None = _notice_to_stderr,
+    reopen: Callable[[], Awaitable[Any]] | None = None,
     **options: Any,
 ) -> AsyncIterator[dict[str, Any]]:
     """Yield findings (dicts with the finding columns) as the stream grows,
-    until ``stop`` is set (or the consumer stops iterating).
+    until ``stop`` is set (or the consumer stops iterating). ``reopen``: an
+    awaitable factory of a new reader, used when a server stayed away
+    longer than the reader's reconnect window (its connection is closed).
 
     Example:
         >>> async for finding in watch_stream(store, checkpoint="watch.ckpt"):  # doctest: +SKIP
@@ -92,6 +95,11 @@ async def watch_stream(
                 notice(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}; retrying in {backoff:g} s")
                 failing = True
                 audit.close()
+                if reopen is not None and isinstance(exc, ConnectionFailed):
+                    try:
+                        reader = await reopen()
+                    except ConnectionFailed:
+                        pass
                 audit = IncrementalAudit(reader, base, path)  # back to the last checkpoint
                 await _sleep(stop, backoff)
                 backoff = min(backoff * 2, 10.0)
