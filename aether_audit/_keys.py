@@ -41,7 +41,7 @@ from ._files import sync_dir
 __all__ = ["KeyStore"]
 
 PARTS = 256
-SPILL_ROWS = 400_000
+SPILL_ROWS = 250_000
 FRESH_ROWS = 200_000
 MAX_SEGMENTS = 24
 
@@ -186,25 +186,24 @@ class KeyStore:
             self.flush()
 
     def _partitioned_buffer(self) -> list[pa.RecordBatch]:
-        table = pa.Table.from_batches(self._buffer, schema=self.schema).combine_chunks()
+        """The buffer as one record batch per partition (views of one sorted copy)."""
+        table = pa.Table.from_batches(self._buffer, schema=self.schema)
         parts = partition_of(table["key"].combine_chunks()) if table.num_rows else np.zeros(0, dtype=np.uint16)
         order = np.argsort(parts, kind="stable")
-        table = table.take(pa.array(order))
+        table = table.take(pa.array(order)).combine_chunks()
         bounds = np.searchsorted(parts[order], np.arange(PARTS + 1))
-        empty = self.schema.empty_table().to_batches() or [pa.RecordBatch.from_pylist([], schema=self.schema)]
-        out = []
-        for p in range(PARTS):
-            piece = table.slice(int(bounds[p]), int(bounds[p + 1] - bounds[p])).combine_chunks().to_batches()
-            out.append(piece[0] if piece else empty[0])
-        return out
+        batch = table.to_batches()[0] if table.num_rows else pa.RecordBatch.from_pylist([], schema=self.schema)
+        return [batch.slice(int(bounds[p]), int(bounds[p + 1] - bounds[p])) for p in range(PARTS)]
 
     def flush(self) -> None:
         """Write the buffer as a segment (nothing if empty), then merge while
         the newest segment is not much smaller than the one before it."""
         if not self._buffer:
             return
-        self.segments.append(self._write(self._partitioned_buffer()))
-        self._buffer, self._buffered = [], 0
+        parts = self._partitioned_buffer()
+        self._buffer, self._buffered = [], 0  # the sorted copy is all that stays
+        self.segments.append(self._write(parts))
+        del parts
         # Small segments (a watch's polls) merge pairwise as a binary counter;
         # full-size spills stay as they are until there are too many.
         while len(self.segments) >= 2 and (
