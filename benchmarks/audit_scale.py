@@ -71,10 +71,13 @@ async def append_continuation(url: str, stream: str, events: int, more: int) -> 
     stored = (await js.stream_info(stream)).state.messages
     writer = await _raw_connection(url)
     frames, sent, skipped = [], stored, 0
-    for subject, payload, msg_id in seed_messages(stream, events + more, events // 100):
+    # The same scenario (same actors, same random sequence), past what is stored.
+    for subject, payload, msg_id in seed_messages(stream, stored + more, events // 100):
         if skipped < stored:
             skipped += 1
             continue
+        if sent - stored + len(frames) >= more:
+            break
         frames.append(_hpub(subject, payload, msg_id))
         if len(frames) == 20_000:
             sent = await _send_window(writer, frames, js, stream, sent)
