@@ -1,13 +1,17 @@
 """The integrity checks: one small pure function per finding code (SPEC §3).
 
-Each check reads a ``StreamFrames`` and returns rows in the one findings
-shape (``FINDING_COLUMNS``: ``code, severity, actor_id, stream_seq, subject,
-expected, found, message``), one row per anomalous message, pointing at the
-offending message. ``CHECKS`` lists them in report order; adding a check is a
-function here plus one line in that registry.
+Each check returns rows in the one findings shape (``FINDING_COLUMNS``:
+``code, severity, actor_id, stream_seq, subject, expected, found,
+message``), one row per anomalous message, pointing at the offending
+message. ``CHECKS`` declares them in report order: code, severity,
+description, where in the streaming audit the check runs (per batch, once
+a run is read, or over the stream as a whole), whether it is stream-wide and
+how plots mark it. The engine that feeds them (``_engine.AuditEngine``)
+carries per-actor state between batches, so a check sees one batch plus
+what it needs of the past, and memory does not grow with the stream.
 
-The checks work on frames loaded live (``frames.state`` set) and on frames
-read back from an export (``state`` None). Without a state the checks of the
+The checks work on streams read live (a stream state known) and on frames
+read back from an export (state None). Without a state the checks of the
 stream's configuration (``immutability_not_enforced``, ``retention_expiry``)
 return nothing and ``deleted_sequence`` only sees holes between the smallest
 and the largest sequence present.
@@ -19,8 +23,8 @@ one finding of the code that names its fault: an event with an empty actor
 or a version below 1 is a ``missing_field``, an event on another actor's
 subject an ``actor_mismatch``, and neither is reported again as a gap.
 
-Everything is vectorised (factorize, groupby, shift, duplicated, Arrow
-compute): the checks run over whole frames, Python only touches findings.
+Everything is vectorised per batch (groupby, shift, Arrow compute): Python
+only touches findings and each actor's first appearance.
 
 Example:
     >>> frames = StreamFrames(events_frame([]), snapshots_frame([]), errors_frame([]))
@@ -30,7 +34,6 @@ Example:
 
 from __future__ import annotations
 
-import contextvars
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -49,20 +52,27 @@ from ._frames import (
     StreamFrames,
     _string_mapper,
 )
+from ._records import StreamState
 from ._records import now as utc_now
 from ._records import to_timestamp
 from ._wire import actor_type, sanitize
 
 __all__ = [
+    "BatchView",
     "CHECKS",
-    "FINDING_COLUMNS",
-    "SEVERITIES",
     "Check",
     "CheckOptions",
+    "EndView",
+    "FINDING_COLUMNS",
+    "SEVERITIES",
+    "STREAM_WIDE",
+    "SettledView",
+    "check_names",
     "duration_text",
     "errors_frame",
     "events_frame",
     "findings",
+    "history_rewritten",
     "run_checks",
     "snapshots_frame",
 ]
@@ -105,18 +115,31 @@ class CheckOptions:
         return cls(**values)
 
 
-CheckFunction = Callable[[StreamFrames, CheckOptions], pd.DataFrame]
-
-
 @dataclass(frozen=True)
 class Check:
     """One registered check: its finding code, usual severity, a one-line
-    description and the function."""
+    description, and where in the streaming audit it runs.
+
+    ``batch(view, options)`` runs on every batch (``BatchView``);
+    ``settle(view, options)`` once a run's reads are done (``SettledView``:
+    what needed the whole run, e.g. repeated event IDs); ``final(parts,
+    end, options)`` turns what the other two kept (one frame per part, in
+    stream order) into the findings, given the stream as a whole
+    (``EndView``); without it the kept rows are the findings. A check
+    returning a tuple keeps one part per element (e.g. events, snapshots).
+    ``stream_wide``: its findings are about the stream, not a message
+    (counted once when scenarios add up). ``marker``: how a version
+    timeline marks it (marker, colour, legend label), None for not at all.
+    """
 
     code: str
     severity: str
     description: str
-    function: CheckFunction
+    batch: Callable[..., Any] | None = None
+    settle: Callable[..., Any] | None = None
+    final: Callable[..., pd.DataFrame] | None = None
+    stream_wide: bool = False
+    marker: tuple[str, str, str] | None = None
 
 
 # --- the findings shape ------------------------------------------------------------
@@ -230,6 +253,7 @@ class _Subjects:
     expected: pa.Array
     own: np.ndarray
     actor_of_row: np.ndarray  # factorized actor_id, reused as a group key
+    actors: Any = ()  # the distinct actor IDs actor_of_row indexes ("" for none)
 
     def expected_rows(self, mask: np.ndarray) -> np.ndarray:
         return self.expected.filter(pa.array(mask)).to_numpy(zero_copy_only=False)
@@ -241,20 +265,24 @@ def _stream_of(subjects: pa.Array, kind: str) -> pa.Array:
     return pc.replace_substring_regex(subjects, pattern=rf"\.{kind}\..*$", replacement="", max_replacements=1)
 
 
-def _subjects(frame: pd.DataFrame, kind: str) -> _Subjects:
+def _subjects(frame: pd.DataFrame, kind: str, suffixes: dict[str, str] | None = None) -> _Subjects:
     """``_wire.event_subject`` / ``snapshot_subject`` of every row's actor.
 
     The actor part is built once per distinct actor; the stream part is the
     first row's stream, and only rows stored under another stream (frames
     concatenated from several) get theirs by a slower per-row regex.
     """
-    actor_codes, actors = pd.factorize(frame["actor_id"].fillna(""))
+    ids = pc.fill_null(pa.array(frame["actor_id"], from_pandas=True).cast(TEXT), "")
+    encoded = (ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids).dictionary_encode()
+    actor_codes = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    actors = encoded.dictionary.to_pylist()  # distinct actors, in order of appearance
     # The wire's own naming rules, once per distinct actor (not per row).
-    suffix = pa.array([f"{sanitize(actor_type(a))}.{sanitize(a)}" for a in actors], TEXT)
+    memo = {} if suffixes is None else suffixes  # an engine's: each actor's suffix built once per stream
+    suffix = pa.array([memo.get(a) or memo.setdefault(a, f"{sanitize(actor_type(a))}.{sanitize(a)}") for a in actors], TEXT)
     suffix = suffix.take(pa.array(actor_codes))
     subjects = pa.array(frame["subject"], from_pandas=True).cast(TEXT)
     if len(subjects) == 0:
-        return _Subjects(subjects, np.zeros(0, dtype=bool), actor_codes)
+        return _Subjects(subjects, np.zeros(0, dtype=bool), actor_codes, actors)
     prefix = _stream_of(subjects.slice(0, 1), kind)[0].as_py() + f".{kind}."
     expected = pc.binary_join_element_wise(pa.scalar(prefix, TEXT), suffix, pa.scalar("", TEXT))
     elsewhere = pc.invert(pc.starts_with(subjects, prefix))
@@ -262,95 +290,70 @@ def _subjects(frame: pd.DataFrame, kind: str) -> _Subjects:
         streams = pc.binary_join_element_wise(_stream_of(subjects, kind), pa.scalar(kind, TEXT), pa.scalar(".", TEXT))
         expected = pc.if_else(elsewhere, pc.binary_join_element_wise(streams, suffix, pa.scalar(".", TEXT)), expected)
     own = pc.equal(expected, subjects).to_numpy(zero_copy_only=False)
-    return _Subjects(expected, own, actor_codes)
+    return _Subjects(expected, own, actor_codes, actors)
 
 
 def _has_actor(frame: pd.DataFrame) -> np.ndarray:
     return (frame["actor_id"].fillna("") != "").to_numpy()
 
 
-# Derived frames shared by several checks are computed once per run_checks
-# call (the frames cannot change during it); a check called on its own
-# computes them afresh, so nothing stale is ever served.
-_RUN_MEMO: contextvars.ContextVar[dict[tuple[int, str], Any] | None] = contextvars.ContextVar("_RUN_MEMO", default=None)
+# --- what a check sees -----------------------------------------------------------------
 
-
-def _memo(frames: StreamFrames, key: str, compute: Callable[[], Any]) -> Any:
-    memo = _RUN_MEMO.get()
-    if memo is None:
-        return compute()
-    slot = (id(frames), key)
-    if slot not in memo:
-        memo[slot] = compute()
-    return memo[slot]
-
-
-def _events_subjects(frames: StreamFrames) -> _Subjects:
-    return _memo(frames, "event_subjects", lambda: _subjects(_events(frames), "events"))
-
-
-def _history_mask(frames: StreamFrames) -> np.ndarray:
-    def compute() -> np.ndarray:
-        events = _in_stream_order(frames.events)
-        own = _events_subjects(frames).own
-        return _has_actor(events) & (events["version"] >= 1).to_numpy() & own
-
-    return _memo(frames, "history_mask", compute)
-
-
-# The event columns the checks read. Selecting rows of the loaded frame
-# would copy data/extra too (and concatenate their Arrow chunks): the
-# checks select from this narrower frame instead.
+# The event columns the checks read (the payload's data/extra are never copied).
 _CHECKED_COLUMNS = ["stream_seq", "stored_at", "subject", "actor_id", "version", "event_type", "event_id", "timestamp"]
 
 
-def _events(frames: StreamFrames) -> pd.DataFrame:
-    """The events' checked columns, in stream order."""
-    return _memo(frames, "events", lambda: _in_stream_order(frames.events)[_CHECKED_COLUMNS])
+@dataclass(frozen=True)
+class BatchView:
+    """One batch of the stream as the per-batch checks see it, with what the
+    engine (``_engine.AuditEngine``) carried over from the batches before.
+
+    Frames are in stream order with a unique index. Per ``history`` row:
+    ``prev_max`` is the highest version of its actor before it (0 for its
+    first), ``is_first`` marks the actor's first replayable event,
+    ``prev_ts`` the timestamp of the actor's previous one (NaT for none).
+    ``collisions`` are the history rows and own snapshots that were the
+    first message of an actor on a subject another actor already used.
+    """
+
+    events: pd.DataFrame
+    event_subjects: _Subjects
+    history: pd.DataFrame
+    prev_max: pd.Series
+    is_first: pd.Series
+    prev_ts: pd.Series
+    snapshots: pd.DataFrame
+    snapshot_subjects: _Subjects
+    errors: pd.DataFrame
+    collisions: tuple[pd.DataFrame, pd.DataFrame]
 
 
-def _history(frames: StreamFrames) -> pd.DataFrame:
-    """Each actor's replayable events, in stream order (see the module doc)."""
+@dataclass(frozen=True)
+class SettledView:
+    """What is known once a run's reads are done: ``versions``, the history
+    rows whose version was not above their actor's highest (columns
+    ``actor_id, stream_seq, subject, version, prev_max, first_seq``:
+    where that version was first stored, null when it never was), and
+    ``ids``, the events whose ID was stored before (``first_seq``)."""
 
-    def compute() -> pd.DataFrame:
-        events = _events(frames)
-        mask = _history_mask(frames)
-        return events if mask.all() else events[mask]  # a healthy stream keeps every row: no copy
-
-    return _memo(frames, "history", compute)
-
-
-def _history_actors(frames: StreamFrames) -> np.ndarray:
-    """An integer code per history row for its actor (a cheap group key)."""
-    return _events_subjects(frames).actor_of_row[_history_mask(frames)]
+    versions: pd.DataFrame
+    ids: pd.DataFrame
 
 
-def _own_snapshots(frames: StreamFrames) -> pd.DataFrame:
-    def compute() -> pd.DataFrame:
-        snapshots = _in_stream_order(frames.snapshots)
-        return snapshots[_has_actor(snapshots) & _subjects(snapshots, "snapshots").own]
+@dataclass(frozen=True)
+class EndView:
+    """The stream as a whole: its state (None offline), whether its start
+    was cut (``expired``), the runs of missing sequences, the snapshots
+    that may be ahead or orphaned (``pending``) with their actors' highest
+    event version (``latest``: NA for an actor without events), and the
+    actors sharing each subject (``groups``: events, snapshots)."""
 
-    return _memo(frames, "own_snapshots", compute)
-
-
-def _versions(frames: StreamFrames) -> pd.DataFrame:
-    """Per history row: ``is_first`` of its actor, ``prev_max`` (the highest
-    version of the actor before it; 0 for the first) and ``is_dup`` (the
-    actor had this version before)."""
-
-    def compute() -> pd.DataFrame:
-        history = _history(frames)
-        actor_codes = _history_actors(frames)
-        version = history["version"].to_numpy()
-        running_max = pd.Series(version).groupby(actor_codes, sort=False).cummax()
-        prev_max = running_max.groupby(actor_codes, sort=False).shift(1)
-        return pd.DataFrame({
-            "is_first": prev_max.isna().to_numpy(),
-            "prev_max": prev_max.fillna(0).astype("int64").to_numpy(),
-            "is_dup": pd.DataFrame({"a": actor_codes, "v": version}).duplicated().to_numpy(),
-        }, index=history.index)
-
-    return _memo(frames, "versions", compute)
+    state: StreamState | None
+    expired: bool
+    runs: list[tuple[int, int]]
+    pending: pd.DataFrame
+    latest: pd.Series
+    groups: tuple[Mapping[str, Sequence[str]], Mapping[str, Sequence[str]]]
 
 
 def _iso(values: pd.Series) -> pd.Series:
@@ -383,25 +386,13 @@ def duration_text(value: timedelta | pd.Timedelta) -> str:
     return sign + "".join(parts)
 
 
-def _lowest_seq(frames: StreamFrames) -> int | None:
-    present = [f["stream_seq"].min() for f in (frames.events, frames.snapshots, frames.replay_errors) if len(f)]
-    return int(min(present)) if present else None
-
-
-def _older_events_may_have_expired(frames: StreamFrames) -> bool:
-    """Whether the stream's start may have been cut (retention, purge), so an
-    actor's first version need not be 1."""
-    if frames.state is not None:
-        return frames.state.first_seq > 1
-    lowest = _lowest_seq(frames)
-    return lowest is not None and lowest > 1
-
-
 # --- the checks ------------------------------------------------------------------
+# Per batch (BatchView), once a run's reads are done (SettledView), or over
+# the stream as a whole (a final step given what the earlier steps kept).
 
 
-def _malformed(frames: StreamFrames, code: str, what: str) -> pd.DataFrame:
-    errors = _in_stream_order(frames.replay_errors)
+def _malformed(view: BatchView, code: str, what: str) -> pd.DataFrame:
+    errors = view.errors
     rows = errors[(errors["code"] == code).to_numpy()]
     return _emit(
         code, rows,
@@ -411,20 +402,20 @@ def _malformed(frames: StreamFrames, code: str, what: str) -> pd.DataFrame:
     )
 
 
-def check_malformed_payload(frames: StreamFrames, options: CheckOptions) -> pd.DataFrame:
+def check_malformed_payload(view: BatchView, options: CheckOptions) -> pd.DataFrame:
     """Event messages whose bytes the Go reader cannot decode."""
-    return _malformed(frames, "malformed_payload", "an event")
+    return _malformed(view, "malformed_payload", "an event")
 
 
-def check_malformed_snapshot(frames: StreamFrames, options: CheckOptions) -> pd.DataFrame:
+def check_malformed_snapshot(view: BatchView, options: CheckOptions) -> pd.DataFrame:
     """Snapshot messages that do not decode."""
-    return _malformed(frames, "malformed_snapshot", "a snapshot")
+    return _malformed(view, "malformed_snapshot", "a snapshot")
 
 
-def check_missing_field(frames: StreamFrames, options: CheckOptions) -> pd.DataFrame:
+def check_missing_field(view: BatchView, options: CheckOptions) -> pd.DataFrame:
     """Events that decode with an empty id, actorId or eventType, no
     timestamp, or a version below 1: one finding per event listing them."""
-    events = _events(frames)
+    events = view.events
     if events.empty:
         return findings()
     problems = {
@@ -451,14 +442,13 @@ def check_missing_field(frames: StreamFrames, options: CheckOptions) -> pd.DataF
     )
 
 
-def check_actor_mismatch(frames: StreamFrames, options: CheckOptions) -> pd.DataFrame:
+def check_actor_mismatch(view: BatchView, options: CheckOptions) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Events and snapshots stored on a subject their payload's actor does not
-    map to (``get_events`` of that actor never sees them)."""
+    map to (``get_events`` of that actor never sees them). Events first,
+    then snapshots."""
     parts = []
-    for kind, frame in (("events", _events(frames)), ("snapshots", _in_stream_order(frames.snapshots))):
-        if frame.empty:
-            continue
-        subjects = _events_subjects(frames) if kind == "events" else _subjects(frame, kind)
+    for kind, frame, subjects in (("events", view.events, view.event_subjects),
+                                  ("snapshots", view.snapshots, view.snapshot_subjects)):
         # An empty actor is a missing_field, not a second finding here.
         wrong = _has_actor(frame) & ~subjects.own
         rows = frame[wrong]
@@ -468,118 +458,101 @@ def check_actor_mismatch(frames: StreamFrames, options: CheckOptions) -> pd.Data
             message=f"{kind[:-1]} of actor " + rows["actor_id"].astype(str) + " stored on " + rows["subject"].astype(str)
             + ", not on its own subject " + want,
         ))
-    return _concat(parts)
+    return parts[0], parts[1]
 
 
-def check_subject_collision(frames: StreamFrames, options: CheckOptions) -> pd.DataFrame:
+def check_subject_collision(view: BatchView, options: CheckOptions) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Subjects that carry two or more distinct actor IDs (``acct.1`` and
     ``acct_1`` sanitise alike): one finding per actor beyond the first,
-    at that actor's first message on the subject."""
-    parts = []
-    # On its own subject an actor has one subject: its code marks the pair.
-    for rows, pairs in ((_history(frames), _history_actors(frames)), (_own_snapshots(frames), None)):
-        # Each actor's first message on each subject, in stream order.
-        if pairs is None:
-            firsts = rows.drop_duplicates(["subject", "actor_id"])
-        else:
-            firsts = rows[~pd.Series(pairs).duplicated().to_numpy()]
-        extra = firsts[firsts["subject"].duplicated().to_numpy()]
-        if extra.empty:
+    at that actor's first message on the subject (events, then snapshots).
+    Which actors share the subject is filled in at the end."""
+    events, snapshots = view.collisions
+    return (_emit("subject_collision", events, expected="one actor ID per subject", message=None),
+            _emit("subject_collision", snapshots, expected="one actor ID per subject", message=None))
+
+
+def final_subject_collision(parts: Sequence[pd.DataFrame], end: EndView, options: CheckOptions) -> pd.DataFrame:
+    out = []
+    for part, groups in zip(parts, end.groups):
+        if part.empty:
             continue
-        shared = firsts[firsts["subject"].isin(extra["subject"]).to_numpy()]
-        names = shared.groupby("subject", sort=False)["actor_id"].agg(lambda ids: ", ".join(ids))
-        found = extra["subject"].map(names)
-        parts.append(_emit(
-            "subject_collision", extra,
-            expected="one actor ID per subject",
-            found=found,
-            message="subject " + extra["subject"].astype(str) + " carries actors " + found
-            + ": the Go reader replays them as one history",
-        ))
-    return _concat(parts)
+        found = part["subject"].map(lambda subject: ", ".join(groups[subject])).astype(object)
+        part = part.assign(found=found, message="subject " + part["subject"].astype(str) + " carries actors " + found
+                           + ": the Go reader replays them as one history")
+        out.append(findings(part))
+    return _concat(out)
 
 
-def check_version_gap(frames: StreamFrames, options: CheckOptions) -> pd.DataFrame:
+def check_version_gap(view: BatchView, options: CheckOptions) -> pd.DataFrame:
     """Versions that skip numbers. An actor's first version is expected to be
     1; when older messages may have expired (the stream starts after
-    sequence 1) a later start is only ``info``."""
-    history = _history(frames)
-    v = _versions(frames)
-    expected = v["prev_max"] + 1
-    gap = ~v["is_dup"] & (history["version"] > expected)
+    sequence 1) a later start is only ``info`` (decided at the end)."""
+    history = view.history
+    expected = view.prev_max + 1
+    gap = history["version"] > expected  # a duplicate is never above the highest
     rows = history[gap.to_numpy()]
-    expected, first = expected[gap], v["is_first"][gap]
-    missing_to = (rows["version"] - 1).astype(str)
+    if rows.empty:
+        return findings()
+    expected = expected[gap]
     message = (
         "actor " + rows["actor_id"].astype(str) + ": version " + rows["version"].astype(str)
-        + " follows " + v["prev_max"][gap].astype(str) + "; versions " + expected.astype(str)
-        + ".." + missing_to + " are missing"
+        + " follows " + view.prev_max[gap].astype(str) + "; versions " + expected.astype(str)
+        + ".." + (rows["version"] - 1).astype(str) + " are missing"
     )
-    severity = pd.Series("error", index=rows.index, dtype=object)
-    if _older_events_may_have_expired(frames):
-        severity[first] = "info"
-        message = message.where(~first, message + " (the stream's start was cut: they may have expired)")
-    return _emit("version_gap", rows, expected=expected, found=rows["version"], message=message, severity=severity)
+    found = _emit("version_gap", rows, expected=expected, found=rows["version"], message=message)
+    return found.assign(first=view.is_first[gap].to_numpy(dtype=bool))
 
 
-def check_version_duplicate(frames: StreamFrames, options: CheckOptions) -> pd.DataFrame:
+def final_version_gap(parts: Sequence[pd.DataFrame], end: EndView, options: CheckOptions) -> pd.DataFrame:
+    found = _concat(parts)
+    if found.empty:
+        return findings()
+    if end.expired:
+        first = found["first"].to_numpy(dtype=bool)
+        found.loc[first, "severity"] = "info"
+        found.loc[first, "message"] = found.loc[first, "message"] + " (the stream's start was cut: they may have expired)"
+    return findings(found)
+
+
+def check_version_duplicate(settled: SettledView, options: CheckOptions) -> pd.DataFrame:
     """A version an actor already stored (e.g. two processes both wrote it):
     one finding per later copy."""
-    history = _history(frames)
-    v = _versions(frames)
-    rows = history[v["is_dup"].to_numpy()]
-    if rows.empty:
-        return findings()
-    # Where each duplicated version was first stored: group the few rows
-    # whose (actor, version) repeats, not the whole history.
-    pairs = history[history.duplicated(["actor_id", "version"], keep=False).to_numpy()]
-    same = pairs.groupby(["actor_id", "version"], sort=False)["stream_seq"].transform("first")
-    first_seq = same[rows.index].astype(str)
+    rows = settled.versions[settled.versions["first_seq"].notna().to_numpy()]
     return _emit(
         "version_duplicate", rows,
-        expected=v["prev_max"][rows.index] + 1,
+        expected=rows["prev_max"] + 1,
         found=rows["version"],
         message="actor " + rows["actor_id"].astype(str) + ": version " + rows["version"].astype(str)
-        + " stored again (first at stream sequence " + first_seq + ")",
+        + " stored again (first at stream sequence " + rows["first_seq"].astype("int64").astype(str) + ")",
     )
 
 
-def check_version_regression(frames: StreamFrames, options: CheckOptions) -> pd.DataFrame:
+def check_version_regression(settled: SettledView, options: CheckOptions) -> pd.DataFrame:
     """A version below one the actor already reached, in stream order (and
     not a duplicate, which has its own code)."""
-    history = _history(frames)
-    v = _versions(frames)
-    back = ~v["is_dup"] & (history["version"] < v["prev_max"])
-    rows = history[back.to_numpy()]
-    highest = v["prev_max"][back]
+    rows = settled.versions[settled.versions["first_seq"].isna().to_numpy()]
     return _emit(
         "version_regression", rows,
-        expected=highest + 1,
+        expected=rows["prev_max"] + 1,
         found=rows["version"],
         message="actor " + rows["actor_id"].astype(str) + ": version " + rows["version"].astype(str)
-        + " after version " + highest.astype(str),
+        + " after version " + rows["prev_max"].astype(str),
     )
 
 
-def check_duplicate_event_id(frames: StreamFrames, options: CheckOptions) -> pd.DataFrame:
+def check_duplicate_event_id(settled: SettledView, options: CheckOptions) -> pd.DataFrame:
     """One event ID stored at two or more sequences: each later copy."""
-    events = _events(frames)
-    ids = events["event_id"]
-    again = (ids.duplicated() & (ids.fillna("") != "")).to_numpy()
-    rows = events[again]
-    if rows.empty:
-        return findings()
-    firsts = events[ids.isin(rows["event_id"]).to_numpy()].groupby("event_id")["stream_seq"].min()
-    first_seq = rows["event_id"].map(firsts).astype(str)
+    rows = settled.ids
     return _emit(
         "duplicate_event_id", rows,
         expected="an event ID not stored before",
         found=rows["event_id"],
-        message="event ID " + rows["event_id"].astype(str) + " already stored at stream sequence " + first_seq,
+        message="event ID " + rows["event_id"].astype(str) + " already stored at stream sequence "
+        + rows["first_seq"].astype("int64").astype(str),
     )
 
 
-def _sorted_unique(values: np.ndarray) -> np.ndarray:
+def sorted_unique(values: np.ndarray) -> np.ndarray:
     # Sequences arrive almost sorted: a sort and a diff beat a hash unique.
     values = np.sort(values)
     if len(values) < 2:
@@ -587,7 +560,7 @@ def _sorted_unique(values: np.ndarray) -> np.ndarray:
     return values[np.concatenate(([True], values[1:] != values[:-1]))]
 
 
-def _hole_runs(present: np.ndarray, low: int, high: int) -> list[tuple[int, int]]:
+def hole_runs(present: np.ndarray, low: int, high: int) -> list[tuple[int, int]]:
     """Runs ``(a, b)`` of sequences in ``low..high`` missing from the sorted,
     unique ``present`` (consecutive holes collapse into one run)."""
     inside = present[(present >= low) & (present <= high)]
@@ -597,7 +570,7 @@ def _hole_runs(present: np.ndarray, low: int, high: int) -> list[tuple[int, int]
     return [(int(bounds[i] + 1), int(bounds[i + 1] - 1)) for i in at]
 
 
-def _merge_runs(runs: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+def merge_runs(runs: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
     merged: list[tuple[int, int]] = []
     for a, b in sorted(runs):
         if merged and a <= merged[-1][1] + 1:
@@ -607,26 +580,9 @@ def _merge_runs(runs: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
     return merged
 
 
-def check_deleted_sequence(frames: StreamFrames, options: CheckOptions) -> pd.DataFrame:
+def final_deleted_sequence(parts: Sequence[pd.DataFrame], end: EndView, options: CheckOptions) -> pd.DataFrame:
     """Holes in the stream's sequence numbers between its first and last
     message: deleted messages. Consecutive holes are one finding, ``a..b``."""
-    present = _sorted_unique(np.concatenate([
-        f["stream_seq"].to_numpy(dtype="int64") for f in (frames.events, frames.snapshots, frames.replay_errors)
-    ]))
-    state = frames.state
-    if state is not None and state.first_seq > 0 and state.last_seq >= state.first_seq:
-        low, high = state.first_seq, state.last_seq
-        runs = _hole_runs(present, low, high)
-        # The server's own list of deleted sequences, should a scan have raced.
-        listed = np.asarray(state.deleted, dtype="int64")
-        listed = listed[(listed >= low) & (listed <= high)]
-        listed = listed[~np.isin(listed, present, assume_unique=False)] if len(listed) else listed
-        if len(listed):
-            runs = _merge_runs(runs + [(int(seq), int(seq)) for seq in listed])
-    elif len(present):
-        runs = _hole_runs(present, int(present[0]), int(present[-1]))
-    else:
-        runs = []
     return findings(
         {
             "code": "deleted_sequence",
@@ -637,18 +593,16 @@ def check_deleted_sequence(frames: StreamFrames, options: CheckOptions) -> pd.Da
             "message": (f"stream sequences {a}..{b} are missing ({b - a + 1} messages deleted)" if b > a
                         else f"stream sequence {a} is missing (a message was deleted)"),
         }
-        for a, b in runs
+        for a, b in end.runs
     )
 
 
-def check_timestamp_regression(frames: StreamFrames, options: CheckOptions) -> pd.DataFrame:
+def check_timestamp_regression(view: BatchView, options: CheckOptions) -> pd.DataFrame:
     """An event's timestamp earlier than the previous event of its actor."""
-    history = _history(frames)
-    actor_codes = _history_actors(frames)
-    previous = history["timestamp"].groupby(actor_codes, sort=False).shift(1)
-    back = (history["timestamp"] < previous).to_numpy()
+    history = view.history
+    back = (history["timestamp"] < view.prev_ts).to_numpy()
     rows = history[back]
-    before = previous[back]
+    before = view.prev_ts[back]
     found = _iso(rows["timestamp"])
     return _emit(
         "timestamp_regression", rows,
@@ -659,15 +613,17 @@ def check_timestamp_regression(frames: StreamFrames, options: CheckOptions) -> p
     )
 
 
-def check_clock_skew(frames: StreamFrames, options: CheckOptions) -> pd.DataFrame:
+def check_clock_skew(view: BatchView, options: CheckOptions) -> pd.DataFrame:
     """Events whose own timestamp is further than ``options.clock_skew`` from
     the time JetStream stored them (a writer's clock is off, or the event
     was back-dated or imported)."""
-    events = _events(frames)
+    events = view.events
     drift = events["timestamp"] - events["stored_at"]
     limit = pd.Timedelta(options.clock_skew)
     off = (drift.abs() > limit).to_numpy()
     rows = events[off]
+    if rows.empty:
+        return findings()
     seconds = drift[off].dt.total_seconds()
     found = _iso(rows["timestamp"])
     direction = pd.Series(np.where(seconds > 0, " ahead of ", " behind "), index=rows.index)
@@ -680,17 +636,9 @@ def check_clock_skew(frames: StreamFrames, options: CheckOptions) -> pd.DataFram
     )
 
 
-def _latest_versions(frames: StreamFrames) -> pd.Series:
-    """Each actor's highest event version (index: actor_id)."""
-    return _memo(frames, "latest", lambda: _history(frames).groupby("actor_id", sort=False)["version"].max())
-
-
-def check_snapshot_ahead(frames: StreamFrames, options: CheckOptions) -> pd.DataFrame:
+def final_snapshot_ahead(parts: Sequence[pd.DataFrame], end: EndView, options: CheckOptions) -> pd.DataFrame:
     """Snapshots whose version is beyond the actor's latest event version."""
-    snapshots = _own_snapshots(frames)
-    if snapshots.empty:
-        return findings()
-    latest = snapshots["actor_id"].map(_latest_versions(frames)).astype("Int64")
+    snapshots, latest = end.pending, end.latest
     ahead = (snapshots["version"] > latest).fillna(False).to_numpy(dtype=bool)
     rows = snapshots[ahead]
     top = latest[ahead].astype("int64")
@@ -703,13 +651,9 @@ def check_snapshot_ahead(frames: StreamFrames, options: CheckOptions) -> pd.Data
     )
 
 
-def check_snapshot_orphan(frames: StreamFrames, options: CheckOptions) -> pd.DataFrame:
+def final_snapshot_orphan(parts: Sequence[pd.DataFrame], end: EndView, options: CheckOptions) -> pd.DataFrame:
     """Snapshots of an actor that has no events."""
-    snapshots = _own_snapshots(frames)
-    if snapshots.empty:
-        return findings()
-    orphan = (~snapshots["actor_id"].isin(_latest_versions(frames).index)).to_numpy()
-    rows = snapshots[orphan]
+    rows = end.pending[end.latest.isna().to_numpy()]
     return _emit(
         "snapshot_orphan", rows,
         expected="events of the actor",
@@ -719,10 +663,10 @@ def check_snapshot_orphan(frames: StreamFrames, options: CheckOptions) -> pd.Dat
     )
 
 
-def check_immutability_not_enforced(frames: StreamFrames, options: CheckOptions) -> pd.DataFrame:
+def final_immutability_not_enforced(parts: Sequence[pd.DataFrame], end: EndView, options: CheckOptions) -> pd.DataFrame:
     """The stream lets anyone with JetStream API rights delete or purge
     messages (``deny_delete`` / ``deny_purge`` unset): one stream-wide finding."""
-    state = frames.state
+    state = end.state
     if state is None or (state.deny_delete and state.deny_purge):
         return findings()
     allowed = " and ".join(name for name, denied in (("delete", state.deny_delete), ("purge", state.deny_purge)) if not denied)
@@ -736,9 +680,9 @@ def check_immutability_not_enforced(frames: StreamFrames, options: CheckOptions)
     }])
 
 
-def check_retention_expiry(frames: StreamFrames, options: CheckOptions) -> pd.DataFrame:
+def final_retention_expiry(parts: Sequence[pd.DataFrame], end: EndView, options: CheckOptions) -> pd.DataFrame:
     """The stream's ``max_age`` will remove events: when the oldest goes."""
-    state = frames.state
+    state = end.state
     if state is None or state.max_age is None:
         return findings()
     age = duration_text(state.max_age)
@@ -762,7 +706,21 @@ def check_retention_expiry(frames: StreamFrames, options: CheckOptions) -> pd.Da
     }])
 
 
-# --- registry and runner -------------------------------------------------------------
+def history_rewritten(state: StreamState, *, expected: str, found: str, why: str, seq: int | None) -> pd.DataFrame:
+    """The one ``history_rewritten`` finding (raised by the checkpoint's
+    comparison with the stream, ``_checkpoint``): what the checkpoint
+    vouched for against what the stream holds now."""
+    return findings([{
+        "code": "history_rewritten",
+        "severity": CHECKS["history_rewritten"].severity,
+        "stream_seq": seq,
+        "expected": expected,
+        "found": found,
+        "message": f"stream {state.name} {why} since the checkpoint: the history it vouched for is gone or different",
+    }])
+
+
+# --- registry ----------------------------------------------------------------------------
 
 
 def _registry(*checks: Check) -> dict[str, Check]:
@@ -770,23 +728,32 @@ def _registry(*checks: Check) -> dict[str, Check]:
 
 
 CHECKS: dict[str, Check] = _registry(
-    Check("malformed_payload", "error", "bytes that do not decode as an event", check_malformed_payload),
-    Check("malformed_snapshot", "error", "a snapshot message that does not decode", check_malformed_snapshot),
-    Check("missing_field", "error", "an event without id, actorId, eventType or timestamp, or version < 1", check_missing_field),
-    Check("actor_mismatch", "error", "the payload's actor does not map to the subject it is stored under", check_actor_mismatch),
-    Check("subject_collision", "error", "two or more actor IDs share one subject", check_subject_collision),
-    Check("version_gap", "error", "an actor's versions skip numbers (info when retention may explain it)", check_version_gap),
-    Check("version_duplicate", "error", "an actor has two events with the same version", check_version_duplicate),
-    Check("version_regression", "error", "a version lower than an earlier one of the same actor", check_version_regression),
-    Check("duplicate_event_id", "error", "one event ID stored at two stream sequences", check_duplicate_event_id),
-    Check("deleted_sequence", "error", "a hole in the stream's sequence numbers: a message was deleted", check_deleted_sequence),
-    Check("timestamp_regression", "warning", "an event's timestamp is earlier than the actor's previous event", check_timestamp_regression),
-    Check("clock_skew", "warning", "an event's timestamp is far from JetStream's stored time", check_clock_skew),
-    Check("snapshot_ahead", "error", "a snapshot's version is beyond the actor's latest event", check_snapshot_ahead),
-    Check("snapshot_orphan", "warning", "a snapshot of an actor with no events", check_snapshot_orphan),
-    Check("immutability_not_enforced", "warning", "the stream allows message delete or purge", check_immutability_not_enforced),
-    Check("retention_expiry", "info", "the stream's max age will expire events", check_retention_expiry),
+    Check("malformed_payload", "error", "bytes that do not decode as an event", batch=check_malformed_payload),
+    Check("malformed_snapshot", "error", "a snapshot message that does not decode", batch=check_malformed_snapshot),
+    Check("missing_field", "error", "an event without id, actorId, eventType or timestamp, or version < 1", batch=check_missing_field),
+    Check("actor_mismatch", "error", "the payload's actor does not map to the subject it is stored under", batch=check_actor_mismatch),
+    Check("subject_collision", "error", "two or more actor IDs share one subject",
+          batch=check_subject_collision, final=final_subject_collision),
+    Check("version_gap", "error", "an actor's versions skip numbers (info when retention may explain it)",
+          batch=check_version_gap, final=final_version_gap, marker=("X", "#c0392b", "version gap")),
+    Check("version_duplicate", "error", "an actor has two events with the same version",
+          settle=check_version_duplicate, marker=("D", "#8e44ad", "duplicate version")),
+    Check("version_regression", "error", "a version lower than an earlier one of the same actor",
+          settle=check_version_regression, marker=("v", "#e67e22", "version regression")),
+    Check("duplicate_event_id", "error", "one event ID stored at two stream sequences", settle=check_duplicate_event_id),
+    Check("deleted_sequence", "error", "a hole in the stream's sequence numbers: a message was deleted",
+          final=final_deleted_sequence),
+    Check("timestamp_regression", "warning", "an event's timestamp is earlier than the actor's previous event", batch=check_timestamp_regression),
+    Check("clock_skew", "warning", "an event's timestamp is far from JetStream's stored time", batch=check_clock_skew),
+    Check("snapshot_ahead", "error", "a snapshot's version is beyond the actor's latest event", final=final_snapshot_ahead),
+    Check("snapshot_orphan", "warning", "a snapshot of an actor with no events", final=final_snapshot_orphan),
+    Check("immutability_not_enforced", "warning", "the stream allows message delete or purge",
+          final=final_immutability_not_enforced, stream_wide=True),
+    Check("retention_expiry", "info", "the stream's max age will expire events", final=final_retention_expiry, stream_wide=True),
+    Check("history_rewritten", "error", "since the checkpoint the stream was purged, recreated or cut: its history changed",
+          stream_wide=True),
 )
+STREAM_WIDE = frozenset(code for code, check in CHECKS.items() if check.stream_wide)
 
 
 def _concat(parts: Sequence[pd.DataFrame]) -> pd.DataFrame:
@@ -796,27 +763,36 @@ def _concat(parts: Sequence[pd.DataFrame]) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0].reset_index(drop=True)
 
 
+def check_names(checks: Sequence[str] | None) -> list[str]:
+    """The codes to run, in order (all by default); unknown names raise ``ValueError``."""
+    names = list(CHECKS) if checks is None else list(dict.fromkeys(checks))
+    unknown = [name for name in names if name not in CHECKS]
+    if unknown:
+        raise ValueError(f"unknown check(s): {', '.join(unknown)}; known: {', '.join(CHECKS)}")
+    return names
+
+
 def run_checks(
     frames: StreamFrames,
     checks: Sequence[str] | None = None,
     options: CheckOptions | None = None,
 ) -> pd.DataFrame:
     """All (or the named) checks over ``frames``: one findings frame, in
-    registry order, then stream order.
+    the order of ``checks``, then stream order. The frames go through the
+    same streaming engine as a live audit (``_engine.engine_of_frames``).
 
     Example:
         >>> run_checks(frames, ["version_gap"])  # doctest: +SKIP
     """
+    from ._engine import engine_of_frames
+
+    names = check_names(checks)
     options = options or CheckOptions()
-    names = list(CHECKS) if checks is None else list(checks)
-    unknown = [name for name in names if name not in CHECKS]
-    if unknown:
-        raise ValueError(f"unknown check(s): {', '.join(unknown)}; known: {', '.join(CHECKS)}")
-    token = _RUN_MEMO.set({})
+    engine = engine_of_frames(frames, options)
     try:
-        return _concat([CHECKS[name].function(frames, options) for name in dict.fromkeys(names)])
+        return engine.findings(frames.state, names, options)
     finally:
-        _RUN_MEMO.reset(token)
+        engine.close()
 
 
 # --- building frames by hand (tests, docs, notebooks) ----------------------------------------

@@ -20,6 +20,7 @@ from typing import Any
 
 from ._checks import CHECKS, SEVERITIES
 from ._errors import AuditError, StreamNotFound
+from ._text import escape
 
 EXIT_OK, EXIT_FINDINGS, EXIT_ERROR = 0, 1, 2
 # The credential options that name a file: checked before connecting.
@@ -52,6 +53,8 @@ EPILOG = """\
 examples:
   aether-audit demo                                  # the whole job on an embedded server
   aether-audit check --server nats://host:4222 --stream events --json
+  aether-audit check --server nats://host:4222 --checkpoint audit.ckpt   # reads only what is new
+  aether-audit watch --server nats://host:4222 --checkpoint watch.ckpt --json
   aether-audit export --server nats://host:4222 --out ./export --incremental
   aether-audit verify ./export --signer UA5W...      # one export: files, hash chains, signature
   aether-audit verify ./export-2026-11-01 ./export-2026-11-27
@@ -99,11 +102,11 @@ def _check_files(args: argparse.Namespace) -> None:
             raise UsageError(f"{flag} {path}: {what}")
 
 
-def _store(args: argparse.Namespace) -> Any:
-    from ._sync import connect
-
+def _credentials(args: argparse.Namespace) -> dict[str, Any]:
+    """The connection options the command line gives, after naming any
+    missing credentials file."""
     _check_files(args)
-    credentials = {
+    return {
         "user": args.user,
         "password": args.password or os.environ.get("NATS_PASSWORD"),
         "token": args.token or os.environ.get("NATS_TOKEN"),
@@ -114,7 +117,12 @@ def _store(args: argparse.Namespace) -> Any:
         "tls_key": args.tls_key,
         "connect_timeout": args.timeout,
     }
-    return _Explained(connect(args.server, stream=args.stream, namespace=args.namespace, **credentials), args)
+
+
+def _store(args: argparse.Namespace) -> Any:
+    from ._sync import connect
+
+    return _Explained(connect(args.server, stream=args.stream, namespace=args.namespace, **_credentials(args)), args)
 
 
 class _Explained:
@@ -170,7 +178,7 @@ def _print_json(value: Any) -> None:
 
 def _print_findings(report: Any) -> None:
     """The headline, then the findings grouped by code with where each is (``_text``)."""
-    from ._text import escape, findings_text
+    from ._text import findings_text
 
     print(escape(str(report).splitlines()[0]))
     for line in findings_text(report.findings, {code: check.description for code, check in CHECKS.items()}):
@@ -180,20 +188,71 @@ def _print_findings(report: Any) -> None:
 # --- commands -------------------------------------------------------------------
 
 
-def cmd_check(args: argparse.Namespace) -> int:
+def _check_options(args: argparse.Namespace) -> dict[str, Any]:
     options: dict[str, Any] = {}
     if args.clock_skew is not None:
         options["clock_skew"] = timedelta(seconds=args.clock_skew)
+    return options
+
+
+def cmd_check(args: argparse.Namespace) -> int:
     checks = args.checks.split(",") if args.checks else None
     with _store(args) as store:
-        report = store.audit(checks, progress=_progress(args), **options)
+        report = store.audit(checks, checkpoint=args.checkpoint, keep_frames=False, progress=_progress(args),
+                             **_check_options(args))
     if args.json:
         _print_json(report.to_dict())
     else:
         _print_findings(report)
+        if report.checkpoint is not None:
+            read = report.read
+            span = "nothing new" if read["from_seq"] is None else f"sequences {read['from_seq']}..{read['to_seq']}"
+            print(f"checkpoint {escape(report.checkpoint)}: read {span}")
     threshold = SEVERITIES.index(args.fail_on)
     failing = report.findings["severity"].isin(SEVERITIES[: threshold + 1]).any()
     return EXIT_FINDINGS if failing else EXIT_OK
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    import asyncio
+    import signal
+
+    from ._store import connect_async
+
+    checks = args.checks.split(",") if args.checks else None
+
+    async def follow() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+
+        def opener() -> Any:
+            return connect_async(args.server, stream=args.stream, namespace=args.namespace, **_credentials(args))
+
+        stores = [await opener()]
+
+        async def reopen() -> Any:
+            # The server stayed away past the reconnect window: a new connection.
+            fresh = await opener()
+            await stores.pop().aclose()
+            stores.append(fresh)
+            return fresh
+
+        try:
+            async for finding in stores[0].watch(checks, checkpoint=args.checkpoint, interval=args.interval,
+                                                 settle=args.settle, stop=stop, reopen=reopen, **_check_options(args)):
+                if args.json:
+                    print(json.dumps(finding), flush=True)
+                else:
+                    print(escape(f"{finding['severity']:<7} {finding['code']:<26} seq {finding['stream_seq']} "
+                                       f"{finding['message']}"), flush=True)
+        finally:
+            for store in stores:
+                await store.aclose()
+
+    asyncio.run(follow())
+    return EXIT_OK
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -233,8 +292,6 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(result.to_dict())
     else:
-        from ._text import escape
-
         print(escape(result.summary))
         if not result.ok:
             print(result.problems.map(escape).to_string(index=False, max_rows=200))
@@ -274,7 +331,7 @@ def cmd_history(args: argparse.Namespace) -> int:
         rows = json.loads(frame.to_json(orient="records", date_format="iso", date_unit="ns"))
         _print_json(rows)
         return EXIT_OK
-    from ._text import escape, human_time
+    from ._text import human_time
 
     if frame.empty:
         print(f"no events for actor {escape(args.actor_id)} in stream {store.stream_name}")
@@ -336,6 +393,16 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--fail-on", choices=SEVERITIES, default="error", help="lowest severity that fails (default: error)")
     check.add_argument("--checks", metavar="CODES", help="comma-separated subset of checks to run")
     check.add_argument("--clock-skew", type=float, metavar="SECONDS", help="clock_skew threshold (default: 300)")
+    check.add_argument("--checkpoint", metavar="FILE",
+                       help="read only what is newer than FILE, report the cumulative findings, update FILE")
+
+    watch = command("watch", cmd_watch, "follow the stream and print each finding once, as soon as it is certain")
+    watch.add_argument("--checkpoint", metavar="FILE", help="resume from FILE and keep it current")
+    watch.add_argument("--checks", metavar="CODES", help="comma-separated subset of checks to run")
+    watch.add_argument("--clock-skew", type=float, metavar="SECONDS", help="clock_skew threshold (default: 300)")
+    watch.add_argument("--interval", type=float, default=0.5, metavar="SECONDS", help="poll interval (default: 0.5)")
+    watch.add_argument("--settle", type=float, default=30.0, metavar="SECONDS",
+                       help="hold snapshot findings until the snapshot is this old (default: 30)")
 
     export = command("export", cmd_export, "export events, snapshots and replay errors to Parquet or Delta Lake")
     export.add_argument("--out", required=True, metavar="DIR", help="export directory")
@@ -399,7 +466,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 def error_line(exc: BaseException) -> str:
     """One line saying what went wrong: the first line of the message, or for
     an OS error without a file name its kind (``[Errno 2] ...`` says nothing)."""
-    from ._text import escape
 
     text = str(exc).strip()
     if isinstance(exc, OSError) and not isinstance(exc, AuditError) and exc.strerror:

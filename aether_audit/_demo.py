@@ -45,6 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import _checks
 from ._errors import ScenarioError, StreamNotFound
 from ._files import write_atomic
 
@@ -72,7 +73,7 @@ DEMO_STREAMS = (
 )
 # Findings about the stream's configuration: one per stream however many
 # scenarios share it (so expectations combine by max, not by sum).
-STREAM_WIDE = frozenset({"immutability_not_enforced", "retention_expiry"})
+STREAM_WIDE = _checks.STREAM_WIDE
 
 
 # The walkthrough notebooks of a checkout (an installed wheel has none).

@@ -1,10 +1,12 @@
-"""The audit report: runs the checks over frames and presents the findings.
+"""The audit report: the findings of the checks, presented.
 
-``audit_frames`` composes the checks of ``_checks``; ``AuditReport`` holds
-the findings (a DataFrame in the SPEC §2 shape), the frames they came from
-(to drill in from a notebook), a summary, counts, JSON (the ``check --json``
-object of SPEC §4), an HTML repr for Jupyter and a text one. It raises only
-when asked (``raise_for_findings``): findings are data.
+``audit_frames`` runs the checks of ``_checks`` over frames (an export read
+back) through the same streaming engine as a live audit (``_audit``);
+``AuditReport`` holds the findings (a DataFrame in the SPEC §2 shape), the
+frames they came from when they were kept (to drill in from a notebook), a
+summary, counts, JSON (the ``check --json`` object of SPEC §4), an HTML
+repr for Jupyter and a text one. It raises only when asked
+(``raise_for_findings``): findings are data.
 """
 
 from __future__ import annotations
@@ -17,9 +19,10 @@ from typing import Any
 import orjson
 import pandas as pd
 
-from ._checks import CHECKS, FINDING_COLUMNS, SEVERITIES, CheckOptions, run_checks
+from ._checks import CHECKS, FINDING_COLUMNS, SEVERITIES, CheckOptions, check_names
 from ._errors import AuditFailed
 from ._frames import StreamFrames
+from ._records import StreamState
 
 __all__ = ["AuditReport", "audit_frames"]
 
@@ -39,10 +42,30 @@ def audit_frames(frames: StreamFrames, checks: Sequence[str] | None = None, **op
         >>> report = audit_frames(store.load_all(), clock_skew=60)   # doctest: +SKIP
         >>> report.filter(severity="error").findings                  # doctest: +SKIP
     """
+    from ._engine import engine_of_frames
+
     check_options = CheckOptions.of(**options)
-    names = list(CHECKS) if checks is None else list(dict.fromkeys(checks))
-    found = run_checks(frames, names, check_options)
-    return AuditReport(found, frames, checks=names, options=check_options)
+    names = check_names(checks)
+    engine = engine_of_frames(frames, check_options)
+    try:
+        found = engine.findings(frames.state, names, check_options)
+        stats = engine.stats(frames.state)
+    finally:
+        engine.close()
+    return AuditReport(found, frames, checks=names, options=check_options, stats=stats)
+
+
+def _stats_of(frames: StreamFrames | None) -> dict[str, Any]:
+    """The figures of a report made from frames by hand (no engine ran)."""
+    if frames is None:
+        return {"events_scanned": 0, "snapshots_scanned": 0, "replay_errors": 0, "actors": 0}
+    actors = frames.events["actor_id"]
+    return {
+        "events_scanned": len(frames.events),
+        "snapshots_scanned": len(frames.snapshots),
+        "replay_errors": len(frames.replay_errors),
+        "actors": int(actors[actors.fillna("") != ""].nunique()),
+    }
 
 
 def _severity_rank(severity: str) -> int:
@@ -69,9 +92,12 @@ class AuditReport:
 
     Attributes: ``findings`` (DataFrame: ``code, severity, actor_id,
     stream_seq, subject, expected, found, message``), ``frames`` (the
-    ``StreamFrames`` audited), ``checks`` (the codes run), ``counts``
-    (code → findings, every code run), ``summary`` (a dict, see
-    ``_summary``), ``max_severity`` and ``ok`` (no ``error`` finding).
+    ``StreamFrames`` audited, None when the audit streamed without keeping
+    them), ``state`` (the stream's state, None offline), ``checks`` (the
+    codes run), ``counts`` (code → findings, every code run), ``summary``
+    (a dict, see ``_summary``), ``max_severity`` and ``ok`` (no ``error``
+    finding); with a checkpoint, ``checkpoint`` (its path) and ``read``
+    (``{"from_seq", "to_seq"}``: what this run read).
 
     Example:
         >>> report = store.audit()                       # doctest: +SKIP
@@ -83,15 +109,23 @@ class AuditReport:
     def __init__(
         self,
         findings: pd.DataFrame,
-        frames: StreamFrames,
+        frames: StreamFrames | None = None,
         *,
         checks: Sequence[str] | None = None,
         options: CheckOptions | None = None,
+        stats: dict[str, Any] | None = None,
+        state: StreamState | None = None,
+        checkpoint: str | None = None,
+        read: dict[str, int | None] | None = None,
     ) -> None:
         self.findings = findings.reset_index(drop=True)
         self.frames = frames
+        self.state = state if state is not None else getattr(frames, "state", None)
         self.checks = list(CHECKS) if checks is None else list(checks)
         self.options = options or CheckOptions()
+        self.stats = dict(stats) if stats is not None else _stats_of(frames)
+        self.checkpoint = checkpoint
+        self.read = read
         by_code = self.findings["code"].value_counts()
         self.counts: dict[str, int] = {code: int(by_code.get(code, 0)) for code in self.checks}
         self.summary: dict[str, Any] = self._summary()
@@ -99,16 +133,15 @@ class AuditReport:
     # --- figures -----------------------------------------------------------------
 
     def _summary(self) -> dict[str, Any]:
-        events = self.frames.events
         by_severity = self.findings["severity"].value_counts()
         first_seq, last_seq = self._seq_range()
         affected = self.findings["actor_id"].dropna()
         return {
             "stream": self._stream_name(),
-            "events_scanned": len(events),
-            "snapshots_scanned": len(self.frames.snapshots),
-            "replay_errors": len(self.frames.replay_errors),
-            "actors": int(events["actor_id"][events["actor_id"].fillna("") != ""].nunique()),
+            "events_scanned": self.stats["events_scanned"],
+            "snapshots_scanned": self.stats["snapshots_scanned"],
+            "replay_errors": self.stats["replay_errors"],
+            "actors": self.stats["actors"],
             "first_seq": first_seq,
             "last_seq": last_seq,
             "counts": dict(self.counts),
@@ -117,8 +150,10 @@ class AuditReport:
         }
 
     def _stream_name(self) -> str | None:
-        if self.frames.state is not None:
-            return self.frames.state.name
+        if self.state is not None:
+            return self.state.name
+        if self.frames is None:
+            return self.stats.get("stream")
         # Offline: the stream is every subject's first token.
         for frame in (self.frames.events, self.frames.snapshots, self.frames.replay_errors):
             if len(frame):
@@ -126,9 +161,11 @@ class AuditReport:
         return None
 
     def _seq_range(self) -> tuple[int | None, int | None]:
-        state = self.frames.state
+        state = self.state
         if state is not None:
             return int(state.first_seq), int(state.last_seq)
+        if self.frames is None:
+            return self.stats.get("first_seq"), self.stats.get("last_seq")
         seqs = [f["stream_seq"] for f in (self.frames.events, self.frames.snapshots, self.frames.replay_errors) if len(f)]
         if not seqs:
             return None, None
@@ -171,7 +208,8 @@ class AuditReport:
         for column, wanted in (("code", code), ("severity", severity), ("actor_id", actor_id)):
             if wanted is not None:
                 mask &= self.findings[column].isin(_as_set(wanted))
-        return AuditReport(self.findings[mask.to_numpy()], self.frames, checks=self.checks, options=self.options)
+        return AuditReport(self.findings[mask.to_numpy()], self.frames, checks=self.checks, options=self.options,
+                           stats=self.stats, state=self.state, checkpoint=self.checkpoint, read=self.read)
 
     def raise_for_findings(self, at: str = "error") -> AuditReport:
         """Raise ``AuditFailed`` if any finding is at or above ``at``
@@ -202,7 +240,7 @@ class AuditReport:
     def to_dict(self) -> dict[str, Any]:
         """The ``aether-audit check --json`` object (SPEC §4)."""
         s = self.summary
-        return {
+        out = {
             "stream": s["stream"],
             "events_scanned": s["events_scanned"],
             "snapshots_scanned": s["snapshots_scanned"],
@@ -212,6 +250,10 @@ class AuditReport:
             "counts": dict(self.counts),
             "findings": self.findings_records(),
         }
+        if self.checkpoint is not None:
+            out["checkpoint"] = self.checkpoint
+            out["read"] = dict(self.read or {"from_seq": None, "to_seq": None})
+        return out
 
     def to_json(self, *, indent: bool = False) -> str:
         """``to_dict()`` as JSON text."""

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +36,10 @@ from ._errors import InvalidEventError, JetStreamAPIError, StreamNotFound, Versi
 from ._export import export_stream
 from ._reader import Head, StreamReader
 from ._records import ActorSnapshot, Event, JetStreamConfig
-from ._report import AuditReport, audit_frames
+from ._audit import audit_stream
+from ._report import AuditReport
 from ._scenario import seed_scenario
+from ._watch import watch_stream
 from ._wire import (
     check_stream_name,
     encode_event,
@@ -269,13 +271,31 @@ class AsyncEventStore(StreamReader):
         self,
         checks: Sequence[str] | None = None,
         *,
+        checkpoint: str | Path | None = None,
+        keep_frames: bool | None = None,
         progress: bool | None = None,
         **options: Any,
     ) -> AuditReport:
-        """Run the integrity checks (all, or the named ones) and return an
-        ``AuditReport``. Options such as ``clock_skew`` go to the checks."""
-        frames = await self.load_all(progress=progress)
-        return audit_frames(frames, checks=checks, **options)
+        """Run the integrity checks (all, or the named ones) batch by batch
+        and return an ``AuditReport``. Options such as ``clock_skew`` go to
+        the checks.
+
+        ``checkpoint``: a file; reads only what is newer than it and reports
+        the cumulative findings (``_audit.audit_stream``). ``keep_frames``
+        (default: yes, unless a checkpoint is given) keeps what was read as
+        ``report.frames`` for plots and drilling in; pass False for memory
+        that does not grow with the stream.
+        """
+        keep = checkpoint is None if keep_frames is None else keep_frames
+        return await audit_stream(self, checks, checkpoint=checkpoint, keep_frames=keep, progress=progress, **options)
+
+    def watch(
+        self, checks: Sequence[str] | None = None, *, checkpoint: str | Path | None = None, **options: Any,
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Follow the stream and yield each finding (a dict) once, as soon as
+        it is certain (``_watch.watch_stream``; options: ``interval``,
+        ``settle``, ``stop``, ``on_notice`` and the checks')."""
+        return watch_stream(self, checks, checkpoint=checkpoint, **options)
 
     async def export_parquet(
         self,

@@ -246,8 +246,17 @@ class EventStore:
     def seed(self, scenario: str | Path) -> dict[str, Any]:
         return run_sync(self.core.seed(scenario))
 
-    def audit(self, checks: Sequence[str] | None = None, *, progress: bool | None = None, **options: Any) -> AuditReport:
-        return run_sync(self.core.audit(checks, progress=progress, **options))
+    def audit(
+        self, checks: Sequence[str] | None = None, *, checkpoint: str | Path | None = None,
+        keep_frames: bool | None = None, progress: bool | None = None, **options: Any,
+    ) -> AuditReport:
+        return run_sync(self.core.audit(checks, checkpoint=checkpoint, keep_frames=keep_frames, progress=progress,
+                                        **options))
+
+    def watch(
+        self, checks: Sequence[str] | None = None, *, checkpoint: str | Path | None = None, **options: Any,
+    ) -> Iterator[dict[str, Any]]:
+        return _LOOP.iterate(self.core.watch(checks, checkpoint=checkpoint, **options))
 
     def export_parquet(self, out_dir: str | Path, *, incremental: bool = False, progress: bool | None = None,
                        format: str = "parquet", timestamp_unit: str | None = None,

@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from ._checks import CHECKS
+
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
@@ -41,10 +43,9 @@ __all__ = [
 SEVERITY_COLORS = {"error": "#c0392b", "warning": "#e67e22", "info": "#2e86c1"}
 SEVERITY_ORDER = ("error", "warning", "info")
 # The marks on a version timeline: code -> (marker, colour, legend label).
+# (Declared with each check: Check.marker.)
 MARKERS = {
-    "version_gap": ("X", "#c0392b", "version gap"),
-    "version_duplicate": ("D", "#8e44ad", "duplicate version"),
-    "version_regression": ("v", "#e67e22", "version regression"),
+    **{code: check.marker for code, check in CHECKS.items() if check.marker is not None},
     "other": ("o", "#7f8c8d", "other finding"),
 }
 # More series than this on one axes become unreadable: the rest are lumped.

@@ -72,7 +72,7 @@ def frames(events=(), snapshots=(), errors=(), state=None):
 
 
 def run(code, fr, **options):
-    return CHECKS[code].function(fr, CheckOptions.of(**options))
+    return run_checks(fr, [code], CheckOptions.of(**options))
 
 
 def clean_history(actor="order-1", versions=(1, 2, 3), start=1):
@@ -87,7 +87,7 @@ def test_registry_covers_every_spec_code_in_order():
         "malformed_payload", "malformed_snapshot", "missing_field", "actor_mismatch", "subject_collision",
         "version_gap", "version_duplicate", "version_regression", "duplicate_event_id", "deleted_sequence",
         "timestamp_regression", "clock_skew", "snapshot_ahead", "snapshot_orphan",
-        "immutability_not_enforced", "retention_expiry",
+        "immutability_not_enforced", "retention_expiry", "history_rewritten",
     ]
     assert all(check.severity in ("error", "warning", "info") and check.description for check in CHECKS.values())
 
@@ -389,3 +389,29 @@ def test_hand_made_frames_with_a_repeated_index_and_shuffled_rows():
     assert out[["code", "stream_seq"]].values.tolist() == [
         ["missing_field", 3], ["version_gap", 3], ["clock_skew", 2],
     ]
+
+
+def test_stream_wide_codes_and_plot_markers_are_read_from_the_declarations():
+    from aether_audit import _demo, plots
+
+    assert _demo.STREAM_WIDE == {code for code, check in CHECKS.items() if check.stream_wide}
+    assert {"immutability_not_enforced", "retention_expiry", "history_rewritten"} <= _demo.STREAM_WIDE
+    marked = {code: check.marker for code, check in CHECKS.items() if check.marker}
+    assert {code: plots.MARKERS[code] for code in marked} == marked and "other" in plots.MARKERS
+
+
+def test_frames_fed_in_small_batches_give_the_same_findings():
+    from aether_audit._engine import engine_of_frames
+
+    rows = [ev(1, "order-1", 1, event_id="a"), ev(2, "order-1", 3), ev(3, "order-2", 1, event_id="a"),
+            ev(5, "order-1", 2), ev(6, "order-1", 3), ev(7, "order-2", 1)]
+    fr = frames(rows, [snap(8, "order-1", 9)], state=state(1, 9))
+    options = CheckOptions.of(now="2026-12-01")
+    whole = run_checks(fr, None, options)
+    engine = engine_of_frames(fr, options, batch_rows=1)
+    try:
+        pd.testing.assert_frame_equal(engine.findings(fr.state, list(CHECKS), options), whole)
+    finally:
+        engine.close()
+    assert {"version_gap", "version_duplicate", "version_regression", "duplicate_event_id",
+            "deleted_sequence", "snapshot_ahead"} <= set(whole["code"])

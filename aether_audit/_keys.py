@@ -1,0 +1,273 @@
+"""An exact "seen before?" structure for keys (event IDs, actor versions) that
+spills to disk, so the streaming audit's memory does not grow with the stream.
+
+Rows ``(key, seq, ord, *extra)`` are added in stream order (``ord`` is the
+audit's own running row number). ``repeats`` answers, for the rows added
+since a given ``ord``: which keys were already stored at a lower ``ord``,
+and at which sequence the key was first stored. Keys are compared whole
+(the hash only picks a partition), so the answer is exact.
+
+Layout: rows are buffered in memory; past ``spill_rows`` the buffer becomes
+one immutable *segment*, an Arrow IPC file in ``directory`` holding one
+record batch per hash partition. ``repeats`` reads one partition of every
+segment at a time, so its memory is a 1/``PARTS`` slice; while everything
+still fits in the buffer it skips partitioning altogether.
+Small segments merge pairwise as they pile up (a binary counter), spill-size
+ones only past ``MAX_SEGMENTS``.
+A checkpoint names the segments it relies on; files it does not name are
+left-overs of an interrupted run and are removed by ``prune``.
+
+Why not DuckDB: it is an optional (notebook) dependency, and the audit must
+run from a bare install; this needs only pyarrow and numpy, and is measured
+in ``benchmarks/audit_scale.py``.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ._files import sync_dir
+
+__all__ = ["KeyStore"]
+
+PARTS = 256
+SPILL_ROWS = 250_000
+FRESH_ROWS = 200_000
+MAX_SEGMENTS = 24
+
+
+def partition_of(keys: pa.Array, chunk: int = 16_384) -> np.ndarray:
+    """A stable partition number (0..PARTS-1) per key, from its bytes.
+
+    Vectorised over the Arrow buffers (a per-string Python hash costs ~3 µs a
+    row), ``chunk`` keys at a time so the temporaries stay small; the same
+    bytes give the same partition in every process.
+    """
+    keys = keys.cast(pa.large_string())
+    if len(keys) > chunk:
+        return np.concatenate([_partition_chunk(keys.slice(i, chunk)) for i in range(0, len(keys), chunk)])
+    return _partition_chunk(keys)
+
+
+_TAIL = 16  # the bytes of a key that pick its partition: its last ones (IDs and versions differ there)
+_WEIGHTS = (np.arange(1, _TAIL + 1, dtype=np.uint64) * np.uint64(0x9E3779B1)) | np.uint64(1)
+
+
+def _partition_chunk(keys: pa.Array) -> np.ndarray:
+    if len(keys) == 0:
+        return np.zeros(0, dtype=np.uint16)
+    offsets = np.frombuffer(keys.buffers()[1], dtype=np.int64)[keys.offset: keys.offset + len(keys) + 1]
+    data = np.frombuffer(keys.buffers()[2], dtype=np.uint8) if keys.buffers()[2] is not None else np.zeros(1, np.uint8)
+    starts, ends = offsets[:-1], offsets[1:]
+    at = ends[:, None] - np.arange(1, _TAIL + 1)[None, :]
+    inside = at >= starts[:, None]
+    tail = np.where(inside, data[np.clip(at, 0, max(len(data) - 1, 0))], 0).astype(np.uint64)
+    sums = (tail + inside) @ _WEIGHTS + (ends - starts).astype(np.uint64) * np.uint64(0x85EBCA6B)
+    sums ^= sums >> np.uint64(17)
+    sums *= np.uint64(0xED5AD4BB)
+    sums ^= sums >> np.uint64(11)
+    return (sums % np.uint64(PARTS)).astype(np.uint16)
+
+
+class KeyStore:
+    """See the module doc. ``extra`` names further string columns kept with
+    each row (what a finding about a repeated row needs)."""
+
+    def __init__(
+        self,
+        directory: Path | None = None,
+        segments: Sequence[Mapping[str, Any]] = (),
+        *,
+        extra: Sequence[str] = (),
+        name: str = "keys",
+        spill_rows: int = SPILL_ROWS,
+    ) -> None:
+        self.name = name
+        self._directory = directory
+        self._temporary: tempfile.TemporaryDirectory[str] | None = None
+        self.segments: list[dict[str, Any]] = [dict(s) for s in segments]  # {"file", "rows"}
+        self.extra = tuple(extra)
+        self.spill_rows = spill_rows
+        self.schema = pa.schema(
+            [("key", pa.large_string()), ("seq", pa.int64()), ("ord", pa.int64())]
+            + [(name, pa.large_string()) for name in self.extra]
+        )
+        self._core = pa.schema(list(self.schema)[:3])
+        self._buffer: list[pa.RecordBatch] = []
+        self._buffered = 0
+        self._last_ord = -1
+        # Keys added since the last ``repeats``, while few: an incremental
+        # run then compares only them against what is stored.
+        self._fresh: list[pa.Array] | None = []
+        self._fresh_rows = 0
+        for segment in self.segments:
+            if not (self._dir() / segment["file"]).is_file():
+                raise FileNotFoundError(f"key segment {segment['file']} is missing from {self._dir()}")
+
+    # --- files -----------------------------------------------------------------
+
+    def _dir(self) -> Path:
+        if self._directory is None:
+            self._temporary = tempfile.TemporaryDirectory(prefix="aether-audit-keys-")
+            self._directory = Path(self._temporary.name)
+        return self._directory
+
+    def close(self) -> None:
+        if self._temporary is not None:
+            self._temporary.cleanup()
+            self._temporary = None
+
+    def _write(self, parts: Iterable[pa.RecordBatch]) -> dict[str, Any]:
+        """One segment from its partitions (an iterable: written as produced)."""
+        directory = self._dir()
+        directory.mkdir(parents=True, exist_ok=True)
+        name = f"{self.name}-{uuid.uuid4().hex[:16]}.arrow"
+        temp = directory / f".{name}.tmp"
+        rows = 0
+        with pa.OSFile(str(temp), "wb") as sink, pa.ipc.new_file(sink, self.schema) as writer:
+            for batch in parts:
+                writer.write_batch(batch)
+                rows += batch.num_rows
+        fd = os.open(temp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(temp, directory / name)
+        sync_dir(directory)
+        return {"file": name, "rows": rows}
+
+    def _read(self, segment: Mapping[str, Any], core: bool = False) -> pa.ipc.RecordBatchFileReader:
+        # Read, not memory-mapped: a mapped file's touched pages count as the
+        # process's memory; a read partition is freed once compared. ``core``:
+        # key, seq and ord only (the extra columns are read for repeats alone).
+        options = pa.ipc.IpcReadOptions(included_fields=[0, 1, 2]) if core else None
+        return pa.ipc.open_file(pa.OSFile(str(self._dir() / segment["file"])), options=options)
+
+    def prune(self) -> None:
+        """Remove segment files no longer named by ``segments`` (merged ones,
+        left-overs of an interrupted run)."""
+        if self._directory is None or not self._directory.is_dir():
+            return
+        keep = {segment["file"] for segment in self.segments}
+        for path in self._directory.glob(f"{self.name}-*.arrow"):
+            if path.name not in keep:
+                path.unlink(missing_ok=True)
+        for path in self._directory.glob(f".{self.name}-*.tmp"):
+            path.unlink(missing_ok=True)
+
+    # --- adding ----------------------------------------------------------------
+
+    def add(self, keys: pa.Array, seqs: Any, ords: Any, extra: Mapping[str, pa.Array] | None = None) -> None:
+        if len(keys) == 0:
+            return
+        columns = [keys.cast(pa.large_string()), pa.array(seqs, pa.int64()), pa.array(ords, pa.int64())]
+        columns += [pa.array((extra or {})[name]).cast(pa.large_string()) for name in self.extra]
+        batch = pa.RecordBatch.from_arrays(columns, schema=self.schema)
+        self._buffer.append(batch)
+        self._buffered += len(keys)
+        self._last_ord = max(self._last_ord, int(np.max(ords)))
+        if self._fresh is not None:
+            self._fresh.append(columns[0])
+            self._fresh_rows += len(keys)
+            if self._fresh_rows > FRESH_ROWS:
+                self._fresh = None
+        if self._buffered >= self.spill_rows:
+            self.flush()
+
+    def _partitioned_buffer(self) -> list[pa.RecordBatch]:
+        """The buffer as one record batch per partition (views of one sorted copy)."""
+        table = pa.Table.from_batches(self._buffer, schema=self.schema)
+        parts = partition_of(table["key"].combine_chunks()) if table.num_rows else np.zeros(0, dtype=np.uint16)
+        order = np.argsort(parts, kind="stable")
+        table = table.take(pa.array(order)).combine_chunks()
+        bounds = np.searchsorted(parts[order], np.arange(PARTS + 1))
+        batch = table.to_batches()[0] if table.num_rows else pa.RecordBatch.from_pylist([], schema=self.schema)
+        return [batch.slice(int(bounds[p]), int(bounds[p + 1] - bounds[p])) for p in range(PARTS)]
+
+    def flush(self) -> None:
+        """Write the buffer as a segment (nothing if empty), then merge while
+        the newest segment is not much smaller than the one before it."""
+        if not self._buffer:
+            return
+        parts = self._partitioned_buffer()
+        self._buffer, self._buffered = [], 0  # the sorted copy is all that stays
+        self.segments.append(self._write(parts))
+        del parts
+        # Small segments (a watch's polls) merge pairwise as a binary counter;
+        # full-size spills stay as they are until there are too many.
+        while len(self.segments) >= 2 and (
+            len(self.segments) > MAX_SEGMENTS
+            or (self.segments[-1]["rows"] * 2 >= self.segments[-2]["rows"] and self.segments[-2]["rows"] < self.spill_rows)
+        ):
+            merged = self._merge(self.segments[-2:])
+            self.segments[-2:] = [merged]
+
+    def _merge(self, segments: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        readers = [self._read(s) for s in segments]
+        return self._write(pa.concat_batches([r.get_batch(p) for r in readers]) for p in range(PARTS))
+
+    # --- asking ------------------------------------------------------------------
+
+    def _partition(self, p: int, readers: list[Any], buffered: list[pa.RecordBatch] | None, core: bool) -> pa.Table:
+        batches = [r.get_batch(p) for r in readers]
+        if buffered is not None:
+            batches.append(buffered[p].select([0, 1, 2]) if core else buffered[p])
+        return pa.Table.from_batches(batches, schema=self._core if core else self.schema)
+
+    def repeats(self, since_ord: int, *, only: pa.Array | None = None, min_seq: int = 0) -> pd.DataFrame:
+        """Rows with ``ord >= since_ord`` whose key was stored before at a
+        lower ``ord`` (ignoring rows below ``min_seq``: expired messages),
+        with ``first_seq``: where the key was first stored. ``only``: look
+        at these keys only (a fast path when few can repeat). In ``ord``
+        order; columns ``key, seq, ord, *extra, first_seq``."""
+        columns = [*self.schema.names, "first_seq"]
+        fresh, self._fresh, self._fresh_rows = self._fresh, [], 0
+        total = self._buffered + sum(s["rows"] for s in self.segments)
+        if total == 0 or (only is not None and len(only) == 0) or since_ord > self._last_ord:
+            return pd.DataFrame(columns=columns)
+        if only is None and fresh is not None and sum(map(len, fresh)) * 4 < total:
+            only = pa.concat_arrays(fresh) if fresh else pa.array([], pa.large_string())
+        wanted = None if only is None else only.cast(pa.large_string())
+        if not self.segments:
+            # All in memory: one pass, no partitions.
+            tables = [pa.Table.from_batches(self._buffer, schema=self.schema)]
+        else:
+            readers = [self._read(s, core=True) for s in self.segments]
+            buffered = self._partitioned_buffer() if self._buffer else None
+            tables = (self._partition(p, readers, buffered, core=True) for p in range(PARTS))
+        found = []
+        for p, table in enumerate(tables):
+            if table.num_rows == 0:
+                continue
+            if wanted is not None:
+                table = table.filter(pc.is_in(table["key"], value_set=wanted))
+            if min_seq:
+                table = table.filter(pc.greater_equal(table["seq"], min_seq))
+            if table.num_rows < 2:
+                continue
+            keys = table["key"]
+            if len(pc.unique(keys)) == table.num_rows:  # the usual case, and the cheapest test
+                continue
+            counts = pc.value_counts(keys)
+            repeated = counts.field("values").filter(pc.greater(counts.field("counts"), 1))
+            if self.segments and self.extra:  # read the partition again, whole, for the repeats' extra columns
+                table = self._partition(p, [self._read(s) for s in self.segments], buffered, core=False)
+            rows = table.filter(pc.is_in(table["key"], value_set=repeated)).to_pandas()
+            rows = rows.sort_values("ord", kind="stable")
+            rows["first_seq"] = rows.groupby("key", sort=False)["seq"].transform("first")
+            later = rows["key"].duplicated() & (rows["ord"] >= since_ord)
+            found.append(rows[later.to_numpy()])
+        if not found:
+            return pd.DataFrame(columns=columns)
+        return pd.concat(found, ignore_index=True).sort_values("ord", kind="stable").reset_index(drop=True)
