@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import pandas as pd
 import pyarrow as pa
 
+from ._fastdecode import event_fields, snapshot_fields
 from ._records import ActorSnapshot, Event, ReplayError, StreamState
 from ._wire import (
     DecodeError,
@@ -131,12 +132,14 @@ def decode_messages(
     for seq, stored, subject, payload in zip(seqs, stored_ns, subjects, payloads):
         is_snapshot = subject.startswith(snapshot_prefix)
         try:
+            # The fast path proves a payload is in the Go store's layout (and
+            # so decodes exactly as below) or hands it to the exact decoder.
             if is_snapshot:
-                fields = decode_snapshot(payload)
+                fields = snapshot_fields(payload) or decode_snapshot(payload)
                 if actor_id is None or fields[0] == actor_id:
                     add_snapshot((seq, stored, subject) + fields)
             else:
-                fields = decode_event(payload)
+                fields = event_fields(payload) or decode_event(payload)
                 if actor_id is None or fields[2] == actor_id:
                     add_event((seq, stored, subject) + fields)
         except DecodeError as exc:
