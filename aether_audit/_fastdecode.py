@@ -8,9 +8,9 @@ and keeps ``data`` (``state``) as its raw JSON bytes. The payload is then
 decoder (``_wire.decode_event``) gives:
 
 - no key outside the struct, names matched exactly (``msgspec`` refuses the
-  rest), and the payload is exactly as long as the compact layout of the
-  decoded values. Any duplicate key, whitespace or escape in the envelope
-  makes it longer, so equal length means none of them is there.
+  rest), and msgspec's compact encoding of the decoded struct (``data`` as
+  its raw bytes) *is* the payload: so no key is there twice, none is out of
+  Go's order, and there is no whitespace in the envelope.
 - ``data`` is a JSON object (or null); its text is the exact decoder's own
   canonical form, orjson's compact re-encoding of the parsed value (done in
   C: cheaper than any Python-level proof that the raw bytes already are it).
@@ -34,14 +34,15 @@ __all__ = ["event_fields", "snapshot_fields"]
 _Int64 = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
 
 
-class _GoEvent(msgspec.Struct, gc=False, forbid_unknown_fields=True):
+class _GoEvent(msgspec.Struct, gc=False, forbid_unknown_fields=True, kw_only=True, omit_defaults=True):
+    # aether.Event's fields in its declared order (the order json.Marshal writes)
     id: str
     eventType: str
     actorId: str
+    commandId: str | None = None  # omitempty
     version: _Int64
     data: msgspec.Raw
     timestamp: str
-    commandId: str | None = None  # aether.Event's CommandID, omitempty
 
 
 class _GoSnapshot(msgspec.Struct, gc=False, forbid_unknown_fields=True):
@@ -53,11 +54,7 @@ class _GoSnapshot(msgspec.Struct, gc=False, forbid_unknown_fields=True):
 
 _decode_event = msgspec.json.Decoder(_GoEvent).decode
 _decode_snapshot = msgspec.json.Decoder(_GoSnapshot).decode
-
-# Bytes of each layout besides the values.
-_EVENT_FRAME = len(b'{"id":"","eventType":"","actorId":"","version":,"data":,"timestamp":""}')
-_COMMAND_FRAME = len(b',"commandId":""')
-_SNAPSHOT_FRAME = len(b'{"actorId":"","version":,"state":,"timestamp":""}')
+_encode = msgspec.json.Encoder().encode
 
 # RFC 3339 as Go's time.RFC3339Nano writes it, with every calendar check in
 # the pattern (29 February aside): texts the exact decoder keeps as they are.
@@ -85,10 +82,6 @@ def _object_text(raw: msgspec.Raw) -> bytes | str | None | bool:
     return None if text == b"null" else False
 
 
-def _utf8_size(*texts: str) -> int:
-    return sum(len(text.encode()) for text in texts)
-
-
 def event_fields(payload: bytes) -> tuple | None:
     """``_wire.decode_event(payload)`` for a payload in the Go store's layout
     (``data`` as UTF-8 bytes when they are already canonical, which Arrow
@@ -105,26 +98,16 @@ def event_fields(payload: bytes) -> tuple | None:
         event = _decode_event(payload)
     except (msgspec.MsgspecError, RecursionError):  # msgspec: deeper than it nests
         return None
-    event_id, event_type, actor, stamp, command = (
-        event.id, event.eventType, event.actorId, event.timestamp, event.commandId)
-    version, raw = event.version, event.data
-    if payload.isascii():
-        size = len(event_id) + len(event_type) + len(actor) + len(stamp)
-        if command is not None:
-            size += len(command) + _COMMAND_FRAME
-    else:
-        size = _utf8_size(event_id, event_type, actor, stamp)
-        if command is not None:
-            size += _utf8_size(command) + _COMMAND_FRAME
-    if len(payload) != size + _EVENT_FRAME + len(raw) + len(str(version)) or not _TIMESTAMP(stamp):
+    stamp, command = event.timestamp, event.commandId
+    if _encode(event) != payload or not _TIMESTAMP(stamp):
         return None
-    data = _object_text(raw)
+    data = _object_text(event.data)
     if data is False:
         return None
     return (
-        event_id, event_type, actor, version, data,
+        event.id, event.eventType, event.actorId, event.version, data,
         None if stamp == _GO_ZERO_TIME else stamp,
-        None if command is None else f'{{"commandId":"{command}"}}',
+        None if command is None else _dumps({"commandId": command}).decode(),
     )
 
 
@@ -139,11 +122,10 @@ def snapshot_fields(payload: bytes) -> tuple | None:
         snapshot = _decode_snapshot(payload)
     except (msgspec.MsgspecError, RecursionError):  # msgspec: deeper than it nests
         return None
-    actor, stamp, version, raw = snapshot.actorId, snapshot.timestamp, snapshot.version, snapshot.state
-    size = len(actor) + len(stamp) if payload.isascii() else _utf8_size(actor, stamp)
-    if len(payload) != size + _SNAPSHOT_FRAME + len(raw) + len(str(version)) or not _TIMESTAMP(stamp):
+    stamp = snapshot.timestamp
+    if _encode(snapshot) != payload or not _TIMESTAMP(stamp):
         return None
-    state = _object_text(raw)
+    state = _object_text(snapshot.state)
     if state is False:
         return None
-    return actor, version, state, None if stamp == _GO_ZERO_TIME else stamp
+    return snapshot.actorId, snapshot.version, state, None if stamp == _GO_ZERO_TIME else stamp
