@@ -1,9 +1,13 @@
-"""How fast ``StreamScanner.scan`` reads a whole stream (counting only).
+"""How fast ``StreamScanner.scan`` reads a whole stream (counting only), and
+what decoding adds.
 
 Starts a local nats-server, seeds N events in the aether layout
 (``seeding.py``, as ``run.py`` does) and times full scans. Prints one JSON object.
+With ``--decode`` each run scans three times, alternating: counting only,
+``decode_messages`` (fast path), and ``decode_messages`` with the fast path
+switched off (the exact decoder alone); CPU per message of each.
 
-    python benchmarks/scan_probe.py [--events 200000] [--actors 2000] [--runs 3]
+    python benchmarks/scan_probe.py [--events 200000] [--actors 2000] [--runs 3] [--decode]
     python benchmarks/scan_probe.py --url nats://127.0.0.1:4222 --stream bench   # existing data
 """
 
@@ -14,25 +18,60 @@ import asyncio
 import json
 import statistics
 import time
+from unittest import mock
 
-
+from aether_audit import _frames
 from aether_audit._connection import ConnectOptions
 from aether_audit._scan import StreamScanner
 from aether_audit._server import NatsServer
 from seeding import seed_stream
 
-async def time_scans(url: str, stream: str, runs: int, batch_size: int) -> list[tuple[int, float, float]]:
-    """(messages, wall seconds, this process's CPU seconds) of each full scan."""
+async def time_scans(url: str, stream: str, runs: int, batch_size: int,
+                     decode: str | None = None) -> list[tuple[int, float, float]]:
+    """(messages, wall seconds, this process's CPU seconds) of each full scan;
+    ``decode``: None (count only), ``fast`` or ``exact``."""
     results = []
+    prefix = f"{stream}.snapshots."
     for _ in range(runs):
         scanner = StreamScanner(ConnectOptions(servers=(url,)))
         began, cpu = time.perf_counter(), time.process_time()
         count = 0
         async for batch in scanner.scan(stream, batch_size=batch_size):
-            count += len(batch)
+            if decode:
+                count += len(_frames.decode_messages(batch.seqs, batch.stored_ns, batch.subjects, batch.payloads,
+                                                     snapshot_prefix=prefix))
+            else:
+                count += len(batch)
         results.append((count, time.perf_counter() - began, time.process_time() - cpu))
         await scanner.close()
     return results
+
+
+def exact_only():
+    """The fast decoder switched off: every message goes to the exact decoder."""
+    declined = mock.patch.multiple(_frames, event_fields=lambda payload: None, snapshot_fields=lambda payload: None)
+    return declined
+
+
+def summary(results: list[tuple[int, float, float]]) -> dict:
+    rates = [count / seconds for count, seconds, _ in results]
+    return {
+        "messages": results[0][0],
+        "seconds": [round(s, 3) for _, s, _ in results],
+        "eps_median": round(statistics.median(rates)),
+        "eps_best": round(max(rates)),
+        "client_cpu_us_per_msg": round(statistics.median(c / n for n, _, c in results) * 1e6, 2),
+    }
+
+
+async def time_decoding(url: str, stream: str, runs: int, batch_size: int) -> dict:
+    modes: dict[str, list] = {"scan": [], "fast": [], "exact": []}
+    for _ in range(runs):  # alternated, so each mode sees the same machine load
+        modes["scan"] += await time_scans(url, stream, 1, batch_size)
+        modes["fast"] += await time_scans(url, stream, 1, batch_size, decode="fast")
+        with exact_only():
+            modes["exact"] += await time_scans(url, stream, 1, batch_size, decode="exact")
+    return {mode: summary(results) for mode, results in modes.items()}
 
 
 def main() -> None:
@@ -43,6 +82,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=10_000)
     parser.add_argument("--url", help="use this server and existing --stream instead of seeding")
     parser.add_argument("--stream", default="bench")
+    parser.add_argument("--decode", action="store_true", help="also time decoding, fast path vs exact decoder")
     args = parser.parse_args()
 
     server = None
@@ -55,15 +95,10 @@ def main() -> None:
             began = time.perf_counter()
             asyncio.run(seed_stream(url, args.stream, args.events, args.actors))
             print(f"seeded in {time.perf_counter() - began:.1f}s", flush=True)
-        results = asyncio.run(time_scans(url, args.stream, args.runs, args.batch_size))
-        rates = [count / seconds for count, seconds, _ in results]
-        print(json.dumps({
-            "messages": results[0][0],
-            "seconds": [round(s, 3) for _, s, _ in results],
-            "eps_median": round(statistics.median(rates)),
-            "eps_best": round(max(rates)),
-            "client_cpu_us_per_msg": round(statistics.median(c / n for n, _, c in results) * 1e6, 2),
-        }))
+        if args.decode:
+            print(json.dumps(asyncio.run(time_decoding(url, args.stream, args.runs, args.batch_size))))
+        else:
+            print(json.dumps(summary(asyncio.run(time_scans(url, args.stream, args.runs, args.batch_size)))))
     finally:
         if server is not None:
             server.cleanup()
