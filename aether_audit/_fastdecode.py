@@ -107,8 +107,15 @@ def event_fields(payload: bytes) -> tuple | None:
     return (
         event.id, event.eventType, event.actorId, event.version, data,
         None if stamp == _GO_ZERO_TIME else stamp,
-        None if command is None else _dumps({"commandId": command}).decode(),
+        None if command is None else _command_extra(command),
     )
+
+
+def _command_extra(command: str) -> str:
+    """``extra`` of an event whose only other key is commandId, as orjson writes it."""
+    if '"' in command or "\\" in command or not command.isprintable():
+        return _dumps({"commandId": command}).decode()  # escapes
+    return f'{{"commandId":"{command}"}}'
 
 
 def snapshot_fields(payload: bytes) -> tuple | None:
