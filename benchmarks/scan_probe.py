@@ -5,9 +5,11 @@ Starts a local nats-server, seeds N events in the aether layout
 (``seeding.py``, as ``run.py`` does) and times full scans. Prints one JSON object.
 With ``--decode`` each run scans three times, alternating: counting only,
 ``decode_messages`` (fast path), and ``decode_messages`` with the fast path
-switched off (the exact decoder alone); CPU per message of each.
+switched off (the exact decoder alone); CPU per message of each. With
+``--readers``, ``audit()`` and ``export_parquet()`` are timed the same way,
+fast path on and off alternately (seconds, medians).
 
-    python benchmarks/scan_probe.py [--events 200000] [--actors 2000] [--runs 3] [--decode]
+    python benchmarks/scan_probe.py [--events 200000] [--actors 2000] [--runs 3] [--decode] [--readers]
     python benchmarks/scan_probe.py --url nats://127.0.0.1:4222 --stream bench   # existing data
 """
 
@@ -15,12 +17,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import statistics
+import tempfile
 import time
 from unittest import mock
 
-from aether_audit import _frames
+from aether_audit import _frames, connect_async
 from aether_audit._connection import ConnectOptions
 from aether_audit._scan import StreamScanner
 from aether_audit._server import NatsServer
@@ -49,8 +53,7 @@ async def time_scans(url: str, stream: str, runs: int, batch_size: int,
 
 def exact_only():
     """The fast decoder switched off: every message goes to the exact decoder."""
-    declined = mock.patch.multiple(_frames, event_fields=lambda payload: None, snapshot_fields=lambda payload: None)
-    return declined
+    return mock.patch.multiple(_frames, event_fields=lambda payload: None, snapshot_fields=lambda payload: None)
 
 
 def summary(results: list[tuple[int, float, float]]) -> dict:
@@ -74,6 +77,24 @@ async def time_decoding(url: str, stream: str, runs: int, batch_size: int) -> di
     return {mode: summary(results) for mode, results in modes.items()}
 
 
+async def time_readers(url: str, stream: str, runs: int) -> dict:
+    """Seconds of ``audit()`` and ``export_parquet()``, fast path on and off."""
+    seconds: dict[str, list[float]] = {f"{reader}_{mode}_s": [] for reader in ("audit", "export")
+                                       for mode in ("fast", "exact")}
+    for _ in range(runs):
+        for mode in ("fast", "exact"):
+            with exact_only() if mode == "exact" else contextlib.nullcontext():
+                async with connect_async(url, stream=stream) as store:
+                    began = time.perf_counter()
+                    await store.audit(progress=False)
+                    seconds[f"audit_{mode}_s"].append(time.perf_counter() - began)
+                    with tempfile.TemporaryDirectory() as out:
+                        began = time.perf_counter()
+                        await store.export_parquet(out, progress=False)
+                        seconds[f"export_{mode}_s"].append(time.perf_counter() - began)
+    return {key: round(statistics.median(values), 3) for key, values in seconds.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=200_000)
@@ -83,6 +104,7 @@ def main() -> None:
     parser.add_argument("--url", help="use this server and existing --stream instead of seeding")
     parser.add_argument("--stream", default="bench")
     parser.add_argument("--decode", action="store_true", help="also time decoding, fast path vs exact decoder")
+    parser.add_argument("--readers", action="store_true", help="time audit() and export_parquet(), fast path on/off")
     args = parser.parse_args()
 
     server = None
@@ -95,7 +117,9 @@ def main() -> None:
             began = time.perf_counter()
             asyncio.run(seed_stream(url, args.stream, args.events, args.actors))
             print(f"seeded in {time.perf_counter() - began:.1f}s", flush=True)
-        if args.decode:
+        if args.readers:
+            print(json.dumps(asyncio.run(time_readers(url, args.stream, args.runs))))
+        elif args.decode:
             print(json.dumps(asyncio.run(time_decoding(url, args.stream, args.runs, args.batch_size))))
         else:
             print(json.dumps(summary(asyncio.run(time_scans(url, args.stream, args.runs, args.batch_size)))))
