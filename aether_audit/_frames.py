@@ -7,12 +7,13 @@ through ``decode_messages``, so a message is judged the same way everywhere.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pandas as pd
 import pyarrow as pa
 
+from ._fastdecode import event_fields, snapshot_fields
 from ._records import ActorSnapshot, Event, ReplayError, StreamState
 from ._wire import (
     DecodeError,
@@ -124,40 +125,59 @@ def decode_messages(
     reader would wrongly include them); undecodable messages are kept unless
     their payload names another actor.
     """
-    events: list[tuple] = []
+    # Events go straight into columns (no row objects for the collector to
+    # walk); snapshots and errors are few and stay rows.
+    rows: list[int] = []  # the message index of each event
+    columns: tuple[list, ...] = ([], [], [], [], [], [], [])  # the fields of EventFields
+    add_row = rows.append
+    add_id, add_type, add_actor, add_version, add_data, add_stamp, add_extra = (column.append for column in columns)
     snapshots: list[tuple] = []
     errors: list[tuple] = []
-    add_event, add_snapshot, add_error = events.append, snapshots.append, errors.append
-    for seq, stored, subject, payload in zip(seqs, stored_ns, subjects, payloads):
+    add_snapshot, add_error = snapshots.append, errors.append
+    for index, (subject, payload) in enumerate(zip(subjects, payloads)):
         is_snapshot = subject.startswith(snapshot_prefix)
         try:
+            # The fast path proves a payload is in the Go store's layout (and
+            # so decodes exactly as below) or hands it to the exact decoder.
             if is_snapshot:
-                fields = decode_snapshot(payload)
+                fields = snapshot_fields(payload) or decode_snapshot(payload)
                 if actor_id is None or fields[0] == actor_id:
-                    add_snapshot((seq, stored, subject) + fields)
+                    add_snapshot((seqs[index], stored_ns[index], subject) + fields)
             else:
-                fields = decode_event(payload)
-                if actor_id is None or fields[2] == actor_id:
-                    add_event((seq, stored, subject) + fields)
+                event_id, event_type, actor, version, data, stamp, extra = (
+                    event_fields(payload) or decode_event(payload))
+                if actor_id is None or actor == actor_id:
+                    add_row(index)
+                    add_id(event_id)
+                    add_type(event_type)
+                    add_actor(actor)
+                    add_version(version)
+                    add_data(data)
+                    add_stamp(stamp)
+                    add_extra(extra)
         except DecodeError as exc:
             hint = actor_id_hint(payload)
             if actor_id is None or hint in (None, actor_id):
                 code = "malformed_snapshot" if is_snapshot else "malformed_payload"
-                add_error((seq, stored, subject, hint or actor_from_subject(subject), code, str(exc), payload))
-    return DecodedBatch(_event_batch(events), _snapshot_batch(snapshots), _error_batch(errors))
+                add_error((seqs[index], stored_ns[index], subject, hint or actor_from_subject(subject), code,
+                           str(exc), payload))
+    stored = (seqs, stored_ns, subjects)
+    if len(rows) != len(seqs):
+        stored = tuple([column[index] for index in rows] for column in stored)
+    return DecodedBatch(_event_batch(*stored, *columns), _snapshot_batch(snapshots), _error_batch(errors))
 
 
-def _event_batch(rows: list[tuple]) -> pa.RecordBatch:
-    if not rows:
+def _event_batch(seq: Sequence[int], stored: Sequence[int], subject: Sequence[str], event_id: list, event_type: list,
+                 actor: list, version: list, data: list, stamp: list, extra: list) -> pa.RecordBatch:
+    if not event_id:
         return pa.RecordBatch.from_pylist([], schema=EVENT_SCHEMA)
-    seq, stored, subject, event_id, event_type, actor, version, data, stamp, extra = zip(*rows)
-    types = _actor_types(actor)
+    actors = pa.array(actor, pa.string())
     return pa.RecordBatch.from_arrays(
         [
             pa.array(seq, pa.int64()), pa.array(stored, TIMESTAMP), pa.array(subject, pa.string()),
-            pa.array(types, pa.string()), pa.array(actor, pa.string()), pa.array(version, pa.int64()),
+            _actor_types(actors), actors, pa.array(version, pa.int64()),
             pa.array(event_type, pa.string()), pa.array(event_id, pa.string()),
-            _timestamps(list(stamp)), pa.array(data, pa.string()), pa.array(extra, pa.string()),
+            _timestamps(stamp), pa.array(data, pa.string()), pa.array(extra, pa.string()),
         ],
         schema=EVENT_SCHEMA,
     )
@@ -167,10 +187,11 @@ def _snapshot_batch(rows: list[tuple]) -> pa.RecordBatch:
     if not rows:
         return pa.RecordBatch.from_pylist([], schema=SNAPSHOT_SCHEMA)
     seq, stored, subject, actor, version, state, stamp = zip(*rows)
+    actors = pa.array(actor, pa.string())
     return pa.RecordBatch.from_arrays(
         [
             pa.array(seq, pa.int64()), pa.array(stored, TIMESTAMP), pa.array(subject, pa.string()),
-            pa.array(_actor_types(actor), pa.string()), pa.array(actor, pa.string()),
+            _actor_types(actors), actors,
             pa.array(version, pa.int64()), _timestamps(list(stamp)), pa.array(state, pa.string()),
         ],
         schema=SNAPSHOT_SCHEMA,
@@ -187,16 +208,11 @@ def _error_batch(rows: list[tuple]) -> pa.RecordBatch:
     )
 
 
-def _actor_types(actor_ids: Iterable[str]) -> list[str]:
-    # Actors repeat across rows: derive each type once.
-    memo: dict[str, str] = {}
-    out = []
-    for actor in actor_ids:
-        kind = memo.get(actor)
-        if kind is None:
-            kind = memo[actor] = actor_type(actor)
-        out.append(kind)
-    return out
+def _actor_types(actor_ids: pa.Array) -> pa.Array:
+    # Actors repeat across rows: derive each distinct actor's type once.
+    encoded = actor_ids.dictionary_encode()
+    kinds = pa.array([actor_type(actor) for actor in encoded.dictionary.to_pylist()], pa.string())
+    return kinds.take(encoded.indices)
 
 
 def to_pandas(table: pa.Table | pa.RecordBatch) -> pd.DataFrame:

@@ -49,8 +49,14 @@ sys.path.insert(0, str(ROOT))
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+import pyarrow as pa  # noqa: E402
+
 from aether_audit import Event, NatsServer, connect_async  # noqa: E402
+from aether_audit._connection import ConnectOptions  # noqa: E402
+from aether_audit._fastdecode import event_fields, snapshot_fields  # noqa: E402
+from aether_audit._frames import EVENT_SCHEMA, decode_messages, to_pandas  # noqa: E402
 from aether_audit._report import audit_frames  # noqa: E402
+from aether_audit._scan import StreamScanner  # noqa: E402
 from aether_audit._wire import encode_event, event_subject  # noqa: E402
 from seeding import actor_ids, seed_stream  # noqa: E402
 
@@ -150,6 +156,32 @@ def go_drain(url: str, stream: str) -> float | None:
     return float(json.loads(output.stdout)["eps"])
 
 
+async def load_breakdown(url: str, stream: str) -> dict[str, float]:
+    """Seconds of each stage of a whole-stream load, each stage run alone:
+    the raw read (``StreamScanner``), ``decode_messages``, the Arrow table and
+    pandas; plus the share of messages the fast decoder took."""
+    scanner = StreamScanner(ConnectOptions(servers=(url,)))
+    start = time.perf_counter()
+    raws = [raw async for raw in scanner.scan(stream)]
+    scan_s = time.perf_counter() - start
+    await scanner.close()
+    start = time.perf_counter()
+    batches = [decode_messages(raw.seqs, raw.stored_ns, raw.subjects, raw.payloads,
+                               snapshot_prefix=f"{stream}.snapshots.") for raw in raws]
+    decode_s = time.perf_counter() - start
+    start = time.perf_counter()
+    table = pa.Table.from_batches([batch.events for batch in batches], schema=EVENT_SCHEMA)
+    arrow_s = time.perf_counter() - start
+    start = time.perf_counter()
+    to_pandas(table)
+    pandas_s = time.perf_counter() - start
+    prefix = f"{stream}.snapshots."
+    fast = sum((snapshot_fields if subject.startswith(prefix) else event_fields)(payload) is not None
+               for raw in raws for subject, payload in zip(raw.subjects, raw.payloads))
+    return {"scan_s": scan_s, "decode_s": decode_s, "arrow_s": arrow_s, "pandas_s": pandas_s,
+            "fast_path_share": fast / max(1, sum(len(raw) for raw in raws))}
+
+
 # --- measurements -------------------------------------------------------------------------
 
 
@@ -167,8 +199,10 @@ async def measure(url: str, stream: str, events: int, actors: int, runs: int, sa
     rng = random.Random(7)
     sampled = rng.sample(actor_ids(actors), min(sample, actors))
     results: dict[str, list[float]] = {key: [] for key in (
-        "ours_eps", "naive_eps", "seed_port_eps", "go_drain_eps", "history_ours", "history_seed", "history_first",
-        "latest_ours", "latest_seed", "append_ours", "append_seed", "audit_load", "audit_run", "index_build")}
+        "ours_eps", "ours_arrow_eps", "naive_eps", "seed_port_eps", "go_drain_eps", "history_ours", "history_seed",
+        "history_first", "latest_ours", "latest_seed", "append_ours", "append_seed", "audit_load", "audit_run",
+        "index_build")}
+    breakdowns: list[dict[str, float]] = []
 
     for run in range(runs):
         # ours: a cold connection to a finished DataFrame of every event.
@@ -177,6 +211,13 @@ async def measure(url: str, stream: str, events: int, actors: int, runs: int, sa
         frame = await store.load(progress=False)
         results["ours_eps"].append(len(frame) / (time.perf_counter() - start))
         assert len(frame) == events, (len(frame), events)
+        await store.aclose()
+        # the same without pandas: a cold connection to an Arrow table
+        start = time.perf_counter()
+        store = await connect_async(url, stream=stream)
+        table = await store.to_arrow(progress=False)
+        results["ours_arrow_eps"].append(table.num_rows / (time.perf_counter() - start))
+        breakdowns.append(await load_breakdown(url, stream))
 
         seconds, naive = await timed(naive_load(url, stream))
         results["naive_eps"].append(len(naive) / seconds)
@@ -244,6 +285,8 @@ async def measure(url: str, stream: str, events: int, actors: int, runs: int, sa
             "naive_eps": median(results["naive_eps"]),
             "seed_port_eps": median(results["seed_port_eps"]),
             "go_drain_eps": median(results["go_drain_eps"]) if results["go_drain_eps"] else None,
+            "ours_arrow_eps": median(results["ours_arrow_eps"]),
+            "breakdown": {key: median([b[key] for b in breakdowns]) for key in breakdowns[0]},
         },
         "history": {"ours_ms": median(results["history_ours"]), "ours_first_ms": median(results["history_first"]),
                     "seed_port_ms": median(results["history_seed"]), "index_build_ms": median(results["index_build"])},

@@ -23,6 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from aether_audit import Event, InvalidEventError, StreamNotFound, connect, sanitize
+from aether_audit._fastdecode import event_fields, snapshot_fields
 from aether_audit._frames import decode_messages
 from aether_audit._sync import run_sync
 from aether_audit._wire import DecodeError, decode_event, decode_snapshot
@@ -173,6 +174,16 @@ def test_a_well_formed_event_keeps_every_field_and_every_unknown_key(payload):
         return
     unknown = {k: v for k, v in document.items() if k.lower() not in {x.lower() for x in KNOWN_EVENT_KEYS}}
     assert (orjson.loads(fields[6]) if fields[6] else {}) == unknown
+
+
+@settings(max_examples=500, deadline=None, database=None)
+@given(payloads, st.booleans())
+def test_the_fast_decoder_declines_or_agrees_with_the_exact_one(payload, snapshot):
+    fast = (snapshot_fields if snapshot else event_fields)(payload)
+    if fast is None:
+        return
+    exact = (decode_snapshot if snapshot else decode_event)(payload)  # a DecodeError here fails the test
+    assert tuple(v.decode() if isinstance(v, bytes) else v for v in fast) == exact
 
 
 @settings(max_examples=200, deadline=None, database=None)
