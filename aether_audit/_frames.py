@@ -115,15 +115,13 @@ def decode_messages(
     payloads: Sequence[bytes],
     *,
     snapshot_prefix: str,
-    actor_id: str | None = None,
 ) -> DecodedBatch:
-    """Decode raw stream messages into events, snapshots and replay errors.
+    """Decode raw stream messages into events, snapshots and replay errors:
+    every message lands in exactly one of them.
 
     A subject starting with ``snapshot_prefix`` holds a snapshot; every other
-    message is read as an event, as the Go reader would. With ``actor_id``,
-    decoded rows of other actors sharing the subject are left out (the Go
-    reader would wrongly include them); undecodable messages are kept unless
-    their payload names another actor.
+    message is read as an event, as the Go reader would. Which rows belong to
+    an actor is the reader's question (``_reader.ActorSet``), not this one's.
     """
     # Events go straight into columns (no row objects for the collector to
     # walk); snapshots and errors are few and stay rows.
@@ -141,26 +139,23 @@ def decode_messages(
             # so decodes exactly as below) or hands it to the exact decoder.
             if is_snapshot:
                 fields = snapshot_fields(payload) or decode_snapshot(payload)
-                if actor_id is None or fields[0] == actor_id:
-                    add_snapshot((seqs[index], stored_ns[index], subject) + fields)
+                add_snapshot((seqs[index], stored_ns[index], subject) + fields)
             else:
                 event_id, event_type, actor, version, data, stamp, extra = (
                     event_fields(payload) or decode_event(payload))
-                if actor_id is None or actor == actor_id:
-                    add_row(index)
-                    add_id(event_id)
-                    add_type(event_type)
-                    add_actor(actor)
-                    add_version(version)
-                    add_data(data)
-                    add_stamp(stamp)
-                    add_extra(extra)
+                add_row(index)
+                add_id(event_id)
+                add_type(event_type)
+                add_actor(actor)
+                add_version(version)
+                add_data(data)
+                add_stamp(stamp)
+                add_extra(extra)
         except DecodeError as exc:
             hint = actor_id_hint(payload)
-            if actor_id is None or hint in (None, actor_id):
-                code = "malformed_snapshot" if is_snapshot else "malformed_payload"
-                add_error((seqs[index], stored_ns[index], subject, hint or actor_from_subject(subject), code,
-                           str(exc), payload))
+            code = "malformed_snapshot" if is_snapshot else "malformed_payload"
+            add_error((seqs[index], stored_ns[index], subject, hint or actor_from_subject(subject), code,
+                       str(exc), payload))
     stored = (seqs, stored_ns, subjects)
     if len(rows) != len(seqs):
         stored = tuple([column[index] for index in rows] for column in stored)
