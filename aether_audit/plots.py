@@ -209,32 +209,35 @@ def _lump_types(types: pd.Series, limit: int = MAX_EVENT_TYPES) -> pd.Series:
 
 
 def version_marks(events: pd.DataFrame) -> pd.DataFrame:
-    """Version anomalies derived from the events alone, in findings shape.
+    """Version anomalies of the events alone, in findings shape: what the
+    version checks themselves find (``version_gap``, ``version_duplicate``,
+    ``version_regression``), so a plot never disagrees with the audit.
 
-    Rows of ``code`` (``version_gap``, ``version_duplicate``,
-    ``version_regression``), ``actor_id``, ``stream_seq`` and ``version``: the
-    event at which each anomaly shows, walking each actor in stream order.
-    The plots use it when no audit findings are given.
+    Rows of ``code``, ``actor_id``, ``stream_seq`` and ``version``: the event
+    at which each anomaly shows. The plots use it when no audit findings are
+    given.
 
     Example:
         >>> version_marks(store.history("order-7"))  # doctest: +SKIP
     """
+    from ._checks import errors_frame, events_frame, run_checks, snapshots_frame
+    from ._frames import EVENT_SCHEMA, StreamFrames
+
     columns = ["code", "actor_id", "stream_seq", "version"]
     if _is_empty(events, "actor_id", "version", "stream_seq"):
         return pd.DataFrame(columns=columns)
-    ordered = events[["actor_id", "stream_seq", "version"]].sort_values("stream_seq", kind="stable")
-    versions = ordered["version"]
-    # Vectorised walk of each actor in stream order: the highest version seen
-    # before each event, and whether its version was already seen.
-    previous = versions.groupby(ordered["actor_id"], sort=False).cummax()
-    previous = previous.groupby(ordered["actor_id"], sort=False).shift(1).fillna(0)
-    duplicate = ordered.duplicated(["actor_id", "version"], keep="first")
-    code = np.select(
-        [duplicate, versions < previous, versions > previous + 1],
-        ["version_duplicate", "version_regression", "version_gap"], default="",
-    )
-    marks = ordered.assign(code=code)[code != ""]
-    return marks[columns].reset_index(drop=True)
+    codes = [code for code in ("version_gap", "version_duplicate", "version_regression") if code in MARKERS]
+    if set(EVENT_SCHEMA.names) - set(events.columns):  # a hand-made frame: the checks want every column
+        from ._wire import event_subject
+
+        rows = events[["actor_id", "stream_seq", "version"]].to_dict("records")
+        events = events_frame([{**row, "subject": event_subject("s", str(row["actor_id"]))} for row in rows])
+    found = run_checks(StreamFrames(events, snapshots_frame([]), errors_frame([])), codes)
+    marks = found[found["stream_seq"].notna()][["code", "actor_id", "stream_seq"]]
+    versions = events.drop_duplicates("stream_seq").set_index("stream_seq")["version"]
+    marks = marks.assign(stream_seq=marks["stream_seq"].astype("int64"))
+    marks["version"] = marks["stream_seq"].map(versions).astype("int64")
+    return marks.sort_values("stream_seq", kind="stable")[columns].reset_index(drop=True)
 
 
 def version_timeline(
@@ -448,23 +451,18 @@ def seq_ranges(seqs: Iterable[int], first_seq: int, last_seq: int) -> tuple[list
         >>> seq_ranges([1, 2, 5], 1, 6)
         ([(1, 2), (5, 5)], [(3, 4), (6, 6)])
     """
+    from ._checks import hole_runs
+
     values = np.unique(np.asarray(seqs if hasattr(seqs, "__len__") else list(seqs), dtype=np.int64))
-    values = values[(values >= first_seq) & (values <= last_seq)]
-    present: list[tuple[int, int]] = []
-    holes: list[tuple[int, int]] = []
-    cursor = first_seq
-    if len(values):
-        # Runs of consecutive numbers: break wherever the step is not 1.
-        breaks = np.flatnonzero(np.diff(values) != 1)
-        starts = np.concatenate(([values[0]], values[breaks + 1]))
-        ends = np.concatenate((values[breaks], [values[-1]]))
-        for start, end in zip(starts.tolist(), ends.tolist()):
-            if start > cursor:
-                holes.append((cursor, start - 1))
-            present.append((start, end))
-            cursor = end + 1
+    # The holes are the deleted_sequence check's own; what is present lies between them.
+    holes = hole_runs(values, first_seq, last_seq)
+    present, cursor = [], first_seq
+    for a, b in holes:
+        if a > cursor:
+            present.append((cursor, a - 1))
+        cursor = b + 1
     if cursor <= last_seq:
-        holes.append((cursor, last_seq))
+        present.append((cursor, last_seq))
     return present, holes
 
 
