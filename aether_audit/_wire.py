@@ -412,7 +412,7 @@ def _load_lenient(payload: bytes) -> Any:
     return _replace_surrogates(document)
 
 
-def _load_object(payload: bytes) -> dict[str, Any]:
+def _load_object(payload: bytes, go_type: str = "aether.Event") -> dict[str, Any]:
     try:
         document = orjson.loads(payload)
     except orjson.JSONDecodeError as exc:
@@ -425,7 +425,7 @@ def _load_object(payload: bytes) -> dict[str, Any]:
     if document is None:
         return {}  # Go: unmarshalling null into a struct is a no-op, not an error
     if type(document) is not dict:
-        raise DecodeError(f"json: cannot unmarshal {_json_kind(document)} into Go value of type aether.Event")
+        raise DecodeError(f"json: cannot unmarshal {_json_kind(document)} into Go value of type {go_type}")
     return document
 
 
@@ -466,7 +466,7 @@ def decode_event(payload: bytes) -> EventFields:
 
 def decode_snapshot(payload: bytes) -> SnapshotFields:
     """Decode a snapshot message as Go would; raises ``DecodeError`` where Go fails."""
-    document = _load_object(payload)
+    document = _load_object(payload, "aether.ActorSnapshot")
     if document.keys() == _SNAPSHOT_KEY_SET:
         fields = document
     else:
