@@ -14,6 +14,7 @@ from ._errors import (
     AuditError,
     AuditFailed,
     AuthenticationFailed,
+    CheckpointError,
     ConnectionFailed,
     EmbeddedServerError,
     ExportError,
@@ -27,7 +28,8 @@ from ._errors import (
     StreamNotFound,
     VersionConflictError,
 )
-from ._export import VerifyResult, read_export, verify_exports
+from ._export_read import read_export
+from ._verify import VerifyResult, verify_export, verify_exports
 from ._frames import StreamFrames
 from ._records import (
     ActorSnapshot,
@@ -54,6 +56,7 @@ __all__ = [
     "AuthenticationFailed",
     "CHECKS",
     "CheckOptions",
+    "CheckpointError",
     "ConnectOptions",
     "ConnectionFailed",
     "EmbeddedServerError",
@@ -89,5 +92,6 @@ __all__ = [
     "sanitize",
     "snapshot_subject",
     "stream_name",
+    "verify_export",
     "verify_exports",
 ]

@@ -32,7 +32,7 @@ import pyarrow as pa
 
 from ._checks import CHECKS, CheckOptions, history_rewritten
 from ._engine import AuditEngine
-from ._errors import AuditError
+from ._errors import CheckpointError
 from ._files import write_atomic
 from ._records import StreamState
 
@@ -41,11 +41,6 @@ __all__ = ["CheckpointError", "compare", "keys_dir", "load_checkpoint", "save_ch
 MAGIC = b"aether-audit checkpoint\n"
 FORMAT = 1
 MAX_SAMPLES = 512
-
-
-class CheckpointError(AuditError):
-    """A checkpoint file that cannot be used: damaged, truncated, of another
-    stream, or made with other check options."""
 
 
 def keys_dir(path: Path) -> Path:

@@ -19,6 +19,7 @@ from nats-py and from the raw protocol are translated at the one boundary
     ├── EmbeddedServerError       no usable nats-server binary, or it failed
     ├── ScenarioError             a scenario file that cannot be seeded
     ├── ExportError               an export directory that cannot be used
+    ├── CheckpointError           an audit checkpoint that cannot be used
     └── AuditFailed               an audit found problems (raised only when asked)
 """
 
@@ -28,6 +29,7 @@ __all__ = [
     "AuditError",
     "AuditFailed",
     "AuthenticationFailed",
+    "CheckpointError",
     "ConnectionFailed",
     "EmbeddedServerError",
     "ExportError",
@@ -129,6 +131,11 @@ class ScenarioError(AuditError):
 
 class ExportError(AuditError):
     """An export directory that cannot be written, read or verified."""
+
+
+class CheckpointError(AuditError):
+    """A checkpoint file that cannot be used: damaged, truncated, of another
+    stream, or made with other check options."""
 
 
 class AuditFailed(AuditError):
