@@ -46,6 +46,12 @@ FRESH_ROWS = 200_000
 MAX_SEGMENTS = 24
 
 
+def _flat(values: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """One contiguous array: a pandas column of a big frame comes back from
+    Arrow in chunks, and a record batch takes arrays only."""
+    return values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+
+
 def partition_of(keys: pa.Array, chunk: int = 16_384) -> np.ndarray:
     """A stable partition number (0..PARTS-1) per key, from its bytes.
 
@@ -171,8 +177,8 @@ class KeyStore:
     def add(self, keys: pa.Array, seqs: Any, ords: Any, extra: Mapping[str, pa.Array] | None = None) -> None:
         if len(keys) == 0:
             return
-        columns = [keys.cast(pa.large_string()), pa.array(seqs, pa.int64()), pa.array(ords, pa.int64())]
-        columns += [pa.array((extra or {})[name]).cast(pa.large_string()) for name in self.extra]
+        columns = [_flat(keys).cast(pa.large_string()), pa.array(seqs, pa.int64()), pa.array(ords, pa.int64())]
+        columns += [_flat(pa.array((extra or {})[name])).cast(pa.large_string()) for name in self.extra]
         batch = pa.RecordBatch.from_arrays(columns, schema=self.schema)
         self._buffer.append(batch)
         self._buffered += len(keys)

@@ -415,3 +415,19 @@ def test_frames_fed_in_small_batches_give_the_same_findings():
         engine.close()
     assert {"version_gap", "version_duplicate", "version_regression", "duplicate_event_id",
             "deleted_sequence", "snapshot_ahead"} <= set(whole["code"])
+
+
+def test_frames_loaded_in_several_batches_audit_like_one():
+    # A loaded stream's pandas columns come back from Arrow in chunks (one per
+    # batch read); the key store took only contiguous arrays and failed.
+    import pyarrow as pa
+
+    from aether_audit._frames import EVENT_SCHEMA, to_pandas
+
+    rows = [{"stream_seq": n, "subject": event_subject("s", "acct-1"), "actor_type": "acct", "actor_id": "acct-1",
+             "version": n, "event_type": "X", "event_id": "same" if n in (1, 3) else f"e{n}",
+             "timestamp": pd.Timestamp("2026-01-01", tz="UTC")} for n in range(1, 5)]
+    batches = [pa.RecordBatch.from_pylist(rows[i:i + 2], schema=EVENT_SCHEMA) for i in (0, 2)]
+    events = to_pandas(pa.Table.from_batches(batches))
+    one = audit_frames(StreamFrames(events, snapshots_frame([]), errors_frame([])), ["duplicate_event_id"])
+    assert one.findings["stream_seq"].tolist() == [3]
