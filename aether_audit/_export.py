@@ -26,6 +26,7 @@ table at all, never a wrong one.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import ctypes
 import errno
@@ -193,6 +194,7 @@ class _PartWriter:
         self.temp: Path | None = None
         self.file_rows = self.first_seq = self.last_seq = 0
         self.finished: list[_Written] = []
+        self.made = False  # the directory exists
 
     def add(self, batch: pa.RecordBatch) -> None:
         self.pending.append(batch)
@@ -209,9 +211,8 @@ class _PartWriter:
         open writer. That is what most partitions of a stream with many
         actor types get; a bigger partition opens a file and streams on."""
         rows = sum(b.num_rows for b in batches)
-        whole = ROW_GROUP_ROWS if last else max(1, ROW_GROUP_ROWS // 10)
-        if self.writer is None and not self.pending_rows and rows < whole:
-            self._write_whole(pa.Table.from_batches(batches, schema=self.schema))
+        if self.takes_whole(rows, last=last):
+            self.write_whole(pa.Table.from_batches(batches, schema=self.schema))
             return
         self.pending += batches
         self.pending_rows += rows
@@ -272,8 +273,16 @@ class _PartWriter:
         self.writer, self.temp, self.file_rows = None, None, 0
         self.opened.pop(id(self), None)
 
-    def _write_whole(self, table: pa.Table) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
+    def takes_whole(self, rows: int, *, last: bool) -> bool:
+        whole = ROW_GROUP_ROWS if last else max(1, ROW_GROUP_ROWS // 10)
+        return self.writer is None and not self.pending_rows and rows < whole
+
+    def write_whole(self, table: pa.Table) -> None:
+        """``table`` as one finished file (safe in a worker thread: it touches
+        only this partition)."""
+        if not self.made:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            self.made = True
         seqs = table.column("stream_seq")
         first_seq, last_seq = seqs[0].as_py(), seqs[-1].as_py()
         metadata = {**self.schema.metadata,
@@ -310,8 +319,16 @@ class _PartWriter:
                 self.writer.close()
 
 
-PARQUET_OPTIONS: dict[str, Any] = {"version": "2.6", "compression": "zstd", "use_dictionary": True,
+# Dictionary encoding only for the columns whose values repeat: for the
+# others (sequences, ids, hashes, times, payloads) it is tried, then dropped
+# for plain, and costs one more compressed page per column, which with
+# thousands of small files is a good part of the writing.
+REPEATING_COLUMNS = ["subject", "actor_type", "actor_id", "event_type", "extra", "code", "message"]
+PARQUET_OPTIONS: dict[str, Any] = {"version": "2.6", "compression": "zstd", "use_dictionary": REPEATING_COLUMNS,
                                    "write_statistics": True}
+# Threads writing the whole files of small partitions (Parquet encoding,
+# zstd and the file writes release the GIL).
+WRITE_THREADS = 2
 
 
 def _parquet_writer(path: Path, schema: pa.Schema) -> pq.ParquetWriter:
@@ -453,8 +470,7 @@ class _EventBuffer:
                 if value not in picked:
                     chosen.append(value)
                     left -= self.sizes[value]
-        for value in chosen:
-            self.writer_of(value).write(self._slices(value), last=False)
+        self._write(chosen, last=False)
         written = set(chosen)
         chunks, self.chunks, self.bytes, self.rows, self.sizes = self.chunks, [], 0, {}, {}
         while chunks:  # compact each chunk to its kept rows, so the written rows' memory is freed now
@@ -469,9 +485,36 @@ class _EventBuffer:
             self._append(*_take_spans(chunks, list(dict.fromkeys(v for _, spans in chunks for v in spans))))
 
     def close(self) -> None:
-        for value in list(self.rows):
-            self.writer_of(value).write(self._slices(value), last=True)
+        self._write(list(self.rows), last=True)
         self.chunks, self.bytes, self.rows, self.sizes = [], 0, {}, {}
+
+    def _write(self, values: list[str], *, last: bool) -> None:
+        """The buffered rows of ``values``: small partitions as whole files,
+        in ``WRITE_THREADS`` threads; the others into their open files."""
+        wholes = []
+        for value in values:
+            writer = self.writer_of(value)
+            if writer.takes_whole(self.rows[value], last=last):
+                wholes.append((writer, value))
+            else:
+                writer.write(self._slices(value), last=last)
+
+        def whole(writer: _PartWriter, value: str) -> None:
+            # Slices made only now: thousands of partitions' slices at once
+            # would cost more memory (array objects) than their rows.
+            writer.write_whole(pa.Table.from_batches(self._slices(value), schema=writer.schema))
+
+        if len(wholes) == 1 or WRITE_THREADS <= 1:
+            for writer, value in wholes:
+                whole(writer, value)
+        elif wholes:
+            with concurrent.futures.ThreadPoolExecutor(WRITE_THREADS) as pool:
+                try:
+                    for done in [pool.submit(whole, writer, value) for writer, value in wholes]:
+                        done.result()
+                except BaseException:
+                    pool.shutdown(cancel_futures=True)  # the run is failing: start no more files
+                    raise
 
 
 def _take_spans(chunks: list[tuple[pa.RecordBatch, Spans]], values: list[str]) -> tuple[pa.RecordBatch, Spans]:
