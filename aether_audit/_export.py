@@ -103,8 +103,9 @@ FILE_ROWS = 1_000_000
 # buffered unsplit (each batch sorted by actor type once), and beyond the
 # budget the biggest partitions are written until half of it is free. This
 # keeps peak memory flat however long the stream and however many actor
-# types, and each partition gets few, large files.
-BUFFER_BYTES = 64 << 20
+# types, and each partition gets few, large files: a run whose events fit
+# (about 200,000 events of 360 bytes) writes one file per actor type.
+BUFFER_BYTES = 96 << 20
 # Parquet files open at once, whatever the number of actor types: beyond it
 # the least recently written partition's file is finished (the partition
 # starts a new file when more rows come), so ``ulimit -n 1024`` is never near.
@@ -291,7 +292,7 @@ class _PartWriter:
                     (META_PREFIX + "rows").encode(): str(table.num_rows).encode()}
         sink = pa.BufferOutputStream()
         pq.write_table(table.replace_schema_metadata(metadata), sink, row_group_size=ROW_GROUP_ROWS,
-                       **PARQUET_OPTIONS)
+                       **WHOLE_OPTIONS)
         data = sink.getvalue()
         name = part_name(first_seq, last_seq)
         path = self.directory / name
@@ -326,6 +327,12 @@ class _PartWriter:
 REPEATING_COLUMNS = ["subject", "actor_type", "actor_id", "event_type", "extra", "code", "message"]
 PARQUET_OPTIONS: dict[str, Any] = {"version": "2.6", "compression": "zstd", "use_dictionary": REPEATING_COLUMNS,
                                    "write_statistics": True}
+# A partition's file written whole (fewer rows than a row group) uses
+# snappy: for a few KB, zstd compresses no better and its per-page start
+# costs more than all the rest of the file (thousands of actor types:
+# thousands of such files). Large, streamed files keep zstd. Every engine
+# reads both (the codec is per column chunk).
+WHOLE_OPTIONS: dict[str, Any] = dict(PARQUET_OPTIONS, compression="snappy")
 # Threads writing the whole files of small partitions (Parquet encoding,
 # zstd and the file writes release the GIL).
 WRITE_THREADS = 2
@@ -502,7 +509,10 @@ class _EventBuffer:
         def whole(writer: _PartWriter, value: str) -> None:
             # Slices made only now: thousands of partitions' slices at once
             # would cost more memory (array objects) than their rows.
-            writer.write_whole(pa.Table.from_batches(self._slices(value), schema=writer.schema))
+            # One batch: the Parquet writer's cost is per chunk and column.
+            slices = self._slices(value)
+            batch = slices[0] if len(slices) == 1 else pa.concat_batches(slices)
+            writer.write_whole(pa.Table.from_batches([batch], schema=writer.schema))
 
         if len(wholes) == 1 or WRITE_THREADS <= 1:
             for writer, value in wholes:
