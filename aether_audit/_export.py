@@ -445,9 +445,16 @@ class _EventBuffer:
     def __init__(self, writer_of: Any) -> None:
         self.writer_of = writer_of  # partition -> its _PartWriter
         self.chunks: list[tuple[pa.RecordBatch, Spans]] = []
+        self._empty()
+
+    def _empty(self) -> list[tuple[pa.RecordBatch, Spans]]:
+        """Empty the buffer; the chunks it held."""
+        chunks, self.chunks = self.chunks, []
         self.bytes = 0
         self.rows: dict[str, int] = {}
         self.sizes: dict[str, float] = {}  # estimated bytes per partition
+        self.where: dict[str, list[int]] = {}  # partition -> the chunks holding its rows
+        return chunks
 
     def add(self, batch: pa.RecordBatch, keys: pa.Array) -> None:
         chunk, spans = _sort_by(batch, keys)
@@ -460,12 +467,14 @@ class _EventBuffer:
         self.chunks.append((chunk, spans))
         self.bytes += chunk.nbytes
         per_row = chunk.nbytes / max(chunk.num_rows, 1)
+        index = len(self.chunks) - 1
         for value, (_, count) in spans.items():
+            self.where.setdefault(value, []).append(index)
             self.rows[value] = self.rows.get(value, 0) + count
             self.sizes[value] = self.sizes.get(value, 0.0) + count * per_row
 
     def _slices(self, value: str) -> list[pa.RecordBatch]:
-        return [chunk.slice(*spans[value]) for chunk, spans in self.chunks if value in spans]
+        return [self.chunks[i][0].slice(*self.chunks[i][1][value]) for i in self.where[value]]
 
     def _flush(self, chosen: list[str]) -> None:
         left = self.bytes - sum(self.sizes[value] for value in chosen)
@@ -479,7 +488,7 @@ class _EventBuffer:
                     left -= self.sizes[value]
         self._write(chosen, last=False)
         written = set(chosen)
-        chunks, self.chunks, self.bytes, self.rows, self.sizes = self.chunks, [], 0, {}, {}
+        chunks = self._empty()
         while chunks:  # compact each chunk to its kept rows, so the written rows' memory is freed now
             chunk, spans = chunks.pop(0)
             kept = {value: span for value, span in spans.items() if value not in written}
@@ -488,12 +497,12 @@ class _EventBuffer:
             if kept:
                 self._append(chunk, kept)
         if len(self.chunks) > MAX_CHUNKS:  # many flushes: one chunk again
-            chunks, self.chunks, self.bytes, self.rows, self.sizes = self.chunks, [], 0, {}, {}
+            chunks = self._empty()
             self._append(*_take_spans(chunks, list(dict.fromkeys(v for _, spans in chunks for v in spans))))
 
     def close(self) -> None:
         self._write(list(self.rows), last=True)
-        self.chunks, self.bytes, self.rows, self.sizes = [], 0, {}, {}
+        self._empty()
 
     def _write(self, values: list[str], *, last: bool) -> None:
         """The buffered rows of ``values``: small partitions as whole files,
