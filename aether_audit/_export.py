@@ -204,15 +204,14 @@ class _PartWriter:
         if self.pending_rows >= ROW_GROUP_ROWS:
             self.flush()
 
-    def write(self, batches: list[pa.RecordBatch], *, last: bool) -> None:
-        """Write rows now. Into the open file if there is one; else a few
-        rows (the partition's ``last`` ones, under a row group, or a small
-        share of a row group before) become one whole file in one step: no
-        writer kept open, no reread for the sha256, far less memory than an
-        open writer. That is what most partitions of a stream with many
-        actor types get; a bigger partition opens a file and streams on."""
+    def write(self, batches: list[pa.RecordBatch]) -> None:
+        """Write rows now. Into the open file if there is one; else fewer
+        than a tenth of a row group become one whole file in one step: no writer
+        kept open, no reread for the sha256. That is what most partitions of
+        a stream with many actor types get; a bigger partition opens a file
+        (zstd) and streams on."""
         rows = sum(b.num_rows for b in batches)
-        if self.takes_whole(rows, last=last):
+        if self.takes_whole(rows):
             self.write_whole(pa.Table.from_batches(batches, schema=self.schema))
             return
         self.pending += batches
@@ -274,9 +273,8 @@ class _PartWriter:
         self.writer, self.temp, self.file_rows = None, None, 0
         self.opened.pop(id(self), None)
 
-    def takes_whole(self, rows: int, *, last: bool) -> bool:
-        whole = ROW_GROUP_ROWS if last else max(1, ROW_GROUP_ROWS // 10)
-        return self.writer is None and not self.pending_rows and rows < whole
+    def takes_whole(self, rows: int) -> bool:
+        return self.writer is None and not self.pending_rows and rows < ROW_GROUP_ROWS // WHOLE_SHARE
 
     def write_whole(self, table: pa.Table) -> None:
         """``table`` as one finished file (safe in a worker thread: it touches
@@ -327,8 +325,10 @@ class _PartWriter:
 REPEATING_COLUMNS = ["subject", "actor_type", "actor_id", "event_type", "extra", "code", "message"]
 PARQUET_OPTIONS: dict[str, Any] = {"version": "2.6", "compression": "zstd", "use_dictionary": REPEATING_COLUMNS,
                                    "write_statistics": True}
-# A partition's file written whole (fewer rows than a row group) uses
-# snappy: for a few KB, zstd compresses no better and its per-page start
+# A partition with fewer rows to write than this share of a row group
+# (10,000) and no open file gets one whole file, encoded in memory.
+WHOLE_SHARE = 10
+# Such a file uses snappy: for a few KB, zstd compresses no better and its per-page start
 # costs more than all the rest of the file (thousands of actor types:
 # thousands of such files). Large, streamed files keep zstd. Every engine
 # reads both (the codec is per column chunk).
@@ -343,8 +343,9 @@ def _parquet_writer(path: Path, schema: pa.Schema) -> pq.ParquetWriter:
 
 
 class _RunWriter:
-    """All files of one export run: events split by actor type and hash-chained,
-    snapshots and replay errors as they come, each kind into its staging dir."""
+    """All files of one export run: events hash-chained, then buffered and
+    written by actor type (``_EventBuffer``), snapshots and replay errors as
+    they come, each kind into its staging dir."""
 
     def __init__(self, staging: dict[str, Path], stream: str, first_seq: int, last_seq: int,
                  heads: Heads, unit: str) -> None:
@@ -486,7 +487,7 @@ class _EventBuffer:
                 if value not in picked:
                     chosen.append(value)
                     left -= self.sizes[value]
-        self._write(chosen, last=False)
+        self._write(chosen)
         written = set(chosen)
         chunks = self._empty()
         while chunks:  # compact each chunk to its kept rows, so the written rows' memory is freed now
@@ -501,19 +502,19 @@ class _EventBuffer:
             self._append(*_take_spans(chunks, list(dict.fromkeys(v for _, spans in chunks for v in spans))))
 
     def close(self) -> None:
-        self._write(list(self.rows), last=True)
+        self._write(list(self.rows))
         self._empty()
 
-    def _write(self, values: list[str], *, last: bool) -> None:
+    def _write(self, values: list[str]) -> None:
         """The buffered rows of ``values``: small partitions as whole files,
         in ``WRITE_THREADS`` threads; the others into their open files."""
         wholes = []
         for value in values:
             writer = self.writer_of(value)
-            if writer.takes_whole(self.rows[value], last=last):
+            if writer.takes_whole(self.rows[value]):
                 wholes.append((writer, value))
             else:
-                writer.write(self._slices(value), last=last)
+                writer.write(self._slices(value))
 
         def whole(writer: _PartWriter, value: str) -> None:
             # Slices made only now: thousands of partitions' slices at once
@@ -841,9 +842,11 @@ async def export_stream(
     """Export the stream of ``reader`` under ``out_dir``; returns the manifest.
 
     ``reader`` needs only ``stream_name``, ``stream_state()`` and ``scan()``
-    (an ``AsyncEventStore`` has them). Streams: batches are hash-chained and
-    appended to one Parquet writer per actor type, so memory does not grow
-    with the stream. ``incremental`` first checks what it builds on (every
+    (an ``AsyncEventStore`` has them). Streams: batches are hash-chained in
+    stream order, then buffered sorted by actor type within ``BUFFER_BYTES``
+    and written by partition (few, large files per actor type, a bounded
+    number open), so memory grows neither with the stream nor with the
+    number of actor types. ``incremental`` first checks what it builds on (every
     file's size and sha256, the manifest's counts, the chain heads against
     the last rows, the stream's identity) and refuses with ``ExportError``
     when anything differs; then it adds only messages after the manifest's
