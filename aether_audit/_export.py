@@ -478,6 +478,9 @@ class _EventBuffer:
         return [self.chunks[i][0].slice(*self.chunks[i][1][value]) for i in self.where[value]]
 
     def _flush(self, chosen: list[str]) -> None:
+        if self.bytes > BUFFER_BYTES:  # first every partition that streams into a file: no new files, no copy
+            chosen += [value for value, rows in self.rows.items()
+                       if rows < ROW_GROUP_ROWS and rows >= ROW_GROUP_ROWS // WHOLE_SHARE]
         left = self.bytes - sum(self.sizes[value] for value in chosen)
         if left > BUFFER_BYTES // 2:
             picked = set(chosen)
