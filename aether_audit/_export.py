@@ -205,17 +205,9 @@ class _PartWriter:
             self.flush()
 
     def write(self, batches: list[pa.RecordBatch]) -> None:
-        """Write rows now. Into the open file if there is one; else fewer
-        than a tenth of a row group become one whole file in one step: no writer
-        kept open, no reread for the sha256. That is what most partitions of
-        a stream with many actor types get; a bigger partition opens a file
-        (zstd) and streams on."""
-        rows = sum(b.num_rows for b in batches)
-        if self.takes_whole(rows):
-            self.write_whole(pa.Table.from_batches(batches, schema=self.schema))
-            return
+        """Write rows now, into the open file or a new one (zstd), streaming on."""
         self.pending += batches
-        self.pending_rows += rows
+        self.pending_rows += sum(b.num_rows for b in batches)
         self.flush()  # written at once: no pending bytes to count
 
     def flush(self) -> None:
@@ -274,23 +266,26 @@ class _PartWriter:
         self.opened.pop(id(self), None)
 
     def takes_whole(self, rows: int) -> bool:
+        """Fewer than a tenth of a row group and no open file: one whole file
+        in one step, no writer kept open, no reread for the sha256. What most
+        partitions of a stream with many actor types get."""
         return self.writer is None and not self.pending_rows and rows < ROW_GROUP_ROWS // WHOLE_SHARE
 
-    def write_whole(self, table: pa.Table) -> None:
-        """``table`` as one finished file (safe in a worker thread: it touches
+    def write_whole(self, rows: pa.RecordBatch) -> None:
+        """``rows`` as one finished file (safe in a worker thread: it touches
         only this partition)."""
         if not self.made:
             self.directory.mkdir(parents=True, exist_ok=True)
             self.made = True
-        seqs = table.column("stream_seq")
+        seqs = rows.column("stream_seq")
         first_seq, last_seq = seqs[0].as_py(), seqs[-1].as_py()
         metadata = {**self.schema.metadata,
                     (META_PREFIX + "first_seq").encode(): str(first_seq).encode(),
                     (META_PREFIX + "last_seq").encode(): str(last_seq).encode(),
-                    (META_PREFIX + "rows").encode(): str(table.num_rows).encode()}
+                    (META_PREFIX + "rows").encode(): str(rows.num_rows).encode()}
+        table = pa.Table.from_batches([rows], schema=self.schema.with_metadata(metadata))
         sink = pa.BufferOutputStream()
-        pq.write_table(table.replace_schema_metadata(metadata), sink, row_group_size=ROW_GROUP_ROWS,
-                       **WHOLE_OPTIONS)
+        pq.write_table(table, sink, row_group_size=ROW_GROUP_ROWS, **WHOLE_OPTIONS)
         data = sink.getvalue()
         name = part_name(first_seq, last_seq)
         path = self.directory / name
@@ -525,7 +520,7 @@ class _EventBuffer:
             # One batch: the Parquet writer's cost is per chunk and column.
             slices = self._slices(value)
             batch = slices[0] if len(slices) == 1 else pa.concat_batches(slices)
-            writer.write_whole(pa.Table.from_batches([batch], schema=writer.schema))
+            writer.write_whole(batch)
 
         if len(wholes) == 1 or WRITE_THREADS <= 1:
             for writer, value in wholes:
