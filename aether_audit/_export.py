@@ -26,6 +26,7 @@ table at all, never a wrong one.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import ctypes
 import errno
@@ -92,20 +93,25 @@ __all__ = [
     "verify_exports",
 ]
 
-# Rows a partition buffers before writing them as one row group (pyarrow
+# Rows a partition gathers before they are written as one row group (pyarrow
 # cannot append to an open row group, so rows wait in memory until then).
 ROW_GROUP_ROWS = 100_000
 # A new file every this many rows per partition: a file is never held open
 # (nor its footer metadata grown) without bound.
 FILE_ROWS = 1_000_000
-# All partitions' not-yet-written rows together stay under this; beyond it the
-# biggest buffers are written as (smaller) row groups. This is what keeps peak
-# memory flat however long the stream and however many actor types.
-BUFFER_BYTES = 64 << 20
+# The run's not-yet-written rows together stay under this: events are
+# buffered unsplit (each batch sorted by actor type once), and beyond the
+# budget the biggest partitions are written until half of it is free. This
+# keeps peak memory flat however long the stream and however many actor
+# types, and each partition gets few, large files: a run whose events fit
+# (about 200,000 events of 360 bytes) writes one file per actor type.
+BUFFER_BYTES = 96 << 20
 # Parquet files open at once, whatever the number of actor types: beyond it
 # the least recently written partition's file is finished (the partition
 # starts a new file when more rows come), so ``ulimit -n 1024`` is never near.
 MAX_OPEN_FILES = 64
+# Buffered chunks of events beyond which they are merged into one.
+MAX_CHUNKS = 64
 # Fault injection for the crash tests: at the named point the process kills
 # itself (``NAME``) or interrupts itself (``NAME:INT``). Points: ``writing``
 # (first file open), ``before_manifest``, ``after_manifest``, ``after_exchange``
@@ -189,6 +195,7 @@ class _PartWriter:
         self.temp: Path | None = None
         self.file_rows = self.first_seq = self.last_seq = 0
         self.finished: list[_Written] = []
+        self.made = False  # the directory exists
 
     def add(self, batch: pa.RecordBatch) -> None:
         self.pending.append(batch)
@@ -196,6 +203,12 @@ class _PartWriter:
         self.pending_bytes += batch.nbytes
         if self.pending_rows >= ROW_GROUP_ROWS:
             self.flush()
+
+    def write(self, batches: list[pa.RecordBatch]) -> None:
+        """Write rows now, into the open file or a new one (zstd), streaming on."""
+        self.pending += batches
+        self.pending_rows += sum(b.num_rows for b in batches)
+        self.flush()  # written at once: no pending bytes to count
 
     def flush(self) -> None:
         """Write the buffered rows (as many row groups as they fill)."""
@@ -252,6 +265,42 @@ class _PartWriter:
         self.writer, self.temp, self.file_rows = None, None, 0
         self.opened.pop(id(self), None)
 
+    def takes_whole(self, rows: int) -> bool:
+        """Fewer than a tenth of a row group and no open file: one whole file
+        in one step, no writer kept open, no reread for the sha256. What most
+        partitions of a stream with many actor types get."""
+        return self.writer is None and not self.pending_rows and rows < ROW_GROUP_ROWS // WHOLE_SHARE
+
+    def write_whole(self, rows: pa.RecordBatch) -> None:
+        """``rows`` as one finished file (safe in a worker thread: it touches
+        only this partition)."""
+        if not self.made:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            self.made = True
+        seqs = rows.column("stream_seq")
+        first_seq, last_seq = seqs[0].as_py(), seqs[-1].as_py()
+        metadata = {**self.schema.metadata,
+                    (META_PREFIX + "first_seq").encode(): str(first_seq).encode(),
+                    (META_PREFIX + "last_seq").encode(): str(last_seq).encode(),
+                    (META_PREFIX + "rows").encode(): str(rows.num_rows).encode()}
+        table = pa.Table.from_batches([rows], schema=self.schema.with_metadata(metadata))
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink, row_group_size=ROW_GROUP_ROWS, **WHOLE_OPTIONS)
+        data = sink.getvalue()
+        name = part_name(first_seq, last_seq)
+        path = self.directory / name
+        _stop_at("writing")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        try:
+            with memoryview(data) as view:
+                done = 0
+                while done < len(view):
+                    done += os.write(fd, view[done:])
+        finally:
+            os.close(fd)
+        self.finished.append(_Written(self.kind, path, f"{self.relative}/{name}", table.num_rows, first_seq,
+                                      last_seq, hashlib.sha256(data).hexdigest(), self.partition))
+
     def close(self) -> list[_Written]:
         self.flush()
         if self.writer is not None:
@@ -264,14 +313,34 @@ class _PartWriter:
                 self.writer.close()
 
 
+# Dictionary encoding only for the columns whose values repeat: for the
+# others (sequences, ids, hashes, times, payloads) it is tried, then dropped
+# for plain, and costs one more compressed page per column, which with
+# thousands of small files is a good part of the writing.
+REPEATING_COLUMNS = ["subject", "actor_type", "actor_id", "event_type", "extra", "code", "message"]
+PARQUET_OPTIONS: dict[str, Any] = {"version": "2.6", "compression": "zstd", "use_dictionary": REPEATING_COLUMNS,
+                                   "write_statistics": True}
+# A partition with fewer rows to write than this share of a row group
+# (10,000) and no open file gets one whole file, encoded in memory.
+WHOLE_SHARE = 10
+# Such a file uses snappy: for a few KB, zstd compresses no better and its per-page start
+# costs more than all the rest of the file (thousands of actor types:
+# thousands of such files). Large, streamed files keep zstd. Every engine
+# reads both (the codec is per column chunk).
+WHOLE_OPTIONS: dict[str, Any] = dict(PARQUET_OPTIONS, compression="snappy")
+# Threads writing the whole files of small partitions (Parquet encoding,
+# zstd and the file writes release the GIL).
+WRITE_THREADS = 2
+
+
 def _parquet_writer(path: Path, schema: pa.Schema) -> pq.ParquetWriter:
-    return pq.ParquetWriter(path, schema, version="2.6", compression="zstd",
-                            use_dictionary=True, write_statistics=True)
+    return pq.ParquetWriter(path, schema, **PARQUET_OPTIONS)
 
 
 class _RunWriter:
-    """All files of one export run: events split by actor type and hash-chained,
-    snapshots and replay errors as they come, each kind into its staging dir."""
+    """All files of one export run: events hash-chained, then buffered and
+    written by actor type (``_EventBuffer``), snapshots and replay errors as
+    they come, each kind into its staging dir."""
 
     def __init__(self, staging: dict[str, Path], stream: str, first_seq: int, last_seq: int,
                  heads: Heads, unit: str) -> None:
@@ -285,6 +354,7 @@ class _RunWriter:
         }
         self.writers: dict[tuple[str, str | None], _PartWriter] = {}
         self.opened: dict[int, _PartWriter] = {}
+        self.events = _EventBuffer(lambda partition: self._writer("events", partition))
         self.counts = dict.fromkeys(KINDS, 0)
         self.first_seq, self.first_digest = first_seq, None  # the stream identity's first message
 
@@ -322,22 +392,19 @@ class _RunWriter:
     def _add_events(self, events: pa.RecordBatch) -> None:
         # Hash in stream order first: the chain is defined by it.
         hashes = chain_hashes(events, self.heads)
-        types = events.column("actor_type")
         body = file_columns(events, "events", self.unit).append_column(CHAIN_COLUMN, hashes)
-        for value, part in _split_by(body, types):
-            self._writer("events", value).add(part)
+        self.events.add(body, events.column("actor_type"))
 
     def _bound_memory(self) -> None:
-        total = sum(w.pending_bytes for w in self.writers.values())
-        if total <= BUFFER_BYTES:
-            return
-        for writer in sorted(self.writers.values(), key=lambda w: w.pending_bytes, reverse=True):
-            total -= writer.pending_bytes
-            writer.flush()
-            if total <= BUFFER_BYTES // 2:
-                return
+        """Snapshots and replay errors wait for a row group of their own;
+        beside the events buffer they count against the same budget."""
+        others = [w for (kind, _), w in self.writers.items() if kind != "events"]
+        if self.events.bytes + sum(w.pending_bytes for w in others) > BUFFER_BYTES:
+            for writer in others:
+                writer.flush()
 
     def close(self) -> list[_Written]:
+        self.events.close()
         return [written for writer in self.writers.values() for written in writer.close()]
 
     def abort(self) -> None:
@@ -356,22 +423,152 @@ class _RunWriter:
         return _Written(kind, path, f"{relative}/{EMPTY_NAME}", 0, 0, 0, sha256_file(path))
 
 
-def _split_by(batch: pa.RecordBatch, keys: pa.Array) -> Iterator[tuple[str, pa.RecordBatch]]:
-    """(key, rows) per distinct key, each keeping the batch's (stream) order."""
+Spans = dict[str, tuple[int, int]]  # partition -> (first row, rows) in a chunk sorted by partition
+
+
+class _EventBuffer:
+    """A run's events not yet written, unsplit: each batch is sorted by actor
+    type once (stable, so each actor keeps stream order) and kept whole with
+    where each type's rows are. Writing a partition then takes slices of a
+    few large chunks instead of thousands of small row selections per batch.
+
+    A partition is written when it holds a row group, and beyond
+    ``BUFFER_BYTES`` the biggest partitions are written until half of it is
+    free; what stays is compacted into one chunk, so the budget counts all
+    the memory held. At the end every partition is written, most of them as
+    one whole file."""
+
+    def __init__(self, writer_of: Any) -> None:
+        self.writer_of = writer_of  # partition -> its _PartWriter
+        self.chunks: list[tuple[pa.RecordBatch, Spans]] = []
+        self._empty()
+
+    def _empty(self) -> list[tuple[pa.RecordBatch, Spans]]:
+        """Empty the buffer; the chunks it held."""
+        chunks, self.chunks = self.chunks, []
+        self.bytes = 0
+        self.rows: dict[str, int] = {}
+        self.sizes: dict[str, float] = {}  # estimated bytes per partition
+        self.where: dict[str, list[int]] = {}  # partition -> the chunks holding its rows
+        return chunks
+
+    def add(self, batch: pa.RecordBatch, keys: pa.Array) -> None:
+        chunk, spans = _sort_by(batch, keys)
+        self._append(chunk, spans)
+        full = [value for value, rows in self.rows.items() if rows >= ROW_GROUP_ROWS]
+        if full or self.bytes > BUFFER_BYTES:
+            self._flush(full)
+
+    def _append(self, chunk: pa.RecordBatch, spans: Spans) -> None:
+        self.chunks.append((chunk, spans))
+        self.bytes += chunk.nbytes
+        per_row = chunk.nbytes / max(chunk.num_rows, 1)
+        index = len(self.chunks) - 1
+        for value, (_, count) in spans.items():
+            self.where.setdefault(value, []).append(index)
+            self.rows[value] = self.rows.get(value, 0) + count
+            self.sizes[value] = self.sizes.get(value, 0.0) + count * per_row
+
+    def _slices(self, value: str) -> list[pa.RecordBatch]:
+        return [self.chunks[i][0].slice(*self.chunks[i][1][value]) for i in self.where[value]]
+
+    def _flush(self, chosen: list[str]) -> None:
+        if self.bytes > BUFFER_BYTES:  # first every partition that streams into a file: no new files, no copy
+            chosen += [value for value, rows in self.rows.items()
+                       if rows < ROW_GROUP_ROWS and rows >= ROW_GROUP_ROWS // WHOLE_SHARE]
+        left = self.bytes - sum(self.sizes[value] for value in chosen)
+        if left > BUFFER_BYTES // 2:
+            picked = set(chosen)
+            for value in sorted(self.sizes, key=self.sizes.__getitem__, reverse=True):
+                if left <= BUFFER_BYTES // 2:
+                    break
+                if value not in picked:
+                    chosen.append(value)
+                    left -= self.sizes[value]
+        self._write(chosen)
+        written = set(chosen)
+        chunks = self._empty()
+        while chunks:  # compact each chunk to its kept rows, so the written rows' memory is freed now
+            chunk, spans = chunks.pop(0)
+            kept = {value: span for value, span in spans.items() if value not in written}
+            if len(kept) < len(spans):
+                chunk, kept = _take_spans([(chunk, kept)], list(kept))
+            if kept:
+                self._append(chunk, kept)
+        if len(self.chunks) > MAX_CHUNKS:  # many flushes: one chunk again
+            chunks = self._empty()
+            self._append(*_take_spans(chunks, list(dict.fromkeys(v for _, spans in chunks for v in spans))))
+
+    def close(self) -> None:
+        self._write(list(self.rows))
+        self._empty()
+
+    def _write(self, values: list[str]) -> None:
+        """The buffered rows of ``values``: small partitions as whole files,
+        in ``WRITE_THREADS`` threads; the others into their open files."""
+        wholes = []
+        for value in values:
+            writer = self.writer_of(value)
+            if writer.takes_whole(self.rows[value]):
+                wholes.append((writer, value))
+            else:
+                writer.write(self._slices(value))
+
+        def whole(writer: _PartWriter, value: str) -> None:
+            # Slices made only now: thousands of partitions' slices at once
+            # would cost more memory (array objects) than their rows.
+            # One batch: the Parquet writer's cost is per chunk and column.
+            slices = self._slices(value)
+            batch = slices[0] if len(slices) == 1 else pa.concat_batches(slices)
+            writer.write_whole(batch)
+
+        if len(wholes) == 1 or WRITE_THREADS <= 1:
+            for writer, value in wholes:
+                whole(writer, value)
+        elif wholes:
+            with concurrent.futures.ThreadPoolExecutor(WRITE_THREADS) as pool:
+                try:
+                    for done in [pool.submit(whole, writer, value) for writer, value in wholes]:
+                        done.result()
+                except BaseException:
+                    pool.shutdown(cancel_futures=True)  # the run is failing: start no more files
+                    raise
+
+
+def _take_spans(chunks: list[tuple[pa.RecordBatch, Spans]], values: list[str]) -> tuple[pa.RecordBatch, Spans]:
+    """One compact chunk of the rows of ``values`` in ``chunks``, grouped by
+    value in that order, each value's rows in chunk order (stream order)."""
+    offsets = np.cumsum([0] + [chunk.num_rows for chunk, _ in chunks])
+    ranges, spans, start = [], {}, 0
+    for value in values:
+        count = 0
+        for (_, chunk_spans), offset in zip(chunks, offsets):
+            if value in chunk_spans:
+                first, rows = chunk_spans[value]
+                ranges.append(np.arange(offset + first, offset + first + rows))
+                count += rows
+        spans[value], start = (start, count), start + count
+    if len(chunks) == 1:
+        whole = chunks[0][0]
+    else:
+        whole = pa.Table.from_batches([chunk for chunk, _ in chunks]).combine_chunks().to_batches()[0]
+    order = np.concatenate(ranges) if ranges else np.zeros(0, np.int64)
+    return whole.take(pa.array(order)), spans
+
+
+def _sort_by(batch: pa.RecordBatch, keys: pa.Array) -> tuple[pa.RecordBatch, Spans]:
+    """The batch sorted by key (one take; stable, so stream order within a
+    key) and each key's span in it."""
     encoded = pc.dictionary_encode(keys)
     values = encoded.dictionary.to_pylist()
     if len(values) == 1:
-        yield values[0], batch
-        return
+        return batch, {values[0]: (0, batch.num_rows)}
     codes = encoded.indices.to_numpy(zero_copy_only=False)
-    order = np.argsort(codes, kind="stable")  # stable: stream order within a key
-    start = 0
-    for value, count in zip(values, np.bincount(codes, minlength=len(values))):
-        # One compact take per key, not slices of one sorted copy: a slice
-        # would keep the whole batch alive until every key's buffer is
-        # written, and the memory budget would undercount it.
-        yield value, batch.take(pa.array(order[start:start + int(count)]))
-        start += int(count)
+    counts = np.bincount(codes, minlength=len(values))
+    starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
+    order = np.argsort(codes, kind="stable")
+    spans = {value: (int(start), int(count)) for value, start, count in zip(values, starts, counts) if count}
+    return batch.take(pa.array(order)), spans
 
 
 # --- the directory: lock, safety, staging, publishing -------------------------------------
@@ -643,9 +840,11 @@ async def export_stream(
     """Export the stream of ``reader`` under ``out_dir``; returns the manifest.
 
     ``reader`` needs only ``stream_name``, ``stream_state()`` and ``scan()``
-    (an ``AsyncEventStore`` has them). Streams: batches are hash-chained and
-    appended to one Parquet writer per actor type, so memory does not grow
-    with the stream. ``incremental`` first checks what it builds on (every
+    (an ``AsyncEventStore`` has them). Streams: batches are hash-chained in
+    stream order, then buffered sorted by actor type within ``BUFFER_BYTES``
+    and written by partition (few, large files per actor type, a bounded
+    number open), so memory grows neither with the stream nor with the
+    number of actor types. ``incremental`` first checks what it builds on (every
     file's size and sha256, the manifest's counts, the chain heads against
     the last rows, the stream's identity) and refuses with ``ExportError``
     when anything differs; then it adds only messages after the manifest's
@@ -746,7 +945,10 @@ def _drop_filled_empties(keep: list[dict[str, Any]], staging: dict[str, Path],
 def _sync_run(out_dir: Path, staging: dict[str, Path]) -> None:
     """Every byte of the run on disk before the manifest names it: one
     ``syncfs`` of the file system (thousands of per-file fsyncs cost more
-    than the writing when there are many actor types), then the directories."""
+    than the writing when there are many actor types). It writes back the
+    metadata too, directory entries included, so the partition directories
+    need no fsync of their own (with thousands of them, those cost seconds);
+    the tables' roots are synced anyway, which is cheap."""
     fd = os.open(out_dir, os.O_RDONLY)
     try:
         libc = ctypes.CDLL(None, use_errno=True)
@@ -755,8 +957,7 @@ def _sync_run(out_dir: Path, staging: dict[str, Path]) -> None:
     finally:
         os.close(fd)
     for directory in [out_dir, *staging.values()]:
-        for path, _, _ in os.walk(directory, followlinks=False):
-            sync_dir(Path(path))
+        sync_dir(directory)
 
 
 def _unit(previous: dict[str, Any] | None, continuing: bool, wanted: str | None, out_dir: Path) -> str:

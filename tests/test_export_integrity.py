@@ -310,13 +310,15 @@ import resource, sys
 resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
 import aether_audit
 from aether_audit import _export
-_export.ROW_GROUP_ROWS = 1  # every partition's file opens at its first row and stays open until it rolls
+if sys.argv[4] == "streamed":
+    _export.ROW_GROUP_ROWS = 1  # every partition's file opens at its first row and stays open until it rolls
 with aether_audit.connect(sys.argv[1], stream=sys.argv[2]) as store:
     print(store.export_parquet(sys.argv[3], progress=False)["events"])
 """
 
 
-def test_many_actor_types_export_under_a_low_open_files_limit(store, nats_url, tmp_path):
+@pytest.mark.parametrize("files", ["streamed", "whole"])  # open writers bounded; or one whole file per type
+def test_many_actor_types_export_under_a_low_open_files_limit(store, nats_url, tmp_path, files):
     async def publish(url=nats_url):  # 600 actor types, more than the 256 files the child may open
         nc = await nats.connect(url)
         for n in range(1200):
@@ -329,8 +331,11 @@ def test_many_actor_types_export_under_a_low_open_files_limit(store, nats_url, t
     store.save_event(Event.new("order-1", "X", 1))  # creates the stream
     run_sync(publish())
     out = tmp_path / "export"
-    done = subprocess.run([sys.executable, "-c", MANY_TYPES, nats_url, store.stream_name, str(out)],
+    done = subprocess.run([sys.executable, "-c", MANY_TYPES, nats_url, store.stream_name, str(out), files],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert int(done.stdout.strip()) == 1201
     assert verify_export(out).ok
+    if files == "whole":  # one file per actor type and run
+        manifest = json.loads((out / "manifest.json").read_bytes())
+        assert sum(e["kind"] == "events" for e in manifest["files"]) == 601
