@@ -90,13 +90,16 @@ def _partition_chunk(keys: pa.Array) -> np.ndarray:
     return (sums % np.uint64(PARTS)).astype(np.uint16)
 
 
-def key_hashes(keys: pa.Array | pa.ChunkedArray) -> np.ndarray:
+def key_hashes(keys: pa.Array | pa.ChunkedArray, chunk: int = 8_192) -> np.ndarray:
     """A 64-bit hash (uint64) of each key's whole bytes: SipHash with a fixed
-    key (``pandas.util.hash_array``), the same in every process."""
+    key (``pandas.util.hash_array``), the same in every process. ``chunk``
+    keys at a time: their Python strings stay in the cache (twice as fast)."""
     if len(keys) == 0:
         return np.zeros(0, dtype=np.uint64)
-    values = keys.to_numpy(zero_copy_only=False) if isinstance(keys, (pa.Array, pa.ChunkedArray)) else keys
-    return pd.util.hash_array(np.asarray(values, dtype=object), categorize=False)
+    return np.concatenate([
+        pd.util.hash_array(keys.slice(i, chunk).to_numpy(zero_copy_only=False).astype(object, copy=False), categorize=False)
+        for i in range(0, len(keys), chunk)
+    ])
 
 
 # Indexes written by one process are read by another, maybe after an
@@ -265,9 +268,10 @@ class KeyStore:
         the newest segment is not much smaller than the one before it."""
         if not self._buffer:
             return
+        hashes = np.sort(key_hashes(pa.chunked_array([b.column(0) for b in self._buffer], pa.large_string())))
         parts = self._partitioned_buffer()
         self._buffer, self._buffered = [], 0  # the sorted copy is all that stays
-        self.segments.append(self._write(parts))
+        self.segments.append(self._write(parts, hashes))
         del parts
         # Small segments (a watch's polls) merge pairwise as a binary counter;
         # full-size spills stay as they are until there are too many.
