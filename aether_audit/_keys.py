@@ -109,8 +109,15 @@ _HASH_STABLE = [int(h) for h in key_hashes(pa.array([k for k, _ in _PROBE]))] ==
 
 
 def _counts(sorted_hashes: np.ndarray, wanted: np.ndarray) -> np.ndarray:
-    """How often each of ``wanted`` (sorted) occurs in ``sorted_hashes``."""
-    return np.searchsorted(sorted_hashes, wanted, side="right") - np.searchsorted(sorted_hashes, wanted, side="left")
+    """How often each of ``wanted`` (sorted) occurs in ``sorted_hashes``
+    (one search for all, a second only for the few found)."""
+    counts = np.zeros(len(wanted), dtype=np.int64)
+    if not len(sorted_hashes) or not len(wanted):
+        return counts
+    low = np.searchsorted(sorted_hashes, wanted, side="left")
+    found = np.flatnonzero(sorted_hashes[np.minimum(low, len(sorted_hashes) - 1)] == wanted)
+    counts[found] = np.searchsorted(sorted_hashes, wanted[found], side="right") - low[found]
+    return counts
 
 
 class KeyStore:

@@ -126,3 +126,13 @@ def test_indexes_are_named_pruned_and_rebuilt(tmp_path):
     got = reopened.repeats(300)
     assert [(int(o), int(f)) for o, f in zip(got["ord"], got["first_seq"])] == _expected(keys, 300)
     assert all((tmp_path / s["index"]).is_file() for s in reopened.segments)
+
+
+def test_hash_counts_match_a_plain_count():
+    from aether_audit._keys import _counts
+
+    rng = np.random.default_rng(1)
+    for _ in range(200):
+        stored = np.sort(rng.integers(0, 30, rng.integers(0, 40)).astype(np.uint64))
+        wanted = np.sort(rng.integers(0, 35, rng.integers(0, 20)).astype(np.uint64))
+        assert _counts(stored, wanted).tolist() == [int((stored == w).sum()) for w in wanted]
