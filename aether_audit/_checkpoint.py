@@ -103,7 +103,7 @@ def _engine_sections(engine: AuditEngine) -> tuple[dict[str, Any], dict[str, byt
 def _engine_of(scalars: dict[str, Any], sections: dict[str, bytes], options: CheckOptions, directory: Path) -> AuditEngine:
     engine = AuditEngine(options, directory, keys=scalars["keys"])
     actors = _frame(sections["actors"])
-    engine.actor_names = [str(a) for a in actors["actor_id"]]
+    engine.actor_names = [str(a) for a in actors["actor_id"].tolist()]  # (a Python list: iterating the column is slow)
     engine.actor_code = {actor: code for code, actor in enumerate(engine.actor_names)}
     size = max(1024, len(engine.actor_names))
     engine.max_version = np.zeros(size, np.int64)
@@ -114,10 +114,10 @@ def _engine_of(scalars: dict[str, Any], sections: dict[str, bytes], options: Che
     engine.last_ts[:n] = actors["last_ts"].to_numpy(np.int64)
     engine.has_history[:n] = actors["has_history"].to_numpy(bool)
     subjects = _frame(sections["subjects"])
-    engine.first_on_subject = dict(zip(map(str, subjects["subject"]), map(int, subjects["code"])))
+    engine.first_on_subject = dict(zip(map(str, subjects["subject"].tolist()), subjects["code"].tolist()))
     for name in ("groups", "snapshot_subjects"):
         frame = _frame(sections[name])
-        setattr(engine, name, {str(s): orjson.loads(a) for s, a in zip(frame["subject"], frame["actors"])})
+        setattr(engine, name, {str(s): orjson.loads(a) for s, a in zip(frame["subject"].tolist(), frame["actors"].tolist())})
     engine.pending = [_frame(sections["pending"])] if "pending" in sections else []
     for code, count in scalars["parts"].items():
         if code not in CHECKS:

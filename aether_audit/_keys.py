@@ -14,16 +14,27 @@ segment at a time, so its memory is a 1/``PARTS`` slice; while everything
 still fits in the buffer it skips partitioning altogether.
 Small segments merge pairwise as they pile up (a binary counter), spill-size
 ones only past ``MAX_SEGMENTS``.
-A checkpoint names the segments it relies on; files it does not name are
-left-overs of an interrupted run and are removed by ``prune``.
+
+Each segment has an *index* beside it: the sorted 64-bit hashes of its keys
+(``.npy``, 8 bytes a row), written with the segment (a merge sorts its
+inputs' indexes together), memory-mapped when read. When only a few keys
+can repeat (an incremental run's new ones), ``repeats`` looks their hashes
+up in every index and reads, from each segment, only the partitions of the
+keys whose hash is stored at least twice in all; those rows are then
+compared whole, so a hash collision costs a read, never a wrong answer.
+A checkpoint names the segments and indexes it relies on; files it does not
+name are left-overs of an interrupted run and are removed by ``prune``. An
+index that is missing or of the wrong size (a checkpoint older than
+indexes) is rebuilt from its segment.
 
 Why not DuckDB: it is an optional (notebook) dependency, and the audit must
-run from a bare install; this needs only pyarrow and numpy, and is measured
+run from a bare install; this needs only pyarrow, numpy and pandas, and is measured
 in ``benchmarks/audit_scale.py``.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import tempfile
 import uuid
@@ -36,9 +47,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ._files import sync_dir
+from ._files import sync_dir, write_atomic
 
-__all__ = ["KeyStore"]
+__all__ = ["KeyStore", "key_hashes"]
 
 PARTS = 256
 SPILL_ROWS = 250_000
@@ -83,6 +94,36 @@ def _partition_chunk(keys: pa.Array) -> np.ndarray:
     sums *= np.uint64(0xED5AD4BB)
     sums ^= sums >> np.uint64(11)
     return (sums % np.uint64(PARTS)).astype(np.uint16)
+
+
+def key_hashes(keys: pa.Array | pa.ChunkedArray, chunk: int = 8_192) -> np.ndarray:
+    """A 64-bit hash (uint64) of each key's whole bytes: SipHash with a fixed
+    key (``pandas.util.hash_array``), the same in every process. ``chunk``
+    keys at a time: their Python strings stay in the cache (twice as fast)."""
+    if len(keys) == 0:
+        return np.zeros(0, dtype=np.uint64)
+    return np.concatenate([
+        pd.util.hash_array(keys.slice(i, chunk).to_numpy(zero_copy_only=False).astype(object, copy=False), categorize=False)
+        for i in range(0, len(keys), chunk)
+    ])
+
+
+# Indexes written by one process are read by another, maybe after an
+# upgrade: if the hash ever changed, stored indexes are not trusted (rebuilt).
+_PROBE = (("aether-audit", 0x6E67E281250C46D1), ("\u00e9\x007", 0x2C1433E1F416E95B))
+_HASH_STABLE = [int(h) for h in key_hashes(pa.array([k for k, _ in _PROBE]))] == [h for _, h in _PROBE]
+
+
+def _counts(sorted_hashes: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """How often each of ``wanted`` (sorted) occurs in ``sorted_hashes``
+    (one search for all, a second only for the few found)."""
+    counts = np.zeros(len(wanted), dtype=np.int64)
+    if not len(sorted_hashes) or not len(wanted):
+        return counts
+    low = np.searchsorted(sorted_hashes, wanted, side="left")
+    found = np.flatnonzero(sorted_hashes[np.minimum(low, len(sorted_hashes) - 1)] == wanted)
+    counts[found] = np.searchsorted(sorted_hashes, wanted[found], side="right") - low[found]
+    return counts
 
 
 class KeyStore:
@@ -133,25 +174,58 @@ class KeyStore:
             self._temporary.cleanup()
             self._temporary = None
 
-    def _write(self, parts: Iterable[pa.RecordBatch]) -> dict[str, Any]:
-        """One segment from its partitions (an iterable: written as produced)."""
+    def _write(self, parts: Iterable[pa.RecordBatch], hashes: np.ndarray | None = None) -> dict[str, Any]:
+        """One segment from its partitions (an iterable: written as produced),
+        and its index (``hashes``: already known, sorted; else computed)."""
         directory = self._dir()
         directory.mkdir(parents=True, exist_ok=True)
-        name = f"{self.name}-{uuid.uuid4().hex[:16]}.arrow"
+        stem = f"{self.name}-{uuid.uuid4().hex[:16]}"
+        name = f"{stem}.arrow"
         temp = directory / f".{name}.tmp"
         rows = 0
+        computed: list[np.ndarray] = []
         with pa.OSFile(str(temp), "wb") as sink, pa.ipc.new_file(sink, self.schema) as writer:
             for batch in parts:
                 writer.write_batch(batch)
                 rows += batch.num_rows
+                if hashes is None and batch.num_rows:
+                    computed.append(key_hashes(batch.column(0)))
         fd = os.open(temp, os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
+        if hashes is None:
+            hashes = np.sort(np.concatenate(computed)) if computed else np.zeros(0, dtype=np.uint64)
+        index = f"{stem}.hash.npy"
+        self._write_index(index, hashes)
         os.replace(temp, directory / name)
         sync_dir(directory)
-        return {"file": name, "rows": rows}
+        return {"file": name, "rows": rows, "index": index}
+
+    def _write_index(self, index: str, hashes: np.ndarray) -> None:
+        buffer = io.BytesIO()
+        np.save(buffer, np.ascontiguousarray(hashes, dtype=np.uint64), allow_pickle=False)
+        write_atomic(self._dir() / index, buffer.getvalue())
+
+    def _index(self, segment: dict[str, Any]) -> np.ndarray:
+        """The segment's sorted key hashes, memory-mapped; rebuilt (and named
+        in ``segment``) when missing or not of the segment's size."""
+        index = segment.get("index")
+        if index is not None and _HASH_STABLE:
+            try:
+                hashes = np.load(self._dir() / index, mmap_mode="r", allow_pickle=False)
+                if hashes.dtype == np.uint64 and hashes.shape == (segment["rows"],):
+                    return hashes
+            except (OSError, ValueError):
+                pass
+        reader = self._read(segment, core=True)
+        keys = [reader.get_batch(p).column(0) for p in range(reader.num_record_batches)]
+        hashes = np.sort(np.concatenate([key_hashes(k) for k in keys])) if keys else np.zeros(0, dtype=np.uint64)
+        index = f"{Path(segment['file']).stem}.hash.npy"
+        self._write_index(index, hashes)
+        segment["index"] = index
+        return hashes
 
     def _read(self, segment: Mapping[str, Any], core: bool = False) -> pa.ipc.RecordBatchFileReader:
         # Read, not memory-mapped: a mapped file's touched pages count as the
@@ -165,10 +239,11 @@ class KeyStore:
         left-overs of an interrupted run)."""
         if self._directory is None or not self._directory.is_dir():
             return
-        keep = {segment["file"] for segment in self.segments}
-        for path in self._directory.glob(f"{self.name}-*.arrow"):
-            if path.name not in keep:
-                path.unlink(missing_ok=True)
+        keep = {segment["file"] for segment in self.segments} | {segment.get("index") for segment in self.segments}
+        for pattern in (f"{self.name}-*.arrow", f"{self.name}-*.npy"):
+            for path in self._directory.glob(pattern):
+                if path.name not in keep:
+                    path.unlink(missing_ok=True)
         for path in self._directory.glob(f".{self.name}-*.tmp"):
             path.unlink(missing_ok=True)
 
@@ -206,9 +281,10 @@ class KeyStore:
         the newest segment is not much smaller than the one before it."""
         if not self._buffer:
             return
+        hashes = np.sort(key_hashes(pa.chunked_array([b.column(0) for b in self._buffer], pa.large_string())))
         parts = self._partitioned_buffer()
         self._buffer, self._buffered = [], 0  # the sorted copy is all that stays
-        self.segments.append(self._write(parts))
+        self.segments.append(self._write(parts, hashes))
         del parts
         # Small segments (a watch's polls) merge pairwise as a binary counter;
         # full-size spills stay as they are until there are too many.
@@ -219,9 +295,10 @@ class KeyStore:
             merged = self._merge(self.segments[-2:])
             self.segments[-2:] = [merged]
 
-    def _merge(self, segments: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    def _merge(self, segments: Sequence[dict[str, Any]]) -> dict[str, Any]:
         readers = [self._read(s) for s in segments]
-        return self._write(pa.concat_batches([r.get_batch(p) for r in readers]) for p in range(PARTS))
+        hashes = np.sort(np.concatenate([self._index(s) for s in segments]))
+        return self._write((pa.concat_batches([r.get_batch(p) for r in readers]) for p in range(PARTS)), hashes)
 
     # --- asking ------------------------------------------------------------------
 
@@ -245,6 +322,8 @@ class KeyStore:
         if only is None and fresh is not None and sum(map(len, fresh)) * 4 < total:
             only = pa.concat_arrays(fresh) if fresh else pa.array([], pa.large_string())
         wanted = None if only is None else only.cast(pa.large_string())
+        if wanted is not None and self.segments:
+            return self._repeats_of(wanted, since_ord, min_seq, columns)
         if not self.segments:
             # All in memory: one pass, no partitions.
             tables = [pa.Table.from_batches(self._buffer, schema=self.schema)]
@@ -277,3 +356,36 @@ class KeyStore:
         if not found:
             return pd.DataFrame(columns=columns)
         return pd.concat(found, ignore_index=True).sort_values("ord", kind="stable").reset_index(drop=True)
+
+    def _repeats_of(self, wanted: pa.Array, since_ord: int, min_seq: int, columns: list[str]) -> pd.DataFrame:
+        """``repeats`` for a few keys, through the segments' indexes: only the
+        partitions that may hold a key stored twice are read."""
+        wanted = pc.unique(wanted)
+        hashes = key_hashes(wanted)
+        order = np.argsort(hashes, kind="stable")
+        wanted, hashes = wanted.take(pa.array(order)), hashes[order]
+        buffered = pa.Table.from_batches(self._buffer, schema=self.schema)
+        found = [_counts(self._index(segment), hashes) for segment in self.segments]
+        total = np.sum(found, axis=0) + _counts(np.sort(key_hashes(buffered["key"])), hashes)
+        twice = total >= 2  # a key can repeat only if stored twice; a collision only costs a read
+        if not twice.any():
+            return pd.DataFrame(columns=columns)
+        keys = wanted.filter(pa.array(twice))
+        parts = partition_of(keys)
+        tables = []
+        for segment, counts in zip(self.segments, found):
+            here = np.unique(parts[counts[twice] > 0])
+            if len(here):
+                reader = self._read(segment)
+                tables.append(pa.Table.from_batches([reader.get_batch(int(p)) for p in here], schema=self.schema))
+        tables.append(buffered)
+        table = pa.concat_tables(tables)
+        table = table.filter(pc.is_in(table["key"], value_set=keys))
+        if min_seq:
+            table = table.filter(pc.greater_equal(table["seq"], min_seq))
+        if table.num_rows < 2:
+            return pd.DataFrame(columns=columns)
+        rows = table.to_pandas().sort_values("ord", kind="stable")
+        rows["first_seq"] = rows.groupby("key", sort=False)["seq"].transform("first")
+        later = rows["key"].duplicated() & (rows["ord"] >= since_ord)
+        return rows[later.to_numpy()].reset_index(drop=True)

@@ -8,7 +8,8 @@ Seeds streams of 200,000 and 3,000,000 events in the Go store's layout
   ``aether-audit check`` runs): seconds and peak RSS;
 - ``store.load()`` of the same stream: seconds;
 - at the largest size: a checkpointed full audit, 1% more events appended
-  (the seeding continued), and the incremental re-audit from the checkpoint.
+  (the seeding continued), and the incremental re-audit from the checkpoint
+  (``--runs`` times, each from a copy of it, the fastest counts).
 
 Bars (issue 11): peak RSS at 3M <= 1.5x that at 200k; full audit of 3M <=
 1.3x its load(); incremental re-audit <= 5% of the full audit.
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -105,10 +107,18 @@ def measure(url: str, streams: dict[int, str], runs: int = 2) -> dict:
         print(json.dumps({"events": events, "audit": audit, "load": load}), file=sys.stderr, flush=True)
     largest = max(streams)
     with tempfile.TemporaryDirectory(prefix="aether-audit-scale-") as scratch:
-        checkpoint = str(Path(scratch) / "audit.ckpt")
-        first = run_child("audit", url, streams[largest], checkpoint)
+        made = Path(scratch) / "made"
+        made.mkdir()
+        first = run_child("audit", url, streams[largest], str(made / "audit.ckpt"))
         appended = asyncio.run(append_continuation(url, streams[largest], largest, largest // 100))
-        again = run_child("audit", url, streams[largest], checkpoint)
+        # Each incremental run starts from its own copy of the same checkpoint
+        # (a run rewrites it), so the fastest of ``runs`` can be kept.
+        figures = []
+        for i in range(runs):
+            copy = Path(scratch) / f"run{i}"
+            shutil.copytree(made, copy)
+            figures.append(run_child("audit", url, streams[largest], str(copy / "audit.ckpt")))
+        again = {**min(figures, key=lambda f: f["seconds"]), "all_seconds": [f["seconds"] for f in figures]}
     results["incremental"] = {"checkpointed_full": first, "appended_messages": appended, "incremental": again}
     small, big = results["sizes"][min(streams)], results["sizes"][largest]
     results["ratios"] = {
