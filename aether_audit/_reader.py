@@ -464,7 +464,9 @@ class StreamReader:
             self._index_in_background(state)
             return None
         if state.last_seq > index.last_seq:
-            await self._extend_index(index, state.last_seq)
+            # Under the lock: a background pass must not extend it at the same time.
+            async with self._index_lock:
+                await self._extend_index(index, state.last_seq)
         return index
 
     def _index_in_background(self, state: StreamState) -> None:
