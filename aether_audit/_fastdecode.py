@@ -19,17 +19,24 @@ decoder (``_wire.decode_event``) gives:
 
 Anything else returns ``None`` and the caller uses the exact decoder, which
 also produces every decode error: this module never judges a message bad.
+
+``go_events`` applies this to a whole batch. Its C twin (``_cfast.c``, built
+where a compiler is present) proves the same layout with a stricter rule of
+its own and runs several times faster; ``GO_EVENTS`` is whichever is here.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import Annotated
 
 import msgspec
 import orjson
 
-__all__ = ["event_fields", "snapshot_fields"]
+from ._speedups import cfast
+
+__all__ = ["GO_EVENTS", "event_fields", "go_events", "snapshot_fields"]
 
 _Int64 = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
 
@@ -136,3 +143,46 @@ def snapshot_fields(payload: bytes) -> tuple | None:
     if state is False:
         return None
     return snapshot.actorId, snapshot.version, state, None if stamp == _GO_ZERO_TIME else stamp
+
+
+_UNPROVEN = (None,) * 7
+
+
+def go_events(subjects: Sequence[str], payloads: Sequence[bytes],
+              snapshot_prefix: str) -> tuple[tuple[list, ...], list[int]]:
+    """The event fields of a batch of messages, as seven columns, and the
+    indices of the messages left to the caller (``todo``).
+
+    The contract of both implementations (this one and ``_cfast.go_events``):
+    the columns are (id, event_type, actor_id, version, data, timestamp,
+    extra), each as long as ``payloads``. A message whose subject starts with
+    ``snapshot_prefix``, or an event not proven to be in the Go store's
+    layout, is in ``todo`` and holds None in every column; every other row
+    holds exactly ``_wire.decode_event(payload)`` (``data`` may be its UTF-8
+    bytes). The two may differ only in which messages they leave in ``todo``.
+
+    Example:
+        >>> columns, todo = go_events(["s.events.a.a-1", "s.snapshots.a.a-1"], [b"{}", b"{}"], "s.snapshots.")
+        >>> todo, columns[0]
+        ([0, 1], [None, None])
+    """
+    columns: tuple[list, ...] = ([], [], [], [], [], [], [])
+    add_id, add_type, add_actor, add_version, add_data, add_stamp, add_extra = (column.append for column in columns)
+    todo: list[int] = []
+    for index, (subject, payload) in enumerate(zip(subjects, payloads)):
+        fields = None if subject.startswith(snapshot_prefix) else event_fields(payload)
+        if fields is None:
+            todo.append(index)
+            fields = _UNPROVEN
+        event_id, event_type, actor, version, data, stamp, extra = fields
+        add_id(event_id)
+        add_type(event_type)
+        add_actor(actor)
+        add_version(version)
+        add_data(data)
+        add_stamp(stamp)
+        add_extra(extra)
+    return columns, todo
+
+
+GO_EVENTS = go_events if cfast is None else cfast.go_events

@@ -10,10 +10,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from ._fastdecode import event_fields, snapshot_fields
+from ._fastdecode import GO_EVENTS, event_fields, snapshot_fields
 from ._records import ActorSnapshot, Event, ReplayError, StreamState
 from ._wire import (
     DecodeError,
@@ -124,42 +125,37 @@ def decode_messages(
     an actor is the reader's question (``_reader.ActorSet``), not this one's.
     """
     # Events go straight into columns (no row objects for the collector to
-    # walk); snapshots and errors are few and stay rows.
-    rows: list[int] = []  # the message index of each event
-    columns: tuple[list, ...] = ([], [], [], [], [], [], [])  # the fields of EventFields
-    add_row = rows.append
-    add_id, add_type, add_actor, add_version, add_data, add_stamp, add_extra = (column.append for column in columns)
+    # walk): the fast path fills them for every message in the Go store's
+    # layout, in C where it is built; the loop below takes the rest
+    # (snapshots, ~2% of messages, and whatever the fast path leaves) the
+    # slow and exact way. Snapshots and errors are few and stay rows.
+    columns, todo = GO_EVENTS(subjects, payloads, snapshot_prefix)
     snapshots: list[tuple] = []
     errors: list[tuple] = []
-    add_snapshot, add_error = snapshots.append, errors.append
-    for index, (subject, payload) in enumerate(zip(subjects, payloads)):
+    dropped: list[int] = []  # not events: their rows leave the columns
+    for index in todo:
+        subject, payload = subjects[index], payloads[index]
         is_snapshot = subject.startswith(snapshot_prefix)
         try:
-            # The fast path proves a payload is in the Go store's layout (and
-            # so decodes exactly as below) or hands it to the exact decoder.
             if is_snapshot:
                 fields = snapshot_fields(payload) or decode_snapshot(payload)
-                add_snapshot((seqs[index], stored_ns[index], subject) + fields)
+                snapshots.append((seqs[index], stored_ns[index], subject) + fields)
             else:
-                event_id, event_type, actor, version, data, stamp, extra = (
-                    event_fields(payload) or decode_event(payload))
-                add_row(index)
-                add_id(event_id)
-                add_type(event_type)
-                add_actor(actor)
-                add_version(version)
-                add_data(data)
-                add_stamp(stamp)
-                add_extra(extra)
+                for column, value in zip(columns, event_fields(payload) or decode_event(payload)):
+                    column[index] = value
+                continue
         except DecodeError as exc:
             hint = actor_id_hint(payload)
             code = "malformed_snapshot" if is_snapshot else "malformed_payload"
-            add_error((seqs[index], stored_ns[index], subject, hint or actor_from_subject(subject), code,
-                       str(exc), payload))
-    stored = (seqs, stored_ns, subjects)
-    if len(rows) != len(seqs):
-        stored = tuple([column[index] for index in rows] for column in stored)
-    return DecodedBatch(_event_batch(*stored, *columns), _snapshot_batch(snapshots), _error_batch(errors))
+            errors.append((seqs[index], stored_ns[index], subject, hint or actor_from_subject(subject), code,
+                           str(exc), payload))
+        dropped.append(index)
+    events = _event_batch(seqs, stored_ns, subjects, *columns)
+    if dropped:
+        keep = np.ones(len(payloads), dtype=bool)
+        keep[dropped] = False
+        events = events.filter(pa.array(keep))
+    return DecodedBatch(events, _snapshot_batch(snapshots), _error_batch(errors))
 
 
 def _event_batch(seq: Sequence[int], stored: Sequence[int], subject: Sequence[str], event_id: list, event_type: list,

@@ -45,6 +45,7 @@ from ._errors import (
     ConnectionFailed,
     JetStreamAPIError,
 )
+from ._speedups import cfast
 
 __all__ = ["RawBatch", "StreamScanner"]
 
@@ -128,6 +129,7 @@ def _ack_fields(reply: bytes) -> tuple[bytes, int, int, int] | None:
     return prefix, int(tokens[base + 3]), int(tokens[base + 5]), int(tokens[base + 6])
 
 
+@functools.lru_cache(maxsize=64)
 def _fast_regex(sid: bytes, prefix: bytes) -> re.Pattern[bytes]:
     """Matches the control line of one consumer's deliveries.
 
@@ -139,6 +141,47 @@ def _fast_regex(sid: bytes, prefix: bytes) -> re.Pattern[bytes]:
         rb"H?MSG ([!-~]+) " + re.escape(sid) + rb" " + re.escape(prefix)
         + rb"\d+\.(\d+)\.\d+\.(\d+)\.(\d+)(?:\.[^ ]*)? (?:(\d+) )?(\d+)\r\n"
     )
+
+
+def _deliveries(buf: bytes, pos: int, sid: bytes, prefix: bytes, limit: int, end_seq: int,
+                seqs: list[int], stamps: list[int], subjects: list[str], payloads: list[bytes]) -> tuple[int, bool]:
+    """Take up to ``limit`` deliveries of one consumer from ``buf`` at ``pos``.
+
+    The contract of both implementations (this one and ``_cfast.deliveries``):
+    a delivery is an ``MSG``/``HMSG`` frame on ``sid`` whose reply subject
+    starts with ``prefix`` (its ``$JS.ACK`` up to the delivery count); each
+    one taken appends its stream sequence, stored ns, subject and payload
+    (without headers). Returns (the position after the last frame taken,
+    done), done being true at the cut: a sequence beyond ``end_seq`` (not
+    taken), ``end_seq`` itself or a pending count of 0. It stops, not done,
+    at anything else (an incomplete frame, a status, another sid, a line it
+    does not parse): the caller's general parser takes that frame. The two
+    may differ only in where they stop.
+    """
+    match, size_of_buf = _fast_regex(sid, prefix).match, len(buf)
+    add_seq, add_stamp, add_subject, add_payload = seqs.append, stamps.append, subjects.append, payloads.append
+    for _ in itertools.repeat(None, limit):
+        if (m := match(buf, pos)) is None:
+            break
+        subject, seq, ns, pending, hlen, size = m.groups()
+        start = m.end()
+        stop = start + int(size)
+        if stop + 2 > size_of_buf:
+            break  # the payload is not all here yet
+        seq = int(seq)
+        if seq > end_seq:
+            return pos, True
+        pos = stop + 2
+        add_seq(seq)
+        add_stamp(int(ns))
+        add_subject(subject.decode())
+        add_payload(buf[start + int(hlen) if hlen else start : stop])
+        if seq == end_seq or pending == b"0":
+            return pos, True
+    return pos, False
+
+
+_DELIVERIES = _deliveries if cfast is None else cfast.deliveries
 
 
 def _rfc3339_ns(text: str) -> int:
@@ -503,35 +546,16 @@ class StreamScanner:
             end, batch = cursor.end_seq, cursor.batch
             seqs, stamps, subjects, payloads = (batch.seqs.append, batch.stored_ns.append,
                                                 batch.subjects.append, batch.payloads.append)
-            fast: re.Pattern[bytes] | None = None  # built from the first delivery
+            ack_prefix: bytes | None = None  # learnt from the first delivery
             buf, pos = self._buf, self._pos
             done = False
             while True:
                 counted = len(batch.seqs)
-                if fast is not None and not done:
-                    # The hot loop: one regex match per delivery, no awaits;
-                    # it stops at a frame it does not match or a full batch.
-                    match, size_of_buf = fast.match, len(buf)
-                    for _ in itertools.repeat(None, batch_size - counted):
-                        if (m := match(buf, pos)) is None:
-                            break
-                        subject, seq, ns, pending, hlen, size = m.groups()
-                        start = m.end()
-                        stop = start + int(size)
-                        if stop + 2 > size_of_buf:
-                            break  # the payload is not all here yet
-                        seq = int(seq)
-                        if seq > end:
-                            done = True
-                            break
-                        pos = stop + 2
-                        seqs(seq)
-                        stamps(int(ns))
-                        subjects(subject.decode())
-                        payloads(buf[start + int(hlen) if hlen else start : stop])
-                        if seq == end or pending == b"0":
-                            done = True
-                            break
+                if ack_prefix is not None and not done:
+                    # The hot loop, in C where it is built: every delivery
+                    # of this consumer it can take, no awaits.
+                    pos, done = _DELIVERIES(buf, pos, sid, ack_prefix, batch_size - counted, end,
+                                            batch.seqs, batch.stored_ns, batch.subjects, batch.payloads)
                 received += len(batch.seqs) - counted
                 while not done and requested - received <= _PULL_BATCH:
                     self._send(pull)  # keep two requests outstanding: the pipe never idles
@@ -569,7 +593,7 @@ class StreamScanner:
                         raise _Restart(header.split(b"\r\n", 1)[0][9:].decode(errors="replace"))
                     continue  # 100 idle heartbeat
                 prefix, seq, ns, pending = ack
-                fast = fast or _fast_regex(sid, prefix)
+                ack_prefix = ack_prefix or prefix
                 if seq > end:
                     return
                 seqs(seq)

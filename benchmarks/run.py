@@ -53,10 +53,11 @@ import pyarrow as pa  # noqa: E402
 
 from aether_audit import Event, NatsServer, connect_async  # noqa: E402
 from aether_audit._connection import ConnectOptions  # noqa: E402
-from aether_audit._fastdecode import event_fields, snapshot_fields  # noqa: E402
+from aether_audit._fastdecode import GO_EVENTS, event_fields, snapshot_fields  # noqa: E402
 from aether_audit._frames import EVENT_SCHEMA, decode_messages, to_pandas  # noqa: E402
 from aether_audit._report import audit_frames  # noqa: E402
 from aether_audit._scan import StreamScanner  # noqa: E402
+from aether_audit._speedups import cfast  # noqa: E402
 from aether_audit._wire import encode_event, event_subject  # noqa: E402
 from seeding import actor_ids, seed_stream  # noqa: E402
 
@@ -159,7 +160,9 @@ def go_drain(url: str, stream: str) -> float | None:
 async def load_breakdown(url: str, stream: str) -> dict[str, float]:
     """Seconds of each stage of a whole-stream load, each stage run alone:
     the raw read (``StreamScanner``), ``decode_messages``, the Arrow table and
-    pandas; plus the share of messages the fast decoder took."""
+    pandas; plus the share of messages the fast decoder took, and which
+    implementation of the batch fast path ran (``"c"``, or ``"python"``
+    where ``_cfast`` is not built) with the share of messages it took."""
     scanner = StreamScanner(ConnectOptions(servers=(url,)))
     start = time.perf_counter()
     raws = [raw async for raw in scanner.scan(stream)]
@@ -178,8 +181,11 @@ async def load_breakdown(url: str, stream: str) -> dict[str, float]:
     prefix = f"{stream}.snapshots."
     fast = sum((snapshot_fields if subject.startswith(prefix) else event_fields)(payload) is not None
                for raw in raws for subject, payload in zip(raw.subjects, raw.payloads))
+    count = max(1, sum(len(raw) for raw in raws))
+    batch_taken = sum(len(raw) - len(GO_EVENTS(raw.subjects, raw.payloads, prefix)[1]) for raw in raws)
     return {"scan_s": scan_s, "decode_s": decode_s, "arrow_s": arrow_s, "pandas_s": pandas_s,
-            "fast_path_share": fast / max(1, sum(len(raw) for raw in raws))}
+            "fast_path_share": fast / count, "batch_path": "python" if cfast is None else "c",
+            "batch_path_share": batch_taken / count}
 
 
 # --- measurements -------------------------------------------------------------------------

@@ -1,6 +1,7 @@
-"""The fast decoder (``_fastdecode``) agrees with the exact one (``_wire``) byte for byte.
+"""The fast decoders agree with the exact one (``_wire``) byte for byte.
 
-For every payload the fast path either declines (None: the exact decoder
+For every payload each fast path (``_fastdecode`` in Python, and its C twin
+``_cfast.go_events`` where it is built) either declines (the exact decoder
 judges it) or returns exactly what the exact decoder returns. Generated
 payloads: what the Go store writes (``encode_event``, the seed's layout),
 the same with one thing changed (key case, order, duplicates, whitespace,
@@ -10,6 +11,7 @@ escapes, numbers, timestamps), and the fuzz corpus (``tests/test_fuzz.py``).
 from __future__ import annotations
 
 import doctest
+import os
 from unittest import mock
 
 import orjson
@@ -19,10 +21,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aether_audit import ActorSnapshot, Event
-from aether_audit import _fastdecode, _frames, _wire
+from aether_audit import ActorSnapshot, Event, _fastdecode, _frames, _wire
 from aether_audit._fastdecode import event_fields, snapshot_fields
-from aether_audit._wire import DecodeError, decode_event, decode_snapshot, encode_event, encode_snapshot
+from aether_audit._speedups import cfast
+from aether_audit._wire import (
+    DecodeError,
+    decode_event,
+    decode_snapshot,
+    encode_event,
+    encode_snapshot,
+)
 
 SETTINGS = settings(max_examples=400, deadline=None, database=None)
 
@@ -39,13 +47,28 @@ def as_text(fields: tuple) -> tuple:
     return tuple(value.decode() if isinstance(value, bytes) else value for value in fields)
 
 
+# Every implementation of the batch contract (``_fastdecode.go_events``), run on one payload.
+GO_EVENTS = [_fastdecode.go_events] + ([cfast.go_events] if cfast else [])
+
+
+def batch_fields(go_events, payload: bytes) -> tuple | None:
+    columns, todo = go_events(["s.events.order.order-1"], [payload], "s.snapshots.")
+    assert all(len(column) == 1 for column in columns)
+    return None if todo else tuple(column[0] for column in columns)
+
+
 def assert_agrees(payload: bytes, snapshot: bool = False) -> tuple | None:
-    fast = (snapshot_fields if snapshot else event_fields)(payload)
-    if fast is not None:
-        reference = exact(decode_snapshot if snapshot else decode_event, payload)
-        assert not isinstance(reference, DecodeError), (payload, reference)
-        assert as_text(fast) == reference, payload
-    return fast
+    """Each fast path declines or agrees with the exact decoder; the Python one's answer."""
+    if snapshot:
+        answers = [snapshot_fields(payload)]
+    else:
+        answers = [event_fields(payload)] + [batch_fields(go_events, payload) for go_events in GO_EVENTS]
+    for fast in answers:
+        if fast is not None:
+            reference = exact(decode_snapshot if snapshot else decode_event, payload)
+            assert not isinstance(reference, DecodeError), (payload, reference)
+            assert as_text(fast) == reference, payload
+    return answers[0]
 
 
 # --- what the Go store writes ----------------------------------------------------------
@@ -93,7 +116,27 @@ def test_the_common_case_takes_the_fast_path(event):
     stamp = encode_event(event).rsplit(b'"timestamp":"', 1)[1]
     if stamp.startswith(b"0001-01-01T00:00:00Z") or b"-02-29T" in stamp or event.timestamp.year < 1000:
         return  # the zero time, 29 February and years before 1000 are the exact decoder's
-    assert assert_agrees(encode_event(event)) is not None
+    payload = encode_event(event)
+    assert assert_agrees(payload) is not None
+    assert all(batch_fields(go_events, payload) is not None for go_events in GO_EVENTS)
+
+
+@pytest.mark.skipif(not os.environ.get("AETHER_AUDIT_REQUIRE_CFAST"), reason="AETHER_AUDIT_REQUIRE_CFAST is not set")
+def test_the_c_speedups_are_built_where_ci_requires_them():
+    assert cfast is not None, "aether_audit._cfast did not build (is a C compiler installed?)"
+
+
+@SETTINGS
+@given(st.integers(0, 10**15), st.text("0123456789", min_size=1, max_size=17), st.booleans())
+def test_decimals_the_c_path_takes_are_their_own_canonical_text(whole, fraction, negative):
+    """The C path keeps a decimal's digits only where orjson writes the same digits back."""
+    token = ("-" if negative else "") + f"{whole}.{fraction}"
+    payload = GO.replace(b'"a":1', b'"a":' + token.encode(), 1)
+    for go_events in GO_EVENTS[1:]:
+        taken = batch_fields(go_events, payload)
+        if taken is not None:
+            assert orjson.dumps(orjson.loads(token)).decode() == token
+            assert as_text(taken) == decode_event(payload)
 
 
 # --- the same with one thing changed ---------------------------------------------------------
@@ -162,7 +205,11 @@ def test_bytes_spliced_into_the_go_layout_decode_alike(junk, at, cut):
 
 
 def exact_only(*args, **kwargs) -> _frames.DecodedBatch:
-    with mock.patch.object(_frames, "event_fields", lambda payload: None), \
+    def nothing_proven(subjects, payloads, snapshot_prefix):
+        return tuple([None] * len(payloads) for _ in range(7)), list(range(len(payloads)))
+
+    with mock.patch.object(_frames, "GO_EVENTS", nothing_proven), \
+            mock.patch.object(_frames, "event_fields", lambda payload: None), \
             mock.patch.object(_frames, "snapshot_fields", lambda payload: None):
         return _frames.decode_messages(*args, **kwargs)
 
