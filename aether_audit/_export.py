@@ -358,6 +358,7 @@ class _RunWriter:
         }
         self.writers: dict[tuple[str, str | None], _PartWriter] = {}
         self.opened: dict[int, _PartWriter] = {}
+        self.schemas = {kind: file_schema(kind, unit) for kind in KINDS}  # once, not per partition
         self.events = _EventBuffer(lambda partition: self._writer("events", partition))
         self.counts = dict.fromkeys(KINDS, 0)
         self.first_seq, self.first_digest = first_seq, None  # the stream identity's first message
@@ -366,7 +367,7 @@ class _RunWriter:
         metadata = dict(self.metadata, **{META_PREFIX + "kind": kind})
         if partition is not None:
             metadata[META_PREFIX + "actor_type"] = partition
-        return file_schema(kind, self.unit).with_metadata(metadata)
+        return self.schemas[kind].with_metadata(metadata)
 
     def _writer(self, kind: str, partition: str | None = None) -> _PartWriter:
         key = (kind, partition)
