@@ -292,7 +292,8 @@ async def measure(url: str, stream: str, events: int, actors: int, runs: int, sa
             "seed_port_eps": median(results["seed_port_eps"]),
             "go_drain_eps": median(results["go_drain_eps"]) if results["go_drain_eps"] else None,
             "ours_arrow_eps": median(results["ours_arrow_eps"]),
-            "breakdown": {key: median([b[key] for b in breakdowns]) for key in breakdowns[0]},
+            "breakdown": {key: median([b[key] for b in breakdowns]) if key != "batch_path" else breakdowns[0][key]
+                          for key in breakdowns[0]},
         },
         "history": {"ours_ms": median(results["history_ours"]), "ours_first_ms": median(results["history_first"]),
                     "seed_port_ms": median(results["history_seed"]), "index_build_ms": median(results["index_build"])},
