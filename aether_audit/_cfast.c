@@ -298,7 +298,7 @@ static PyObject *go_events(PyObject *self, PyObject *const *args, Py_ssize_t nar
         PyErr_SetString(PyExc_ValueError, "subjects and payloads differ in length");
         return NULL;
     }
-    PyObject *columns[7] = {NULL}, *todo = PyList_New(0), *result = NULL;
+    PyObject *columns[7] = {NULL}, *todo = PyList_New(0);
     if (todo == NULL) return NULL;
     for (int k = 0; k < 7; k++) {
         if ((columns[k] = PyList_New(n)) == NULL) goto done;
@@ -349,9 +349,8 @@ static PyObject *go_events(PyObject *self, PyObject *const *args, Py_ssize_t nar
             if (append_new(todo, PyLong_FromSsize_t(i)) < 0) goto done;
         }
     }
-    result = Py_BuildValue("(NNNNNNN)N", columns[0], columns[1], columns[2], columns[3], columns[4],
-                           columns[5], columns[6], todo);
-    return result;
+    return Py_BuildValue("(NNNNNNN)N", columns[0], columns[1], columns[2], columns[3], columns[4],
+                         columns[5], columns[6], todo);
 done:
     for (int k = 0; k < 7; k++) Py_XDECREF(columns[k]);
     Py_DECREF(todo);

@@ -458,9 +458,8 @@ class _EventBuffer:
     the memory held. At the end every partition is written, most of them as
     one whole file."""
 
-    def __init__(self, writer_of: Any, seen: Any = None) -> None:
+    def __init__(self, writer_of: Any) -> None:
         self.writer_of = writer_of  # partition -> its _PartWriter
-        self.seen = seen  # called once with each partition, when it first appears
         self.code: dict[str, int] = {}
         self.chunks: list[_Chunk] = []
         self._empty()
@@ -478,8 +477,6 @@ class _EventBuffer:
         code = self.code.get(value)
         if code is None:
             code = self.code[value] = len(self.code)
-            if self.seen is not None:
-                self.seen(value)
         return code
 
     def add(self, batch: pa.RecordBatch, keys: pa.Array) -> None:

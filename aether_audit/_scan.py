@@ -3,9 +3,10 @@
 nats-py builds a ``Msg`` object, runs a callback and awaits for every message,
 which caps a whole-stream read near 80k msgs/s before any JSON is decoded.
 ``StreamScanner`` keeps one asyncio TCP connection, reads the socket in large
-chunks and parses ``MSG``/``HMSG`` frames with one compiled regex match per
-frame in a tight loop: no per-message awaits and no per-message objects
-beyond the values appended to the parallel lists of a ``RawBatch``.
+chunks and takes the ``MSG``/``HMSG`` deliveries out of them in one tight
+loop (``_deliveries``, or its C twin): no per-message awaits and no
+per-message objects beyond the values appended to the parallel lists of a
+``RawBatch``.
 
 Messages come from an ephemeral, memory-stored, ack-less JetStream consumer,
 so auditing never writes to the stream. The end of the data is learnt from
@@ -149,7 +150,7 @@ def _deliveries(buf: bytes, pos: int, sid: bytes, prefix: bytes, limit: int, end
 
     The contract of both implementations (this one and ``_cfast.deliveries``):
     a delivery is an ``MSG``/``HMSG`` frame on ``sid`` whose reply subject
-    starts with ``prefix`` (its ``$JS.ACK`` up to the delivery count); each
+    starts with ``prefix`` (its ``$JS.ACK`` up to the consumer name); each
     one taken appends its stream sequence, stored ns, subject and payload
     (without headers). Returns (the position after the last frame taken,
     done), done being true at the cut: a sequence beyond ``end_seq`` (not
