@@ -428,17 +428,12 @@ class _RunWriter:
         return _Written(kind, path, f"{relative}/{EMPTY_NAME}", 0, 0, 0, sha256_file(path), path.stat().st_size)
 
 
-Spans = dict[str, tuple[int, int]]  # partition -> (first row, rows) in a chunk sorted by partition code
-
-
 @dataclass
 class _Chunk:
-    """Buffered events sorted by partition code, each partition's rows in
-    stream order at ``spans[value]``; ``codes`` (ascending) and ``bounds``
-    (their first rows, then the end) are the same spans as arrays."""
+    """Buffered events sorted by partition code: the rows of ``codes[i]``
+    (ascending) are ``bounds[i]:bounds[i + 1]``, in stream order."""
 
     batch: pa.RecordBatch
-    spans: Spans
     codes: np.ndarray
     bounds: np.ndarray
 
@@ -450,7 +445,9 @@ class _EventBuffer:
     order in which the run first saw them), so a run of codes is one row
     range in every chunk. Writing a partition then takes slices of a few large
     chunks instead of thousands of small row selections per batch, and small
-    partitions are gathered a group at a time (``_gather``).
+    partitions are gathered a group at a time (``_gather``). What is known
+    per partition is kept in arrays indexed by code, so the bookkeeping of a
+    batch costs the same for 1 actor type as for 3,000 (no loop over types).
 
     A partition is written when it holds a row group, and beyond
     ``BUFFER_BYTES`` the biggest partitions are written until half of it is
@@ -461,6 +458,7 @@ class _EventBuffer:
     def __init__(self, writer_of: Any) -> None:
         self.writer_of = writer_of  # partition -> its _PartWriter
         self.code: dict[str, int] = {}
+        self.values: list[str] = []  # code -> partition
         self.chunks: list[_Chunk] = []
         self._empty()
 
@@ -468,94 +466,90 @@ class _EventBuffer:
         """Empty the buffer; the chunks it held."""
         chunks, self.chunks = self.chunks, []
         self.bytes = 0
-        self.rows: dict[str, int] = {}
-        self.sizes: dict[str, float] = {}  # estimated bytes per partition
-        self.where: dict[str, list[int]] = {}  # partition -> the chunks holding its rows
+        self.rows = np.zeros(len(self.values), np.int64)  # buffered rows per code
+        self.sizes = np.zeros(len(self.values))  # estimated bytes per code
         return chunks
 
     def _code_of(self, value: str) -> int:
         code = self.code.get(value)
         if code is None:
-            code = self.code[value] = len(self.code)
+            code = self.code[value] = len(self.values)
+            self.values.append(value)
         return code
 
     def add(self, batch: pa.RecordBatch, keys: pa.Array) -> None:
-        self._append(*_sort_by(batch, keys, self._code_of))
-        full = [value for value, rows in self.rows.items() if rows >= ROW_GROUP_ROWS]
-        if full or self.bytes > BUFFER_BYTES:
+        self._append(_sort_by(batch, keys, self._code_of))
+        full = np.flatnonzero(self.rows >= ROW_GROUP_ROWS)
+        if len(full) or self.bytes > BUFFER_BYTES:
             self._flush(full)
 
-    def _append(self, batch: pa.RecordBatch, spans: Spans) -> None:
-        codes = np.fromiter((self.code[value] for value in spans), np.int64, len(spans))
-        bounds = np.fromiter((first for first, _ in spans.values()), np.int64, len(spans))
-        self.chunks.append(_Chunk(batch, spans, codes, np.append(bounds, batch.num_rows)))
-        self.bytes += batch.nbytes
-        per_row = batch.nbytes / max(batch.num_rows, 1)
-        index = len(self.chunks) - 1
-        for value, (_, count) in spans.items():
-            self.where.setdefault(value, []).append(index)
-            self.rows[value] = self.rows.get(value, 0) + count
-            self.sizes[value] = self.sizes.get(value, 0.0) + count * per_row
+    def _append(self, chunk: _Chunk) -> None:
+        self.chunks.append(chunk)
+        self.bytes += chunk.batch.nbytes
+        if len(self.rows) < len(self.values):
+            grow = len(self.values) - len(self.rows)
+            self.rows, self.sizes = np.append(self.rows, np.zeros(grow, np.int64)), np.append(self.sizes, np.zeros(grow))
+        counts = np.diff(chunk.bounds)
+        self.rows[chunk.codes] += counts  # codes are unique within a chunk
+        self.sizes[chunk.codes] += counts * (chunk.batch.nbytes / max(chunk.batch.num_rows, 1))
 
-    def _slices(self, value: str) -> list[pa.RecordBatch]:
-        return [self.chunks[i].batch.slice(*self.chunks[i].spans[value]) for i in self.where[value]]
+    def _slices(self, code: int) -> list[pa.RecordBatch]:
+        out = []
+        for chunk in self.chunks:
+            at = int(np.searchsorted(chunk.codes, code))
+            if at < len(chunk.codes) and chunk.codes[at] == code:
+                out.append(chunk.batch.slice(int(chunk.bounds[at]), int(chunk.bounds[at + 1] - chunk.bounds[at])))
+        return out
 
-    def _flush(self, chosen: list[str]) -> None:
+    def _flush(self, chosen: np.ndarray) -> None:
         if self.bytes > BUFFER_BYTES:  # first every partition that streams into a file: no new files, no copy
-            chosen += [value for value, rows in self.rows.items()
-                       if rows < ROW_GROUP_ROWS and rows >= ROW_GROUP_ROWS // WHOLE_SHARE]
-        left = self.bytes - sum(self.sizes[value] for value in chosen)
-        if left > BUFFER_BYTES // 2:
-            picked = set(chosen)
-            for value in sorted(self.sizes, key=self.sizes.__getitem__, reverse=True):
-                if left <= BUFFER_BYTES // 2:
-                    break
-                if value not in picked:
-                    chosen.append(value)
-                    left -= self.sizes[value]
+            streaming = np.flatnonzero((self.rows < ROW_GROUP_ROWS) & (self.rows >= ROW_GROUP_ROWS // WHOLE_SHARE))
+            chosen = np.union1d(chosen, streaming)
+        left = self.bytes - self.sizes[chosen].sum()
+        if left > BUFFER_BYTES // 2:  # then the biggest others until half the budget is free
+            others = np.setdiff1d(np.flatnonzero(self.rows), chosen)
+            others = others[np.argsort(-self.sizes[others], kind="stable")]
+            freed = np.cumsum(self.sizes[others])
+            chosen = np.union1d(chosen, others[:int(np.searchsorted(freed, left - BUFFER_BYTES // 2)) + 1])
         self._write(chosen)
-        written = set(chosen)
         chunks = self._empty()
         while chunks:  # compact each chunk to its kept rows, so the written rows' memory is freed now
             chunk = chunks.pop(0)
-            batch, kept = chunk.batch, {value: span for value, span in chunk.spans.items() if value not in written}
-            if len(kept) < len(chunk.spans):  # kept keeps the code order
-                batch, kept = _take_spans([(batch, kept)], list(kept))
-            if kept:
-                self._append(batch, kept)
+            kept = np.setdiff1d(chunk.codes, chosen)
+            if len(kept) < len(chunk.codes):
+                chunk = _gather([chunk], kept) if len(kept) else None
+            if chunk is not None:
+                self._append(chunk)
         if len(self.chunks) > MAX_CHUNKS:  # many flushes: one chunk again
             chunks = self._empty()
-            values = sorted({value for chunk in chunks for value in chunk.spans}, key=self.code.__getitem__)
-            self._append(*_take_spans([(chunk.batch, chunk.spans) for chunk in chunks], values))
+            self._append(_gather(chunks, np.unique(np.concatenate([chunk.codes for chunk in chunks]))))
 
     def close(self) -> None:
-        self._write(list(self.rows))
+        self._write(np.flatnonzero(self.rows))
         self._empty()
 
-    def _write(self, values: list[str]) -> None:
-        """The buffered rows of ``values``: small partitions as whole files,
-        gathered ``GATHER_ROWS`` at a time in ``WRITE_THREADS`` threads; the
-        others into their open files."""
-        wholes = []
-        for value in values:
-            writer = self.writer_of(value)
-            if writer.takes_whole(self.rows[value]):
-                wholes.append((self.code[value], value, writer))
-            else:
-                writer.write(self._slices(value))
-        groups: list[list[tuple[str, _PartWriter]]] = []
+    def _write(self, codes: np.ndarray) -> None:
+        """The buffered rows of ``codes`` (ascending): small partitions as
+        whole files, gathered ``GATHER_ROWS`` at a time in ``WRITE_THREADS``
+        threads; the others into their open files."""
+        groups: list[list[int]] = []
         rows = GATHER_ROWS
-        for _, value, writer in sorted(wholes, key=lambda whole: whole[0]):
-            if rows + self.rows[value] > GATHER_ROWS:
+        for code in codes.tolist():
+            count = int(self.rows[code])
+            writer = self.writer_of(self.values[code])
+            if not writer.takes_whole(count):
+                writer.write(self._slices(code))
+                continue
+            if rows + count > GATHER_ROWS:
                 groups.append([])
                 rows = 0
-            groups[-1].append((value, writer))
-            rows += self.rows[value]
+            groups[-1].append(code)
+            rows += count
 
-        def write_group(group: list[tuple[str, _PartWriter]]) -> None:
-            batch, spans = self._gather([value for value, _ in group])
-            for value, writer in group:
-                writer.write_whole(batch.slice(*spans[value]))
+        def write_group(group: list[int]) -> None:
+            chunk = _gather(self.chunks, np.array(group, np.int64))
+            for code, start, stop in zip(group, chunk.bounds[:-1].tolist(), chunk.bounds[1:].tolist()):
+                self.writer_of(self.values[code]).write_whole(chunk.batch.slice(start, stop - start))
 
         if len(groups) == 1 or WRITE_THREADS <= 1:
             for group in groups:
@@ -569,70 +563,42 @@ class _EventBuffer:
                     pool.shutdown(cancel_futures=True)  # the run is failing: start no more files
                     raise
 
-    def _gather(self, values: list[str]) -> tuple[pa.RecordBatch, Spans]:
-        """The buffered rows of ``values`` (in ascending code order) as one
-        batch, grouped by value in that order, each value's rows in stream
-        order, and each value's span in it. A run of codes is one row range in
-        each chunk: one slice per chunk, one concatenation and one take for
-        the whole group. Per partition, a slice of every chunk and their
-        concatenation cost 0.34 ms (200,000 events in 20 batches, 3,000
-        types), most of it holding the GIL, so a second write thread did not
-        help; a group's take costs a few microseconds a partition."""
-        codes = np.fromiter((self.code[value] for value in values), np.int64, len(values))
-        pieces, piece_codes = [], []
-        for chunk in self.chunks:
-            first, last = np.searchsorted(chunk.codes, (codes[0], codes[-1] + 1))
-            if first < last:
-                start, stop = int(chunk.bounds[first]), int(chunk.bounds[last])
-                pieces.append(chunk.batch.slice(start, stop - start))
-                piece_codes.append(np.repeat(chunk.codes[first:last], np.diff(chunk.bounds[first:last + 1])))
-        rows = np.concatenate(piece_codes)
-        order = np.argsort(rows, kind="stable")  # stable: chunk order, which is stream order, within a code
-        order = order[np.isin(rows[order], codes)]  # the range may hold partitions written otherwise
-        batch = (pieces[0] if len(pieces) == 1 else pa.concat_batches(pieces)).take(pa.array(order))
-        ordered = rows[order]
-        starts, ends = np.searchsorted(ordered, codes), np.searchsorted(ordered, codes, side="right")
-        return batch, {value: (int(start), int(end - start)) for value, start, end in zip(values, starts, ends)}
+
+def _gather(chunks: list[_Chunk], codes: np.ndarray) -> _Chunk:
+    """One chunk of the rows of ``codes`` (ascending, each present) in
+    ``chunks``, each code's rows in chunk order (stream order). A run of
+    codes is one row range in each chunk: one slice per chunk, one
+    concatenation and one take for the whole group. Per partition, a slice
+    of every chunk and their concatenation cost 0.34 ms (200,000 events in
+    20 batches, 3,000 types), most of it holding the GIL; a group's take
+    costs a few microseconds a partition."""
+    pieces, piece_codes = [], []
+    for chunk in chunks:
+        first, last = np.searchsorted(chunk.codes, (codes[0], codes[-1] + 1))
+        if first < last:
+            start, stop = int(chunk.bounds[first]), int(chunk.bounds[last])
+            pieces.append(chunk.batch.slice(start, stop - start))
+            piece_codes.append(np.repeat(chunk.codes[first:last], np.diff(chunk.bounds[first:last + 1])))
+    rows = np.concatenate(piece_codes)
+    order = np.argsort(rows, kind="stable")  # stable: chunk order, which is stream order, within a code
+    order = order[np.isin(rows[order], codes)]  # the range may hold partitions written otherwise
+    batch = (pieces[0] if len(pieces) == 1 else pa.concat_batches(pieces)).take(pa.array(order))
+    ordered = rows[order]
+    return _Chunk(batch, codes, np.append(np.searchsorted(ordered, codes), len(ordered)))
 
 
-def _take_spans(chunks: list[tuple[pa.RecordBatch, Spans]], values: list[str]) -> tuple[pa.RecordBatch, Spans]:
-    """One compact chunk of the rows of ``values`` in ``chunks``, grouped by
-    value in that order, each value's rows in chunk order (stream order)."""
-    offsets = np.cumsum([0] + [chunk.num_rows for chunk, _ in chunks])
-    ranges, spans, start = [], {}, 0
-    for value in values:
-        count = 0
-        for (_, chunk_spans), offset in zip(chunks, offsets):
-            if value in chunk_spans:
-                first, rows = chunk_spans[value]
-                ranges.append(np.arange(offset + first, offset + first + rows))
-                count += rows
-        spans[value], start = (start, count), start + count
-    if len(chunks) == 1:
-        whole = chunks[0][0]
-    else:
-        whole = pa.Table.from_batches([chunk for chunk, _ in chunks]).combine_chunks().to_batches()[0]
-    order = np.concatenate(ranges) if ranges else np.zeros(0, np.int64)
-    return whole.take(pa.array(order)), spans
-
-
-def _sort_by(batch: pa.RecordBatch, keys: pa.Array, code_of: Any) -> tuple[pa.RecordBatch, Spans]:
+def _sort_by(batch: pa.RecordBatch, keys: pa.Array, code_of: Any) -> _Chunk:
     """The batch sorted by the code of its key (one take; stable, so stream
-    order within a key) and each key's span in it, in code order."""
+    order within a key)."""
     encoded = pc.dictionary_encode(keys)
-    values = encoded.dictionary.to_pylist()
-    codes = np.fromiter((code_of(value) for value in values), np.int64, len(values))
-    if len(values) == 1:
-        return batch, {values[0]: (0, batch.num_rows)}
+    codes = np.fromiter((code_of(value) for value in encoded.dictionary.to_pylist()), np.int64, len(encoded.dictionary))
+    if len(codes) == 1:
+        return _Chunk(batch, codes, np.array([0, batch.num_rows]))
     indices = encoded.indices.to_numpy(zero_copy_only=False)
-    counts = np.bincount(indices, minlength=len(values))
+    by_code = np.argsort(codes)
+    counts = np.bincount(indices, minlength=len(codes))[by_code]
     order = np.argsort(codes[indices], kind="stable")
-    spans, start = {}, 0
-    for local in np.argsort(codes).tolist():
-        count = int(counts[local])
-        if count:
-            spans[values[local]], start = (start, count), start + count
-    return batch.take(pa.array(order)), spans
+    return _Chunk(batch.take(pa.array(order)), codes[by_code], np.append(0, np.cumsum(counts)))
 
 
 # --- the directory: lock, safety, staging, publishing -------------------------------------
