@@ -79,6 +79,13 @@ static int digits(const unsigned char **p, const unsigned char *end) {
     return n;
 }
 
+/* The value of the digits d..end (at most 19 of them: no overflow). */
+static unsigned long long magnitude(const unsigned char *d, const unsigned char *end) {
+    unsigned long long n = 0;
+    for (; d < end; d++) n = n * 10 + (unsigned long long)(*d - '0');
+    return n;
+}
+
 /* A number that orjson writes back as the same digits:
  * - an integer -?(0|[1-9][0-9]*), not "-0" (orjson reads it as 0 and
  *   writes "0"), of 64 bits, signed or not (orjson keeps those as they
@@ -115,10 +122,8 @@ static int number_token(cursor *c) {
         }
     } else if (whole > 19 || (negative && whole == 0)) {
         return 0;
-    } else if (negative && whole == 19) {  /* beyond -2**63 orjson reads a float */
-        unsigned long long magnitude = 0;
-        for (const unsigned char *d = c->p + 1; d < p; d++) magnitude = magnitude * 10 + (unsigned long long)(*d - '0');
-        if (magnitude > 9223372036854775808ULL) return 0;
+    } else if (negative && whole == 19 && magnitude(c->p + 1, p) > 9223372036854775808ULL) {
+        return 0;  /* beyond -2**63 orjson reads a float */
     }
     c->p = p;
     return 1;
@@ -131,6 +136,16 @@ static int literal(cursor *c, const char *word, Py_ssize_t n) {
 }
 
 static int value(cursor *c, int depth);
+
+/* After a member or element: 1 when another follows (the ',' is taken),
+ * 2 when `close` ends the container (taken too), 0 otherwise. */
+static int next_item(cursor *c, unsigned char close) {
+    if (c->p >= c->end) return 0;
+    if (*c->p == close) { c->p++; return 2; }
+    if (*c->p != ',') return 0;
+    c->p++;
+    return 1;
+}
 
 static int object_token(cursor *c, int depth) {
     const unsigned char *keys[MAX_KEYS];
@@ -150,10 +165,8 @@ static int object_token(cursor *c, int depth) {
         if (c->p >= c->end || *c->p != ':') return 0;
         c->p++;
         if (!value(c, depth + 1)) return 0;
-        if (c->p >= c->end) return 0;
-        if (*c->p == '}') { c->p++; return 1; }
-        if (*c->p != ',') return 0;
-        c->p++;
+        int next = next_item(c, '}');
+        if (next != 1) return next == 2;
     }
 }
 
@@ -162,10 +175,8 @@ static int array_token(cursor *c, int depth) {
     if (c->p < c->end && *c->p == ']') { c->p++; return 1; }
     for (;;) {
         if (!value(c, depth + 1)) return 0;
-        if (c->p >= c->end) return 0;
-        if (*c->p == ']') { c->p++; return 1; }
-        if (*c->p != ',') return 0;
-        c->p++;
+        int next = next_item(c, ']');
+        if (next != 1) return next == 2;
     }
 }
 
@@ -252,10 +263,9 @@ static int parse_event(const unsigned char *p, Py_ssize_t n, go_event *e) {
     const unsigned char *first = v;
     int count = digits(&v, c.end);
     if (count == 0 || count > 19 || (count > 1 && *first == '0')) return 0;
-    unsigned long long magnitude = 0;
-    for (const unsigned char *d = first; d < v; d++) magnitude = magnitude * 10 + (unsigned long long)(*d - '0');
-    if (magnitude > 9223372036854775807ULL + (unsigned long long)negative) return 0;
-    e->version = negative ? (long long)(0ULL - magnitude) : (long long)magnitude;
+    unsigned long long size = magnitude(first, v);
+    if (size > 9223372036854775807ULL + (unsigned long long)negative) return 0;
+    e->version = negative ? (long long)(0ULL - size) : (long long)size;
     c.p = v;
     if (!key(&c, ",\"data\":")) return 0;
     e->data = c.p;
@@ -373,12 +383,6 @@ static int number(const unsigned char **p, const unsigned char *end, long long *
     return *p > first;
 }
 
-static int skip_digits(const unsigned char **p, const unsigned char *end) {
-    const unsigned char *first = *p;
-    while (*p < end && **p >= '0' && **p <= '9') (*p)++;
-    return *p > first;
-}
-
 /* deliveries(buf, pos, sid, prefix, limit, end_seq, seqs, stamps, subjects, payloads) -> (pos, done);
  * see _scan._deliveries. */
 static PyObject *deliveries(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
@@ -418,9 +422,9 @@ static PyObject *deliveries(PyObject *self, PyObject *const *args, Py_ssize_t na
         p += sid_n + 1;
         if (memcmp(p, prefix, prefix_n) != 0) break;
         p += prefix_n;
-        if (!skip_digits(&p, end) || p >= end || *p++ != '.') break;
+        if (!digits(&p, end) || p >= end || *p++ != '.') break;
         if (!number(&p, end, &seq) || p >= end || *p++ != '.') break;
-        if (!skip_digits(&p, end) || p >= end || *p++ != '.') break;
+        if (!digits(&p, end) || p >= end || *p++ != '.') break;
         if (!number(&p, end, &ns) || p >= end || *p++ != '.') break;
         const unsigned char *pending_at = p;
         if (!number(&p, end, &pending)) break;

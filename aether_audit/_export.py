@@ -532,7 +532,7 @@ class _EventBuffer:
         """The buffered rows of ``codes`` (ascending): small partitions as
         whole files, gathered ``GATHER_ROWS`` at a time in ``WRITE_THREADS``
         threads; the others into their open files."""
-        groups: list[list[int]] = []
+        groups: list[list[tuple[int, _PartWriter]]] = []
         rows = GATHER_ROWS
         for code in codes.tolist():
             count = int(self.rows[code])
@@ -543,13 +543,13 @@ class _EventBuffer:
             if rows + count > GATHER_ROWS:
                 groups.append([])
                 rows = 0
-            groups[-1].append(code)
+            groups[-1].append((code, writer))
             rows += count
 
-        def write_group(group: list[int]) -> None:
-            chunk = _gather(self.chunks, np.array(group, np.int64))
-            for code, start, stop in zip(group, chunk.bounds[:-1].tolist(), chunk.bounds[1:].tolist()):
-                self.writer_of(self.values[code]).write_whole(chunk.batch.slice(start, stop - start))
+        def write_group(group: list[tuple[int, _PartWriter]]) -> None:
+            chunk = _gather(self.chunks, np.array([code for code, _ in group], np.int64))
+            for (_, writer), start, stop in zip(group, chunk.bounds[:-1].tolist(), chunk.bounds[1:].tolist()):
+                writer.write_whole(chunk.batch.slice(start, stop - start))
 
         if len(groups) == 1 or WRITE_THREADS <= 1:
             for group in groups:
