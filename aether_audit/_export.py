@@ -78,6 +78,7 @@ from ._layout import (
     unit_of,
 )
 from ._records import now
+from ._small_parquet import Encoder
 from ._verify import VerifyResult, check_base, verify_export, verify_exports
 
 __all__ = [
@@ -186,8 +187,9 @@ class _PartWriter:
     groups, rolls to a new file every ``FILE_ROWS`` rows."""
 
     def __init__(self, kind: str, directory: Path, relative: str, schema: pa.Schema,
-                 partition: str | None = None, opened: dict[int, _PartWriter] | None = None) -> None:
+                 encoder: Encoder, partition: str | None = None, opened: dict[int, _PartWriter] | None = None) -> None:
         self.kind, self.directory, self.relative, self.partition = kind, directory, relative, partition
+        self.encoder = encoder  # for write_whole
         self.opened = {} if opened is None else opened  # the run's writers with an open file, oldest first
         self.schema = schema
         self.pending: list[pa.RecordBatch] = []
@@ -280,14 +282,10 @@ class _PartWriter:
             self.made = True
         seqs = rows.column("stream_seq")
         first_seq, last_seq = seqs[0].as_py(), seqs[-1].as_py()
-        metadata = {**self.schema.metadata,
-                    (META_PREFIX + "first_seq").encode(): str(first_seq).encode(),
-                    (META_PREFIX + "last_seq").encode(): str(last_seq).encode(),
-                    (META_PREFIX + "rows").encode(): str(rows.num_rows).encode()}
-        table = pa.Table.from_batches([rows], schema=self.schema.with_metadata(metadata))
-        sink = pa.BufferOutputStream()
-        pq.write_table(table, sink, row_group_size=ROW_GROUP_ROWS, **WHOLE_OPTIONS)
-        data = sink.getvalue()
+        data = self.encoder.encode(rows, {**self.schema.metadata,
+                                          (META_PREFIX + "first_seq").encode(): str(first_seq).encode(),
+                                          (META_PREFIX + "last_seq").encode(): str(last_seq).encode(),
+                                          (META_PREFIX + "rows").encode(): str(rows.num_rows).encode()})
         name = part_name(first_seq, last_seq)
         path = self.directory / name
         _stop_at("writing")
@@ -299,7 +297,7 @@ class _PartWriter:
                     done += os.write(fd, view[done:])
         finally:
             os.close(fd)
-        self.finished.append(_Written(self.kind, path, f"{self.relative}/{name}", table.num_rows, first_seq,
+        self.finished.append(_Written(self.kind, path, f"{self.relative}/{name}", rows.num_rows, first_seq,
                                       last_seq, hashlib.sha256(data).hexdigest(), len(data), self.partition))
 
     def close(self) -> list[_Written]:
@@ -324,10 +322,12 @@ PARQUET_OPTIONS: dict[str, Any] = {"version": "2.6", "compression": "zstd", "use
 # A partition with fewer rows to write than this share of a row group
 # (10,000) and no open file gets one whole file, encoded in memory.
 WHOLE_SHARE = 10
-# Such a file uses snappy: for a few KB, zstd compresses no better and its per-page start
-# costs more than all the rest of the file (thousands of actor types:
-# thousands of such files). Large, streamed files keep zstd. Every engine
-# reads both (the codec is per column chunk).
+# Such a file is encoded by _small_parquet (in C where it is built: PLAIN
+# pages, 0.03 ms a file where pyarrow's writer takes 0.25) and uses snappy:
+# for a few KB, zstd compresses no better and its per-page start costs more
+# than all the rest of the file (thousands of actor types: thousands of such
+# files). Large, streamed files keep zstd. Every engine reads both (the
+# codec is per column chunk).
 WHOLE_OPTIONS: dict[str, Any] = dict(PARQUET_OPTIONS, compression="snappy")
 # Small partitions' rows are gathered for their whole files about this many
 # rows (4 MB) at a time: few gathers, and each one's memory is reused.
@@ -359,6 +359,7 @@ class _RunWriter:
         self.writers: dict[tuple[str, str | None], _PartWriter] = {}
         self.opened: dict[int, _PartWriter] = {}
         self.schemas = {kind: file_schema(kind, unit) for kind in KINDS}  # once, not per partition
+        self.encoders = {kind: Encoder(self.schemas[kind], WHOLE_OPTIONS) for kind in KINDS}
         self.events = _EventBuffer(lambda partition: self._writer("events", partition))
         self.counts = dict.fromkeys(KINDS, 0)
         self.first_seq, self.first_digest = first_seq, None  # the stream identity's first message
@@ -377,7 +378,7 @@ class _RunWriter:
             if partition is not None:
                 directory, relative = directory / partition_dir(partition), f"{kind}/{partition_dir(partition)}"
             writer = self.writers[key] = _PartWriter(kind, directory, relative, self.schema(kind, partition),
-                                                     partition, self.opened)
+                                                     self.encoders[kind], partition, self.opened)
         return writer
 
     def add(self, batch: DecodedBatch) -> None:
