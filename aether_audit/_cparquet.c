@@ -26,6 +26,15 @@
 #include <string.h>
 
 /* The Arrow C data interface (stable ABI): what batch.__arrow_c_array__() exports. */
+struct ArrowSchema {
+    const char *format, *name, *metadata;
+    int64_t flags, n_children;
+    struct ArrowSchema **children;
+    struct ArrowSchema *dictionary;
+    void (*release)(struct ArrowSchema *);
+    void *private_data;
+};
+
 struct ArrowArray {
     int64_t length, null_count, offset, n_buffers, n_children;
     const void **buffers;
@@ -61,8 +70,13 @@ static void put(buf *b, const void *src, Py_ssize_t n) {
 
 static void put_byte(buf *b, unsigned char c) { put(b, &c, 1); }
 
+static void le32(unsigned char *t, uint32_t v) {
+    for (int k = 0; k < 4; k++) t[k] = (unsigned char)(v >> (8 * k));
+}
+
 static void put_le32(buf *b, uint32_t v) {
-    unsigned char t[4] = {v & 0xff, (v >> 8) & 0xff, (v >> 16) & 0xff, v >> 24};
+    unsigned char t[4];
+    le32(t, v);
     put(b, t, 4);
 }
 
@@ -175,11 +189,7 @@ static void definition_levels(buf *b, const unsigned char *validity, int64_t off
             }
         }
     }
-    if (!b->failed) {
-        uint32_t len = (uint32_t)(b->len - at - 4);
-        unsigned char t[4] = {len & 0xff, (len >> 8) & 0xff, (len >> 16) & 0xff, len >> 24};
-        memcpy(b->p + at, t, 4);
-    }
+    if (!b->failed) le32(b->p + at, (uint32_t)(b->len - at - 4));
 }
 
 static int less(const unsigned char *a, int32_t an, const unsigned char *b, int32_t bn) {
@@ -303,6 +313,16 @@ static void page_header(buf *b, const column *c, int64_t n) {
 
 /* ---- the module function ------------------------------------------------ */
 
+/* The Arrow format string of a column of this kind: "l" (int64), "tsn:UTC"
+ * and the like (timestamps: unit, then the time zone, if any), "u" (utf8;
+ * not "U", whose offsets are 64-bit). */
+static int format_is(const char *format, const column *c) {
+    if (c->kind == KIND_INT64) return strcmp(format, "l") == 0;
+    if (c->kind == KIND_STRING) return strcmp(format, "u") == 0;
+    return strncmp(format, "ts", 2) == 0 && format[2] == "mun"[c->unit] && format[3] == ':'
+           && (format[4] != 0) == (c->utc != 0);
+}
+
 /* Parses (name: str, kind, unit, utc) for each column. */
 static int parse_columns(PyObject *spec, column *cols, Py_ssize_t n) {
     for (Py_ssize_t i = 0; i < n; i++) {
@@ -347,24 +367,25 @@ static int compress_into(buf *out, buf *body, PyObject *compress, Py_ssize_t *si
 }
 
 static PyObject *encode(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 6) {
+    if (nargs != 7) {
         PyErr_SetString(PyExc_TypeError,
-                        "encode(array_capsule, columns, metadata, codec, compress, created_by)");
+                        "encode(schema_capsule, array_capsule, columns, metadata, codec, compress, created_by)");
         return NULL;
     }
-    PyObject *capsule = args[0], *spec = args[1], *metadata = args[2], *compress = args[4];
-    int codec = (int)PyLong_AsLong(args[3]);
+    PyObject *spec = args[2], *metadata = args[3], *compress = args[5];
+    int codec = (int)PyLong_AsLong(args[4]);
     Py_ssize_t created_len;
-    const char *created_by = PyUnicode_AsUTF8AndSize(args[5], &created_len);
+    const char *created_by = PyUnicode_AsUTF8AndSize(args[6], &created_len);
     if (created_by == NULL || PyErr_Occurred()) return NULL;
     if (!PyTuple_Check(spec) || !PyList_Check(metadata)) {
         PyErr_SetString(PyExc_TypeError, "columns is a tuple, metadata a list of (key, value) bytes");
         return NULL;
     }
-    struct ArrowArray *batch = PyCapsule_GetPointer(capsule, "arrow_array");
+    struct ArrowSchema *types = PyCapsule_GetPointer(args[0], "arrow_schema");
+    struct ArrowArray *batch = types == NULL ? NULL : PyCapsule_GetPointer(args[1], "arrow_array");
     if (batch == NULL) return NULL;
     Py_ssize_t ncols = PyTuple_GET_SIZE(spec);
-    if (batch->n_children != ncols || batch->length <= 0) {
+    if (types->n_children != ncols || batch->n_children != ncols || batch->length <= 0) {
         PyErr_SetString(PyExc_ValueError, "the batch has other columns than described, or no rows");
         return NULL;
     }
@@ -374,6 +395,13 @@ static PyObject *encode(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     buf out = {0}, body = {0};
     int64_t n = batch->length;
     if (!parse_columns(spec, cols, ncols)) goto done;
+    for (Py_ssize_t i = 0; i < ncols; i++) {
+        if (!format_is(types->children[i]->format, &cols[i])) {
+            PyErr_Format(PyExc_ValueError, "column %zd is of Arrow type %s, not the one described", i,
+                         types->children[i]->format);
+            goto done;
+        }
+    }
 
     put(&out, "PAR1", 4);
     for (Py_ssize_t i = 0; i < ncols; i++) {
@@ -471,7 +499,8 @@ done:
 
 static PyMethodDef methods[] = {
     {"encode", (PyCFunction)(void (*)(void))encode, METH_FASTCALL,
-     "encode(array_capsule, columns, metadata, codec, compress, created_by) -> bytes; see _small_parquet.encode"},
+     "encode(schema_capsule, array_capsule, columns, metadata, codec, compress, created_by) -> bytes; "
+     "see _small_parquet"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -100,8 +100,7 @@ class Encoder:
             return _pyarrow_encode(batch, schema, self.options)
         columns, codec, compress, created_by = self.plan
         pairs = [*schema.metadata.items(), (b"ARROW:schema", base64.b64encode(schema.serialize().to_pybytes()))]
-        _, array = batch.__arrow_c_array__()
         try:
-            return self.native.encode(array, columns, pairs, codec, compress, created_by)
+            return self.native.encode(*batch.__arrow_c_array__(), columns, pairs, codec, compress, created_by)
         except OverflowError:  # a column of over 2 GiB, one page for the C encoder: pyarrow splits it
             return _pyarrow_encode(batch, schema, self.options)

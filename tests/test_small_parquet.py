@@ -134,3 +134,11 @@ def test_types_the_c_encoder_does_not_write_go_to_pyarrow():
 @pytest.mark.skipif(not os.environ.get("AETHER_AUDIT_REQUIRE_CFAST"), reason="AETHER_AUDIT_REQUIRE_CFAST is not set")
 def test_the_c_encoder_is_built_where_ci_requires_it():
     assert cparquet is not None, "aether_audit._cparquet did not build (is a C compiler installed?)"
+
+
+@pytest.mark.skipif(cparquet is None, reason="the C encoder is not built")
+def test_the_c_encoder_refuses_a_batch_of_other_types_than_its_schema():
+    encoder = Encoder(pa.schema({"s": pa.string()}), WHOLE_OPTIONS)
+    for other in (pa.array(["a"], pa.large_string()), pa.array([1], pa.int64())):
+        with pytest.raises(ValueError, match="column 0 is of Arrow type"):
+            encoder.encode(pa.record_batch({"s": other}), {})
