@@ -5,10 +5,10 @@ runs the same cases against each): ``Encoder(schema, options).encode(batch,
 metadata)`` returns the bytes of one Parquet file of one row group that
 pyarrow and DuckDB read back as exactly ``batch`` under ``schema``. That
 includes the schema's metadata and ``metadata``, as the file's key-value
-metadata, and pyarrow's ``ARROW:schema``. Each column chunk has statistics: the null count, and
-min/max unless a value is longer than 4 KB. ``options`` are the pyarrow
-writer options of such a file; the codec among them is the codec of every
-column.
+metadata, and pyarrow's ``ARROW:schema``. Each column chunk has
+statistics: the null count, and min/max unless a value is longer than 4 KB.
+``options`` are the pyarrow writer options of such a file; the codec among
+them is the codec of every column.
 
 The two implementations:
 
@@ -16,8 +16,9 @@ The two implementations:
   its rows. With 3,000 actor types, an export writes 3,000 such files.
 - The C encoder (``_cparquet.c``, built beside ``_cfast``) takes ~0.03 ms
   plus the codec for the columns an export writes: int64, timestamps and
-  UTF-8 strings. It writes PLAIN pages, with no dictionary, which costs a
-  few percent in size for files this small.
+  UTF-8 strings. It writes PLAIN pages, with no dictionary and no page
+  statistics: the 3,000 files of the many-partition benchmark take 37.1 MB
+  instead of pyarrow's 41.4 MB.
 
 Anything else goes to pyarrow, and so does everything when the module is
 not built or ``AETHER_AUDIT_PURE_PYTHON=1``. Only ``_export`` calls this,
