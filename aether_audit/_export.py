@@ -371,7 +371,8 @@ class _RunWriter:
         if writer is None:
             directory, relative = self.staging[kind], kind
             if partition is not None:
-                directory, relative = directory / partition_dir(partition), f"{kind}/{partition_dir(partition)}"
+                name = partition_dir(partition)
+                directory, relative = directory / name, f"{kind}/{name}"
             writer = self.writers[key] = _PartWriter(kind, directory, relative, self.schema(kind, partition),
                                                      self.encoders[kind], partition, self.opened)
         return writer

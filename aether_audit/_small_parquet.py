@@ -96,11 +96,12 @@ class Encoder:
 
     def encode(self, batch: pa.RecordBatch, metadata: dict[bytes, bytes]) -> bytes:
         """One Parquet file of ``batch`` with the schema's metadata and ``metadata``."""
-        schema = self.schema.with_metadata({**(self.schema.metadata or {}), **metadata})
+        metadata = {**(self.schema.metadata or {}), **metadata}
+        schema = self.schema.with_metadata(metadata)
         if self.plan is None or not batch.num_rows:
             return _pyarrow_encode(batch, schema, self.options)
         columns, codec, compress, created_by = self.plan
-        pairs = [*schema.metadata.items(), (b"ARROW:schema", base64.b64encode(schema.serialize().to_pybytes()))]
+        pairs = [*metadata.items(), (b"ARROW:schema", base64.b64encode(schema.serialize().to_pybytes()))]
         try:
             return self.native.encode(*batch.__arrow_c_array__(), columns, pairs, codec, compress, created_by)
         except OverflowError:  # a column of over 2 GiB, one page for the C encoder: pyarrow splits it
