@@ -263,9 +263,9 @@ static int parse_event(const unsigned char *p, Py_ssize_t n, go_event *e) {
     const unsigned char *first = v;
     int count = digits(&v, c.end);
     if (count == 0 || count > 19 || (count > 1 && *first == '0')) return 0;
-    unsigned long long size = magnitude(first, v);
-    if (size > 9223372036854775807ULL + (unsigned long long)negative) return 0;
-    e->version = negative ? (long long)(0ULL - size) : (long long)size;
+    unsigned long long version = magnitude(first, v);
+    if (version > 9223372036854775807ULL + (unsigned long long)negative) return 0;
+    e->version = negative ? (long long)(0ULL - version) : (long long)version;
     c.p = v;
     if (!key(&c, ",\"data\":")) return 0;
     e->data = c.p;

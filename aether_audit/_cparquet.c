@@ -345,25 +345,19 @@ static int parse_columns(PyObject *spec, column *cols, Py_ssize_t n) {
     return 1;
 }
 
-/* The page body as the codec leaves it: compress(bytes) -> bytes, or as it is (None). */
-static int compress_into(buf *out, buf *body, PyObject *compress, Py_ssize_t *size) {
-    if (compress == Py_None) {
-        put(out, body->p, body->len);
-        *size = body->len;
-        return !out->failed;
-    }
+/* The page body as the codec leaves it: compress(bytes) -> a buffer, held
+ * in `view` until released (`*owner` set); or the body itself (None). */
+static int compressed(buf *body, PyObject *compress, Py_buffer *view, PyObject **owner) {
+    *owner = NULL;
+    if (compress == Py_None) return PyBuffer_FillInfo(view, NULL, body->p, body->len, 1, PyBUF_SIMPLE) == 0;
     PyObject *raw = PyBytes_FromStringAndSize((const char *)body->p, body->len);
     if (raw == NULL) return 0;
     PyObject *done = PyObject_CallOneArg(compress, raw);
     Py_DECREF(raw);
     if (done == NULL) return 0;
-    Py_buffer view;
-    if (PyObject_GetBuffer(done, &view, PyBUF_SIMPLE) < 0) { Py_DECREF(done); return 0; }
-    put(out, view.buf, view.len);
-    *size = view.len;
-    PyBuffer_Release(&view);
-    Py_DECREF(done);
-    return !out->failed;
+    if (PyObject_GetBuffer(done, view, PyBUF_SIMPLE) < 0) { Py_DECREF(done); return 0; }
+    *owner = done;
+    return 1;
 }
 
 static PyObject *encode(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
@@ -413,23 +407,24 @@ static PyObject *encode(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         body.len = 0;
         if (!page_body(&body, &cols[i], a, a->offset + batch->offset, n)) { PyErr_NoMemory(); goto done; }
         cols[i].uncompressed = body.len;
-        /* The header holds the compressed size: compress first, then put the header before it. */
-        buf page = {0};
-        int ok = compress_into(&page, &body, compress, &cols[i].compressed);
-        if (ok && (cols[i].uncompressed > INT32_MAX || cols[i].compressed > INT32_MAX)) {
-            PyErr_SetString(PyExc_OverflowError, "a column of more than 2 GiB for one page");
-            ok = 0;
-        }
+        /* The header holds the compressed size: compress first, then the header, then the page. */
+        Py_buffer page;
+        PyObject *owner;
+        if (!compressed(&body, compress, &page, &owner)) goto done;
+        cols[i].compressed = page.len;
+        int ok = cols[i].uncompressed <= INT32_MAX && cols[i].compressed <= INT32_MAX;
         if (ok) {
             cols[i].offset = out.len;
-            Py_ssize_t before = out.len;
             page_header(&out, &cols[i], n);
-            cols[i].header_len = out.len - before;
-            put(&out, page.p, page.len);
-        } else if (!PyErr_Occurred()) {
-            PyErr_NoMemory();
+            cols[i].header_len = out.len - cols[i].offset;
+            put(&out, page.buf, page.len);
+        } else {
+            PyErr_SetString(PyExc_OverflowError, "a column of more than 2 GiB for one page");
         }
-        PyMem_Free(page.p);
+        if (owner != NULL) {
+            PyBuffer_Release(&page);
+            Py_DECREF(owner);
+        }
         if (!ok) goto done;
     }
 

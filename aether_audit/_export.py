@@ -49,7 +49,7 @@ import pyarrow.parquet as pq
 from ._chain import DESCRIPTION, Heads, chain_hashes
 from ._errors import ExportError
 from ._export_read import read_export
-from ._files import sync_dir, write_atomic
+from ._files import sync_path, write_atomic
 from ._frames import DecodedBatch
 from ._layout import (
     CHAIN_COLUMN,
@@ -680,7 +680,7 @@ def publish(out_dir: Path, manifest: dict[str, Any], *, stops: bool = True) -> N
                 _exchange(staged, live)
             else:
                 os.rename(staged, live)
-            sync_dir(out_dir)
+            sync_path(out_dir)
             if stops:
                 _stop_at("after_exchange")
     if stops:
@@ -974,7 +974,7 @@ def _sync_run(out_dir: Path, staging: dict[str, Path]) -> None:
     finally:
         os.close(fd)
     for directory in [out_dir, *staging.values()]:
-        sync_dir(directory)
+        sync_path(directory)
 
 
 def _unit(previous: dict[str, Any] | None, continuing: bool, wanted: str | None, out_dir: Path) -> str:

@@ -10,11 +10,11 @@ import os
 import uuid
 from pathlib import Path
 
-__all__ = ["sync_dir", "write_atomic"]
+__all__ = ["sync_path", "write_atomic"]
 
 
-def sync_dir(path: Path) -> None:
-    """Force a directory's entries (a rename into it) to disk."""
+def sync_path(path: str | os.PathLike[str]) -> None:
+    """Force a file, or a directory's entries (a rename into it), to disk."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -43,5 +43,5 @@ def write_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
     except BaseException:
         temp.unlink(missing_ok=True)
         raise
-    sync_dir(path.parent)
+    sync_path(path.parent)
     return path

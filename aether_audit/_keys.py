@@ -47,7 +47,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ._files import sync_dir, write_atomic
+from ._files import sync_path, write_atomic
 
 __all__ = ["KeyStore", "key_hashes"]
 
@@ -191,18 +191,14 @@ class KeyStore:
                 if hashes is None and batch.num_rows:
                     computed.append(key_hashes(batch.column(0)))
         if self._durable:
-            fd = os.open(temp, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            sync_path(temp)
         if hashes is None:
             hashes = np.sort(np.concatenate(computed)) if computed else np.zeros(0, dtype=np.uint64)
         index = f"{stem}.hash.npy"
         self._write_index(index, hashes)
         os.replace(temp, directory / name)
         if self._durable:
-            sync_dir(directory)
+            sync_path(directory)
         return {"file": name, "rows": rows, "index": index}
 
     @property

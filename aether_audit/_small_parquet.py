@@ -87,7 +87,8 @@ class Encoder:
         from . import __version__
 
         self.schema, self.options, self.native = schema, options, native  # native: the C module, or None
-        codec = options.get("compression", "snappy")
+        codec = options.get("compression", "snappy")  # pyarrow's default; a dict (per column) goes to pyarrow
+        codec = codec.lower() if isinstance(codec, str) else None
         columns = _columns(schema)
         self.plan: tuple[Any, ...] | None = None
         if native is not None and columns is not None and codec in _CODECS:
