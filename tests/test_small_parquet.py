@@ -142,3 +142,11 @@ def test_the_c_encoder_refuses_a_batch_of_other_types_than_its_schema():
     for other in (pa.array(["a"], pa.large_string()), pa.array([1], pa.int64())):
         with pytest.raises(ValueError, match="column 0 is of Arrow type"):
             encoder.encode(pa.record_batch({"s": other}), {})
+
+
+@pytest.mark.skipif(cparquet is None, reason="the C encoder is not built")
+def test_codec_names_as_pyarrow_takes_them():
+    schema = pa.schema({"n": pa.int64()})
+    assert Encoder(schema, {"compression": "SNAPPY"}).plan is not None
+    assert Encoder(schema, {"compression": {"n": "snappy"}}).plan is None  # per column: pyarrow
+    assert Encoder(schema, {"compression": "lz4"}).plan is None  # pyarrow's lz4 codec is the frame format
