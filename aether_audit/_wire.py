@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -46,16 +47,18 @@ _SNAPSHOT_KEY_SET = frozenset(SNAPSHOT_KEYS)
 
 # What Go's time.Time.UnmarshalJSON (RFC 3339) accepts: ASCII digits only, a
 # one- or two-digit hour, a fraction of any length after "." or ",", then "Z"
-# or an offset; the calendar is range-checked (see _timestamp_text).
+# or an offset; the calendar and the offset are range-checked (see
+# _timestamp_text).
 _RFC3339 = re.compile(
     r"([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{1,2}):([0-9]{2}):([0-9]{2})"
-    r"(?:[.,]([0-9]+))?(Z|[+-][0-9]{2}:[0-9]{2})"
+    r"(?:[.,]([0-9]+))?(?:Z|([+-])([0-9]{2}):([0-9]{2}))"
 )
 _DAYS_IN_MONTH = (31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
-# The form Go writes, with the ranges in the pattern: the fast path.
+# The form Go writes, with the ranges in the pattern (offsets up to 23:59):
+# the fast path, texts kept as they are.
 _RFC3339_CANONICAL = re.compile(
     r"[0-9]{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|1[0-9]|2[0-8])T(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]"
-    r"(?:\.[0-9]{1,9})?(?:Z|[+-][0-9]{2}:[0-9]{2})"
+    r"(?:\.[0-9]{1,9})?(?:Z|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])"
 )
 GO_ZERO_TIME = "0001-01-01T00:00:00Z"
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
@@ -301,6 +304,21 @@ def _object_text(value: Any, key: str) -> str | None:
 
 
 def _timestamp_text(value: Any) -> str | None:
+    """The RFC 3339 text of a decoded ``timestamp``, None for Go's zero time;
+    ``DecodeError`` where Go's ``time.Time.UnmarshalJSON`` fails.
+
+    A well-formed text naming no real time (30 February, 29 February of a
+    common year, hour 24, second 60, an offset beyond 24:60) is an error, as
+    in Go: the message becomes a replay error, never a crash downstream.
+
+    Example:
+        >>> _timestamp_text("2024-02-29T7:00:00,5+24:00")
+        '2024-02-28T07:00:00.5Z'
+        >>> _timestamp_text("2026-02-30T00:00:00Z")
+        Traceback (most recent call last):
+        ...
+        aether_audit._wire.DecodeError: parsing time '2026-02-30T00:00:00Z': day out of range
+    """
     if value is None:
         return None
     if type(value) is not str:
@@ -311,22 +329,40 @@ def _timestamp_text(value: Any) -> str | None:
     if not match:
         raise DecodeError(f"parsing time {value[:60]!r} as RFC 3339: cannot parse")
     year, month, day, hour, minute, second = (int(part) for part in match.group(1, 2, 3, 4, 5, 6))
+    sign, offset_hour, offset_minute = match.group(8, 9, 10)
     leap = year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
+    # Go's time.Parse (which UnmarshalJSON falls back to for every form but
+    # the one Go writes) allows offsets up to 24:60 and no more since Go 1.23
+    # (golang/go#67470; older Go read +99:99 as 100h39m), so such a message
+    # is a replay error, not an event with no timestamp.
     for name, number, low, high in (
         ("month", month, 1, 12),
         ("day", day, 1, _DAYS_IN_MONTH[month - 1] + (month == 2 and leap) if 1 <= month <= 12 else 31),
         ("hour", hour, 0, 23),
         ("minute", minute, 0, 59),
         ("second", second, 0, 59),
+        ("time zone offset hour", int(offset_hour or 0), 0, 24),
+        ("time zone offset minute", int(offset_minute or 0), 0, 60),
     ):
         if not low <= number <= high:
             raise DecodeError(f"parsing time {value[:60]!r}: {name} out of range")
     fraction = match.group(7)
+    fraction_text = f".{fraction[:9]}" if fraction else ""  # Go reads 9 digits, drops the rest
+    if sign and (offset_hour == "24" or offset_minute == "60"):
+        # Go reads these offsets; Arrow and pandas do not: hand the frames the
+        # same instant in UTC.
+        shift = (int(offset_hour) * 60 + int(offset_minute)) * (1 if sign == "+" else -1)
+        try:
+            utc = datetime(year, month, day, hour, minute, second) - timedelta(minutes=shift)
+        except (ValueError, OverflowError):  # year 0, or before 1 or after 9999: outside pandas' range anyway
+            return value
+        value = f"{utc.year:04d}-{utc:%m-%dT%H:%M:%S}{fraction_text}Z"
+        return None if value == GO_ZERO_TIME else value
     if len(match.group(4)) == 1 or (fraction is not None and (len(fraction) > 9 or "," in value)):
         # Go reads these forms too; hand the frames the canonical one.
         value = (
             f"{match.group(1)}-{match.group(2)}-{match.group(3)}T{hour:02d}:{match.group(5)}:{match.group(6)}"
-            + (f".{fraction[:9]}" if fraction else "") + match.group(8)
+            + fraction_text + value[match.end(7) if fraction is not None else match.end(6):]
         )
     return None if value == GO_ZERO_TIME else value
 

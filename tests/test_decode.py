@@ -167,6 +167,20 @@ STAMPS = [
     b"2026-11-30T01:00:00,5Z", b"2026-11-30t01:00:00Z", b"2026-11-30T01:00:00z", b"0001-01-01T00:00:00Z",
     b"2026-11-30T01:00:00+1:00", b"2026-11-30T01:00:00", b"", b"2026-13-01T00:00:00Z", b"2026-00-10T00:00:00Z",
     b"1677-09-21T00:12:43.145224191Z", b"2262-04-11T23:47:16.854775808Z", b"2026-11-30T01:00:60Z",
+    # well formed, but no such time: Go refuses each (issue 21)
+    b"2026-02-30T00:00:00Z", b"2100-02-29T00:00:00Z", b"2026-06-31T00:00:00Z", b"2026-11-30T25:00:00Z",
+    b"2026-02-30T00:00:00.5+01:00", b"2026-11-30T01:60:00Z", b"2026-11-30T01:00:00+25:00",
+    b"2026-11-30T01:00:00+23:61", b"2026-11-30T01:00:00-99:99",
+    # odd but real: Go reads each
+    b"2000-02-29T00:00:00Z", b"2026-11-30T01:00:00+23:59", b"2026-11-30T01:00:00-23:59",
+    b"2026-11-30T01:00:00+24:00", b"2026-11-30T01:00:00-00:60", b"0000-01-01T00:00:00Z", b"9999-12-31T23:59:59Z",
+]
+# Go's json.Unmarshal into time.Time (Go 1.23 or later) fails on each of these: a replay error, never an event.
+IMPOSSIBLE = [
+    b"2026-02-30T00:00:00Z", b"2026-02-29T00:00:00Z", b"2100-02-29T00:00:00Z", b"2026-13-01T00:00:00Z",
+    b"2026-04-31T00:00:00Z", b"2026-11-30T24:00:00Z", b"2026-11-30T25:00:00Z", b"2026-11-30T01:60:00Z",
+    b"2026-11-30T01:00:60Z", b"2026-02-30T00:00:00.5+01:00", b"2026-11-30T01:00:00+25:00",
+    b"2026-11-30T01:00:00+23:61", b"2026-11-30T01:00:00-99:99",
 ]
 
 
@@ -181,6 +195,40 @@ def test_one_change_to_the_go_layout_decodes_alike(old, new):
 def test_odd_timestamps_decode_alike(stamp):
     assert_agrees(GO.replace(b"2026-11-30T23:59:59.123456789+01:00", stamp))
     assert_agrees(SNAP.replace(b"2026-11-30T23:59:59Z", stamp), snapshot=True)
+
+
+@pytest.mark.parametrize("stamp", IMPOSSIBLE)
+def test_a_time_that_does_not_exist_is_a_replay_error_on_every_path(stamp):
+    """No fast path takes it, the exact decoder refuses it, and decode_messages
+    (with the fast paths and without) makes it a replay error with its bytes."""
+    payload = GO.replace(b"2026-11-30T23:59:59.123456789+01:00", stamp)
+    snapshot = SNAP.replace(b"2026-11-30T23:59:59Z", stamp)
+    assert event_fields(payload) is None and snapshot_fields(snapshot) is None
+    assert all(batch_fields(go_events, payload) is None for go_events in GO_EVENTS)
+    for decode, raw in ((decode_event, payload), (decode_snapshot, snapshot)):
+        with pytest.raises(DecodeError, match="out of range"):
+            decode(raw)
+    args = ([1, 2], [1_700_000_000_000_000_000] * 2, ["s.events.order.order-1", "s.snapshots.order.order-1"],
+            [payload, snapshot])
+    for batch in (_frames.decode_messages(*args, snapshot_prefix="s.snapshots."),
+                  exact_only(*args, snapshot_prefix="s.snapshots.")):
+        assert batch.events.num_rows == batch.snapshots.num_rows == 0
+        errors = batch.errors.to_pylist()
+        assert [(e["stream_seq"], e["code"], e["raw"]) for e in errors] == [
+            (1, "malformed_payload", payload), (2, "malformed_snapshot", snapshot)]
+        assert all(stamp.decode() in e["message"] for e in errors)
+
+
+@pytest.mark.parametrize("stamp, utc", [
+    (b"2026-11-30T01:00:00+24:00", "2026-11-29T01:00:00Z"), (b"2026-11-30T01:00:00.5-00:60", "2026-11-30T02:00:00.5Z"),
+    (b"2024-02-29T7:00:00,25+24:00", "2024-02-28T07:00:00.25Z"),
+])
+def test_offsets_go_reads_and_arrow_does_not_reach_the_frames_as_the_same_instant(stamp, utc):
+    """Go's time.Parse reads offsets up to 24:60; Arrow and pandas stop at 23:59."""
+    payload = GO.replace(b"2026-11-30T23:59:59.123456789+01:00", stamp)
+    assert decode_event(payload)[5] == utc
+    batch = _frames.decode_messages([1], [0], ["s.events.order.order-1"], [payload], snapshot_prefix="s.snapshots.")
+    assert batch.events.column("timestamp")[0].value == pd.Timestamp(utc).value
 
 
 @pytest.mark.parametrize("old, new", [(b'"actorId"', b'"ActorId"'), (b":7,", b":-0,"), (b'"total":3', b'"total":3.0'),
