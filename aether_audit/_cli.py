@@ -199,7 +199,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     checks = args.checks.split(",") if args.checks else None
     with _store(args) as store:
         report = store.audit(checks, checkpoint=args.checkpoint, keep_frames=False, progress=_progress(args),
-                             **_check_options(args))
+                             sign=_checkpoint_seed(args), **_check_options(args))
     if args.json:
         _print_json(report.to_dict())
     else:
@@ -213,6 +213,14 @@ def cmd_check(args: argparse.Namespace) -> int:
     return EXIT_FINDINGS if failing else EXIT_OK
 
 
+def _checkpoint_seed(args: argparse.Namespace) -> str | None:
+    """--sign's seed file, which signs the checkpoint: only with --checkpoint
+    (a watch without one keeps a temporary checkpoint, nothing to sign)."""
+    if args.sign and not args.checkpoint:
+        raise UsageError("--sign signs the checkpoint: give --checkpoint FILE too")
+    return args.sign
+
+
 def cmd_watch(args: argparse.Namespace) -> int:
     import asyncio
     import signal
@@ -220,6 +228,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
     from ._store import connect_async
 
     checks = args.checks.split(",") if args.checks else None
+    sign = _checkpoint_seed(args)
 
     async def follow() -> None:
         stop = asyncio.Event()
@@ -241,7 +250,8 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
         try:
             async for finding in stores[0].watch(checks, checkpoint=args.checkpoint, interval=args.interval,
-                                                 settle=args.settle, stop=stop, reopen=reopen, **_check_options(args)):
+                                                 settle=args.settle, stop=stop, reopen=reopen, sign=sign,
+                                                 **_check_options(args)):
                 if args.json:
                     print(json.dumps(finding), flush=True)
                 else:
@@ -370,6 +380,10 @@ class _Parser(argparse.ArgumentParser):
 _ARGV: Sequence[str] | None = None
 
 
+SIGN_HELP = ("sign the checkpoint with this NKey seed (as export --sign), and refuse one that is unsigned, "
+             "signed by another key or changed since")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -395,9 +409,11 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--clock-skew", type=float, metavar="SECONDS", help="clock_skew threshold (default: 300)")
     check.add_argument("--checkpoint", metavar="FILE",
                        help="read only what is newer than FILE, report the cumulative findings, update FILE")
+    check.add_argument("--sign", metavar="SEED_FILE", help=SIGN_HELP)
 
     watch = command("watch", cmd_watch, "follow the stream and print each finding once, as soon as it is certain")
     watch.add_argument("--checkpoint", metavar="FILE", help="resume from FILE and keep it current")
+    watch.add_argument("--sign", metavar="SEED_FILE", help=SIGN_HELP)
     watch.add_argument("--checks", metavar="CODES", help="comma-separated subset of checks to run")
     watch.add_argument("--clock-skew", type=float, metavar="SECONDS", help="clock_skew threshold (default: 300)")
     watch.add_argument("--interval", type=float, default=0.5, metavar="SECONDS", help="poll interval (default: 0.5)")
