@@ -146,14 +146,14 @@ def _exact_keys(value: Any, keys: set[str], what: str) -> dict[str, Any]:
     return value
 
 
-def _pairs(value: Any, what: str, limit: int | None = None) -> list[tuple[int, int]]:
+def _pairs(value: Any, what: str, limit: int | None = None, low: int = 0) -> list[tuple[int, int]]:
     if not isinstance(value, list) or (limit is not None and len(value) > limit):
         raise _bad(f"{what} must be a list" + (f" of at most {limit}" if limit is not None else ""))
     out = []
     for item in value:
         if not isinstance(item, list) or len(item) != 2:
             raise _bad(f"{what} must hold [integer, integer] pairs, not {_shown(item)}")
-        out.append((_int(item[0], what, -_INT64), _int(item[1], what, -_INT64)))
+        out.append((_int(item[0], what, low), _int(item[1], what, low)))
     return out
 
 
@@ -164,18 +164,18 @@ def _segments(value: Any, name: str, directory: Path | None) -> list[dict[str, A
         raise _bad(f"keys.{name} must be a list of at most {MAX_SEGMENTS} segments")
     out = []
     for segment in value:
-        if not isinstance(segment, dict) or not {"file", "rows"} <= set(segment) <= {"file", "rows", "index"}:
+        if not isinstance(segment, dict) or set(segment) != {"file", "rows", "index"}:
             raise _bad(f"a key segment must hold file, rows and index, not {_shown(segment)}")
         file = segment["file"]
         if not isinstance(file, str) or not _SEGMENT[name].fullmatch(file):
             raise _bad(f"key segment name {_shown(file)} is not of the form {name}-<16 hex digits>.arrow")
-        index = segment.get("index")
-        if index is not None and index != file[: -len(".arrow")] + ".hash.npy":
+        index = segment["index"]
+        if index != file[: -len(".arrow")] + ".hash.npy":
             raise _bad(f"key segment index {_shown(index)} is not {file}'s")
         _int(segment["rows"], f"rows of key segment {file}")
         if directory is not None:
             for listed in (file, index):
-                if listed is not None and (directory / listed).is_symlink():
+                if (directory / listed).is_symlink():
                     raise _bad(f"key segment {listed} in {directory} is a symbolic link: only regular files are read")
         out.append(dict(segment))
     return out
@@ -570,7 +570,7 @@ class AuditEngine:
         top = (next_seq or 1) - 1  # the highest sequence the engine can have seen
         lowest = None if scalars["lowest_seq"] is None else _int(scalars["lowest_seq"], "lowest_seq", 1, max(top, 1))
         floor = _int(scalars["floor"], "floor", 0, top + 1)
-        runs = _pairs(scalars["runs"], "runs")
+        runs = _pairs(scalars["runs"], "runs", low=1)
         for i, (a, b) in enumerate(runs):
             if not 1 <= a <= b <= top or (i and a <= runs[i - 1][1]):
                 raise _bad(f"runs must be ordered, disjoint sequence ranges below next_seq, not {_shown([a, b])}")
