@@ -174,7 +174,7 @@ def _check_header(header: Any, size: int) -> None:
     if not isinstance(header["stream"], str) or not 0 < len(header["stream"]) <= 255:
         raise CheckpointError("stream must be a stream name")
     if header["created"] is not None:
-        _int(header, "created", -_INT64)
+        _int(header, "created")
     first, last = _int(header, "first_seq"), _int(header, "last_seq")
     if first > last + 1:
         raise CheckpointError(f"first_seq {first} is beyond last_seq {last} + 1")

@@ -88,6 +88,7 @@ class Opened:
 
     paths: list[str] | None = None
     installed = False
+    real: dict[str, Any] = {}
 
     @classmethod
     def hook(cls, event: str, args: tuple) -> None:
@@ -100,7 +101,8 @@ class Opened:
             sys.addaudithook(cls.hook)  # hooks cannot be removed: it records only while paths is a list
             cls.installed = True
         for name in ("OSFile", "memory_map"):
-            real = getattr(pa, name)
+            # The real one, once: the fixture is not reset between hypothesis examples.
+            real = cls.real.setdefault(name, getattr(pa, name))
 
             def wrapper(path: Any, *args: Any, _real: Any = real, **kwargs: Any) -> Any:
                 if cls.paths is not None:
@@ -189,6 +191,8 @@ def header_mutations(draw: Any, header: dict[str, Any]) -> tuple[str, Any, bool]
         return f"negate {path}", mutated, True
     new = draw(st.sampled_from(HOSTILE))
     parent[last] = new
+    if isinstance(new, float) and new != new:
+        new = None  # JSON has no NaN: orjson writes null
     nullable = old is None or new is None
     if type(new) is not type(old) and not nullable:
         must = True
@@ -250,7 +254,7 @@ def _assert_clean(outcome: str, result: Any, opened: list[str], home: Path) -> N
         assert "Traceback" not in result
 
 
-FUZZ = settings(max_examples=120, deadline=None, database=None,
+FUZZ = settings(max_examples=int(os.environ.get("CHECKPOINT_FUZZ_EXAMPLES", 120)), deadline=None, database=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
 
@@ -347,8 +351,8 @@ def test_arrow_section_bytes_never_kill_the_process(made, tmp_path):
     where lengths and offsets live, cuts, insertions) in one process: it
     exits 0, each refused in one line or loaded and used whole. Before the
     sections were validated, 5 of 40 such files killed the process; read
-    without validation (``to_pylist``, ``to_pandas``), one of three series
-    of 400 tried here did (SIGSEGV)."""
+    without validation (``to_pylist``, ``to_pandas``), 4 of the 7 series of
+    400 for seeds 3..9 did (SIGSEGV), seed 3 among them; validated, none."""
     store, home, full = made
     copy = _copy(home, tmp_path / "c")
     script = tmp_path / "worker.py"
