@@ -32,9 +32,7 @@ import pyarrow.compute as pc
 
 from ._checks import (
     _CHECKED_COLUMNS,
-    _mapper,
     CHECKS,
-    FINDING_COLUMNS,
     SEVERITIES,
     BatchView,
     CheckOptions,
@@ -43,6 +41,7 @@ from ._checks import (
     _concat,
     _has_actor,
     _in_stream_order,
+    _mapper,
     _subjects,
     findings,
     hole_runs,
