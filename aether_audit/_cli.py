@@ -54,6 +54,7 @@ examples:
   aether-audit demo                                  # the whole job on an embedded server
   aether-audit check --server nats://host:4222 --stream events --json
   aether-audit check --server nats://host:4222 --checkpoint audit.ckpt   # reads only what is new
+  aether-audit check --server nats://host:4222 --checkpoint audit.ckpt --sign audit.nk   # a signed checkpoint
   aether-audit watch --server nats://host:4222 --checkpoint watch.ckpt --json
   aether-audit export --server nats://host:4222 --out ./export --incremental
   aether-audit verify ./export --signer UA5W...      # one export: files, hash chains, signature
