@@ -466,3 +466,27 @@ def test_sign_needs_a_checkpoint_and_a_seed_file(store, tmp_path):
     _one_line_exit_2(done, "--checkpoint")
     (tmp_path / "bad.nk").write_text("not a seed\n")
     _one_line_exit_2(_check_cli(store, tmp_path / "a.ckpt", "--sign", str(tmp_path / "bad.nk")), "holds no NKey seed")
+
+
+def test_watch_signs_its_checkpoint_and_check_resumes_from_it(store, tmp_path):
+    import asyncio
+
+    from aether_audit._watch import watch_stream
+
+    seed = _seed(tmp_path)
+    _history(store, "order-1", [1, 2, 4])
+    checkpoint = tmp_path / "w.ckpt"
+
+    async def follow() -> list[str]:
+        stop, seen = asyncio.Event(), []
+        async for finding in watch_stream(store.core, checkpoint=checkpoint, sign=seed, stop=stop, interval=0.1,
+                                          settle=0, on_notice=None):
+            seen.append(finding["code"])
+            stop.set()
+        return seen
+
+    assert "version_gap" in run_sync(asyncio.wait_for(follow(), 60))
+    report = store.audit(checkpoint=checkpoint, sign=seed)
+    assert report.read == {"from_seq": None, "to_seq": None} and report.counts["version_gap"] == 1
+    with pytest.raises(CheckpointError, match="is signed by"):
+        store.audit(checkpoint=checkpoint)
