@@ -230,8 +230,11 @@ def _mutate_bytes(data: bytes, rng: random.Random) -> bytes:
 
 def _resume(store: Any, home: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[str, Any, list[str]]:
     """Resume the audit from ``home/a.ckpt``: ("refused", message) or ("audited", findings), and the files opened."""
+    import time
+
     Opened.install(monkeypatch)
     Opened.paths = []
+    started = time.monotonic()
     try:
         report = run_sync(audit_stream(store.core, checkpoint=home / "a.ckpt", now=NOW))
         outcome: tuple[str, Any] = ("audited", report.findings)
@@ -239,6 +242,8 @@ def _resume(store: Any, home: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[st
         outcome = ("refused", str(exc))
     finally:
         opened, Opened.paths = Opened.paths, None
+    # No hang: a resumed audit of this stream takes well under a second.
+    assert time.monotonic() - started < 30
     return (*outcome, opened)
 
 
@@ -302,6 +307,21 @@ def test_the_unmutated_checkpoint_resumes_to_the_full_audit(made, tmp_path, monk
     pd.testing.assert_frame_equal(result, full)
     _assert_clean(outcome, result, opened, copy)
     assert any(path.startswith(str(copy)) for path in opened)  # the recorder sees the loader's reads
+    assert any(path.endswith(".arrow") for path in opened)  # Arrow's own opens (the key segments) too
+
+
+def test_the_recorder_sees_a_read_outside(made, tmp_path, monkeypatch):
+    Opened.install(monkeypatch)
+    Opened.paths = []
+    try:
+        Path("/etc/hostname").exists() and open("/etc/hostname", "rb").close()  # noqa: SIM115
+        outside = tmp_path.parent / "outside.arrow"
+        with pa.OSFile(str(outside), "wb"):
+            pass
+    finally:
+        opened, Opened.paths = Opened.paths, None
+    assert str(outside) in _outside(opened, tmp_path)
+    assert "/etc/hostname" in _outside(opened, tmp_path) or not Path("/etc/hostname").exists()
 
 
 # --- in a subprocess: a crash in native code is a signal, not a lost session ----------------
