@@ -24,9 +24,11 @@ import pyarrow as pa
 from ._checkpoint import Checkpoint, compare, load_checkpoint, save_checkpoint
 from ._checks import CheckOptions, check_names
 from ._engine import AuditEngine
+from ._errors import CheckpointError
 from ._frames import SCHEMAS, StreamFrames, to_pandas
 from ._records import StreamState
 from ._report import AuditReport
+from ._signing import signer_of
 
 __all__ = ["IncrementalAudit", "audit_stream"]
 
@@ -35,16 +37,20 @@ class IncrementalAudit:
     """One engine over one stream, run after run (see the module doc).
 
     With ``checkpoint`` (a path) the engine starts from that file when it
-    exists and ``save`` writes it; without, it starts empty.
+    exists and ``save`` writes it; without, it starts empty. ``sign``: a
+    seed file or key pair; the checkpoint read must be signed with it, the
+    one written is.
     """
 
-    def __init__(self, reader: Any, options: CheckOptions, checkpoint: str | Path | None = None) -> None:
+    def __init__(self, reader: Any, options: CheckOptions, checkpoint: str | Path | None = None, *,
+                 sign: Any = None) -> None:
         self.reader = reader
         self.options = options
         self.path = None if checkpoint is None else Path(checkpoint)
+        self.signer = signer_of(sign, CheckpointError)
         self.loaded: Checkpoint | None = None
         if self.path is not None and self.path.exists():
-            self.loaded = load_checkpoint(self.path, options)
+            self.loaded = load_checkpoint(self.path, options, sign=self.signer)
             self.engine = self.loaded.engine
             self.done = self.loaded.last_seq
             self.vouched = self.loaded
@@ -108,7 +114,7 @@ class IncrementalAudit:
 
     def save(self) -> None:
         if self.path is not None and self.state is not None:
-            save_checkpoint(self.path, self.engine, self.state, self.extra)
+            save_checkpoint(self.path, self.engine, self.state, self.extra, sign=self.signer)
 
     def findings(self, checks: Sequence[str]) -> Any:
         return self.engine.findings(self.state, checks, self.options)
@@ -144,6 +150,7 @@ async def audit_stream(
     keep_frames: bool = False,
     progress: bool | None = None,
     batch_size: int = 50_000,
+    sign: Any = None,
     **options: Any,
 ) -> AuditReport:
     """Audit the stream behind ``reader`` batch by batch (see the module doc).
@@ -152,7 +159,10 @@ async def audit_stream(
     the cumulative findings and writes it back (atomically). ``keep_frames``:
     also keep what was read as ``report.frames`` (for plots and drilling in;
     memory then grows with the stream, and a checkpoint has no old frames
-    to keep, so the two exclude each other). ``options`` go to the checks.
+    to keep, so the two exclude each other). ``sign``: an NKey seed file (as
+    ``export --sign`` takes) or key pair: the checkpoint is written signed,
+    and one read must carry a valid signature of that key (an unsigned or
+    edited one is refused). ``options`` go to the checks.
 
     Example:
         >>> report = await audit_stream(store, checkpoint="audit.ckpt")  # doctest: +SKIP
@@ -163,7 +173,7 @@ async def audit_stream(
         raise ValueError("keep_frames and checkpoint exclude each other: an incremental run does not reread old frames")
     check_options = CheckOptions.of(**options)
     names = check_names(checks)
-    audit = IncrementalAudit(reader, check_options, checkpoint)
+    audit = IncrementalAudit(reader, check_options, checkpoint, sign=sign)
     try:
         parts: dict[str, list[pa.RecordBatch]] | None = (
             {"events": [], "snapshots": [], "replay_errors": []} if keep_frames else None)

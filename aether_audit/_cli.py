@@ -54,6 +54,7 @@ examples:
   aether-audit demo                                  # the whole job on an embedded server
   aether-audit check --server nats://host:4222 --stream events --json
   aether-audit check --server nats://host:4222 --checkpoint audit.ckpt   # reads only what is new
+  aether-audit check --server nats://host:4222 --checkpoint audit.ckpt --sign audit.nk   # a signed checkpoint
   aether-audit watch --server nats://host:4222 --checkpoint watch.ckpt --json
   aether-audit export --server nats://host:4222 --out ./export --incremental
   aether-audit verify ./export --signer UA5W...      # one export: files, hash chains, signature
@@ -203,7 +204,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     checks = args.checks.split(",") if args.checks else None
     with _store(args) as store:
         report = store.audit(checks, checkpoint=args.checkpoint, keep_frames=False, progress=_progress(args),
-                             **_check_options(args))
+                             sign=_checkpoint_seed(args), **_check_options(args))
     if args.json:
         _print_json(report.to_dict())
     else:
@@ -217,6 +218,14 @@ def cmd_check(args: argparse.Namespace) -> int:
     return EXIT_FINDINGS if failing else EXIT_OK
 
 
+def _checkpoint_seed(args: argparse.Namespace) -> str | None:
+    """--sign's seed file, which signs the checkpoint: only with --checkpoint
+    (a watch without one keeps a temporary checkpoint, nothing to sign)."""
+    if args.sign and not args.checkpoint:
+        raise UsageError("--sign signs the checkpoint: give --checkpoint FILE too")
+    return args.sign
+
+
 def cmd_watch(args: argparse.Namespace) -> int:
     import asyncio
     import signal
@@ -224,6 +233,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
     from ._store import connect_async
 
     checks = args.checks.split(",") if args.checks else None
+    sign = _checkpoint_seed(args)
 
     async def follow() -> None:
         stop = asyncio.Event()
@@ -245,7 +255,8 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
         try:
             async for finding in stores[0].watch(checks, checkpoint=args.checkpoint, interval=args.interval,
-                                                 settle=args.settle, stop=stop, reopen=reopen, **_check_options(args)):
+                                                 settle=args.settle, stop=stop, reopen=reopen, sign=sign,
+                                                 **_check_options(args)):
                 if args.json:
                     print(json.dumps(finding), flush=True)
                 else:
@@ -378,6 +389,10 @@ class _Parser(argparse.ArgumentParser):
 _ARGV: Sequence[str] | None = None
 
 
+SIGN_HELP = ("sign the checkpoint with this NKey seed (as export --sign), and refuse one that is unsigned, "
+             "signed by another key or changed since")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -403,9 +418,11 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--clock-skew", type=float, metavar="SECONDS", help="clock_skew threshold (default: 300)")
     check.add_argument("--checkpoint", metavar="FILE",
                        help="read only what is newer than FILE, report the cumulative findings, update FILE")
+    check.add_argument("--sign", metavar="SEED_FILE", help=SIGN_HELP)
 
     watch = command("watch", cmd_watch, "follow the stream and print each finding once, as soon as it is certain")
     watch.add_argument("--checkpoint", metavar="FILE", help="resume from FILE and keep it current")
+    watch.add_argument("--sign", metavar="SEED_FILE", help=SIGN_HELP)
     watch.add_argument("--checks", metavar="CODES", help="comma-separated subset of checks to run")
     watch.add_argument("--clock-skew", type=float, metavar="SECONDS", help="clock_skew threshold (default: 300)")
     watch.add_argument("--interval", type=float, default=0.5, metavar="SECONDS", help="poll interval (default: 0.5)")

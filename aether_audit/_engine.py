@@ -18,11 +18,14 @@ after ``settle``, without changing the engine (``watch`` asks after every poll).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -30,6 +33,7 @@ import pyarrow.compute as pc
 from ._checks import (
     _CHECKED_COLUMNS,
     CHECKS,
+    SEVERITIES,
     BatchView,
     CheckOptions,
     EndView,
@@ -37,17 +41,19 @@ from ._checks import (
     _concat,
     _has_actor,
     _in_stream_order,
+    _mapper,
     _subjects,
     findings,
     hole_runs,
     merge_runs,
     sorted_unique,
 )
-from ._frames import DecodedBatch, StreamFrames, to_pandas
+from ._errors import CheckpointError
+from ._frames import FINDING_SCHEMA, SNAPSHOT_SCHEMA, DecodedBatch, StreamFrames, to_pandas
 from ._keys import KeyStore
 from ._records import StreamState
 
-__all__ = ["AuditEngine", "engine_of_frames"]
+__all__ = ["AuditEngine", "EngineState", "engine_of_frames"]
 
 _NAT = np.iinfo(np.int64).min
 _ERROR_COLUMNS = ["stream_seq", "stored_at", "subject", "actor_id", "code", "message"]
@@ -68,6 +74,159 @@ def _ranged(state: StreamState | None) -> bool:
 
 def _timestamps(values: np.ndarray, index: pd.Index) -> pd.Series:
     return pd.Series(values.view("M8[ns]"), index=index).dt.tz_localize("UTC")
+
+
+# --- the engine's state, for a checkpoint -------------------------------------------------
+
+MAX_SAMPLES = 512  # [seq, stored_ns] samples kept for retention (evenly thinned)
+MAX_PARTS = 2  # the most parts a check keeps (events and snapshots: actor_mismatch, subject_collision)
+MAX_SEGMENTS = 64  # key segments a store names (it merges past 24: ``_keys.MAX_SEGMENTS``)
+_INT64 = 2**63 - 1
+_SEGMENT = {name: re.compile(rf"{name}-[0-9a-f]{{16}}\.arrow") for name in ("ids", "versions")}
+
+STATE_SCHEMAS: dict[str, pa.Schema] = {
+    "actors": pa.schema([pa.field("actor_id", pa.string(), nullable=False), pa.field("max_version", pa.int64(), nullable=False),
+                         pa.field("last_ts", pa.int64(), nullable=False), pa.field("has_history", pa.bool_(), nullable=False)]),
+    "subjects": pa.schema([pa.field("subject", pa.string(), nullable=False), pa.field("code", pa.int64(), nullable=False)]),
+    # The actors of a subject as a JSON list of strings (checked when read).
+    "groups": pa.schema([pa.field("subject", pa.string(), nullable=False), pa.field("actors", pa.string(), nullable=False)]),
+    "snapshot_subjects": pa.schema([pa.field("subject", pa.string(), nullable=False),
+                                    pa.field("actors", pa.string(), nullable=False)]),
+    "pending": pa.schema([SNAPSHOT_SCHEMA.field(name) for name in _PENDING_COLUMNS]),
+}
+_KEPT_SCHEMA = FINDING_SCHEMA
+_GAP_SCHEMA = FINDING_SCHEMA.append(pa.field("first", pa.bool_()))  # version_gap keeps whether it is the actor's first
+
+
+def kept_schema(code: str, part: int) -> pa.Schema:
+    """The schema of part ``part`` of what check ``code`` keeps."""
+    return _GAP_SCHEMA if code == "version_gap" and part == 0 else _KEPT_SCHEMA
+
+
+def thin(samples: list[list[int]]) -> list[list[int]]:
+    """At most ``MAX_SAMPLES`` samples, evenly thinned, the last one kept."""
+    while len(samples) > MAX_SAMPLES:
+        samples = samples[:-1:2] + samples[-1:]
+    return samples
+
+
+@dataclass
+class EngineState:
+    """What an engine carries between runs (``AuditEngine.to_state``): JSON
+    values (``scalars``) and Arrow tables of the schemas ``STATE_SCHEMAS``
+    and ``kept_schema`` (``tables``: the fixed names, then ``kept/CODE/I``
+    for every part a check keeps). The key stores' segments are files the
+    scalars name, in the engine's directory."""
+
+    scalars: dict[str, Any]
+    tables: dict[str, pa.Table]
+
+
+def _bad(what: str) -> CheckpointError:
+    return CheckpointError(f"engine state: {what}")
+
+
+def _int(value: Any, what: str, low: int = 0, high: int = _INT64) -> int:
+    """``value`` when it is an int (not a bool) in ``low..high``."""
+    if type(value) is not int or not low <= value <= high:
+        raise _bad(f"{what} must be an integer in {low}..{high}, not {_shown(value)}")
+    return value
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _exact_keys(value: Any, keys: set[str], what: str) -> dict[str, Any]:
+    if not isinstance(value, dict) or set(value) != keys:
+        got = sorted(value) if isinstance(value, dict) else type(value).__name__
+        raise _bad(f"{what} must hold exactly {sorted(keys)}, not {_shown(got)}")
+    return value
+
+
+def _pairs(value: Any, what: str, limit: int | None = None, low: int = 0) -> list[tuple[int, int]]:
+    if not isinstance(value, list) or (limit is not None and len(value) > limit):
+        raise _bad(f"{what} must be a list" + (f" of at most {limit}" if limit is not None else ""))
+    out = []
+    for item in value:
+        if not isinstance(item, list) or len(item) != 2:
+            raise _bad(f"{what} must hold [integer, integer] pairs, not {_shown(item)}")
+        out.append((_int(item[0], what, low), _int(item[1], what, low)))
+    return out
+
+
+def _segments(value: Any, name: str, directory: Path | None) -> list[dict[str, Any]]:
+    """Key segments: plain names of this store's naming scheme only, regular
+    files inside ``directory`` (no path, no link out of it)."""
+    if not isinstance(value, list) or len(value) > MAX_SEGMENTS:
+        raise _bad(f"keys.{name} must be a list of at most {MAX_SEGMENTS} segments")
+    out = []
+    for segment in value:
+        if not isinstance(segment, dict) or set(segment) != {"file", "rows", "index"}:
+            raise _bad(f"a key segment must hold file, rows and index, not {_shown(segment)}")
+        file = segment["file"]
+        if not isinstance(file, str) or not _SEGMENT[name].fullmatch(file):
+            raise _bad(f"key segment name {_shown(file)} is not of the form {name}-<16 hex digits>.arrow")
+        index = segment["index"]
+        if index != file[: -len(".arrow")] + ".hash.npy":
+            raise _bad(f"key segment index {_shown(index)} is not {file}'s")
+        _int(segment["rows"], f"rows of key segment {file}")
+        if directory is not None:
+            for listed in (file, index):
+                if (directory / listed).is_symlink():
+                    raise _bad(f"key segment {listed} in {directory} is a symbolic link: only regular files are read")
+        out.append(dict(segment))
+    return out
+
+
+def _valid(name: str, table: Any, schema: pa.Schema) -> pa.Table:
+    """The table when it is whole and exactly of ``schema``: Arrow read from a
+    file is checked in full (offsets, UTF-8, sizes) before any value is used."""
+    if not isinstance(table, pa.Table):
+        raise _bad(f"{name} is not an Arrow table")
+    if not table.schema.equals(schema, check_metadata=True):
+        raise _bad(f"section {name} has schema {_shown(str(table.schema))}, not the expected one")
+    try:
+        table.validate(full=True)
+    except pa.ArrowException as exc:
+        raise _bad(f"section {name} is not valid Arrow: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
+    for field in schema:
+        if not field.nullable and table.column(field.name).null_count:
+            raise _bad(f"section {name}: column {field.name} holds nulls")
+    return table
+
+
+def _in_range(values: Any, what: str, low: int, high: int) -> None:
+    """Every non-null value of an int64 column in ``low..high``."""
+    column = pa.chunked_array(values) if not isinstance(values, pa.ChunkedArray) else values
+    if column.length() - column.null_count == 0:
+        return
+    least, most = pc.min_max(column).values()
+    if least.as_py() < low or most.as_py() > high:
+        raise _bad(f"{what} out of range {low}..{high} ({least.as_py()}..{most.as_py()})")
+
+
+def _unique(column: pa.ChunkedArray, what: str) -> None:
+    if len(pc.unique(column)) != len(column):
+        raise _bad(f"{what} repeats a value")
+
+
+def _groups(table: pa.Table, what: str, least: int, known: Mapping[str, int] | None) -> dict[str, list[str]]:
+    _unique(table["subject"], f"{what}.subject")
+    out = {}
+    for subject, listed in zip(table["subject"].to_pylist(), table["actors"].to_pylist()):
+        try:
+            actors = orjson.loads(listed)
+        except orjson.JSONDecodeError as exc:
+            raise _bad(f"{what} of subject {_shown(subject)} is not JSON") from exc
+        if (not isinstance(actors, list) or len(actors) < least or not all(isinstance(a, str) and a for a in actors)
+                or len(set(actors)) != len(actors)):
+            raise _bad(f"{what} of subject {_shown(subject)} must be a list of {least}+ distinct actor IDs")
+        if known is not None and any(actor not in known for actor in actors):
+            raise _bad(f"{what} of subject {_shown(subject)} names an actor the state does not hold")
+        out[subject] = actors
+    return out
 
 
 class AuditEngine:
@@ -337,6 +496,157 @@ class AuditEngine:
     def record(self, code: str, found: pd.DataFrame) -> None:
         """Keep findings raised outside the checks (``history_rewritten``)."""
         self._keep(code, found)
+
+    # --- state (a checkpoint) -----------------------------------------------------------
+
+    def to_state(self) -> EngineState:
+        """Everything the next run needs, after ``settle`` (the key stores'
+        buffers are written as segments first). ``from_state`` of it gives an
+        engine that goes on exactly as this one would.
+
+        Example:
+            >>> engine = AuditEngine()
+            >>> sorted(engine.to_state().tables)[:3]
+            ['actors', 'groups', 'pending']
+        """
+        self.ids.flush()
+        self.versions.flush()
+        n = len(self.actor_names)
+
+        def groups(mapping: dict[str, list[str]], name: str) -> pa.Table:
+            return pa.table([pa.array(list(mapping), pa.string()),
+                             pa.array([orjson.dumps(v).decode() for v in mapping.values()], pa.string())],
+                            schema=STATE_SCHEMAS[name])
+
+        pending = (pd.concat(self.pending, ignore_index=True)[_PENDING_COLUMNS] if self.pending
+                   else STATE_SCHEMAS["pending"].empty_table())
+        tables = {
+            "actors": pa.table([pa.array(self.actor_names, pa.string()), pa.array(self.max_version[:n]),
+                                pa.array(self.last_ts[:n]), pa.array(self.has_history[:n])], schema=STATE_SCHEMAS["actors"]),
+            "subjects": pa.table([pa.array(list(self.first_on_subject), pa.string()),
+                                  pa.array(np.fromiter(self.first_on_subject.values(), np.int64, len(self.first_on_subject)))],
+                                 schema=STATE_SCHEMAS["subjects"]),
+            "groups": groups(self.groups, "groups"),
+            "snapshot_subjects": groups(self.snapshot_subjects, "snapshot_subjects"),
+            "pending": pending if isinstance(pending, pa.Table)
+            else pa.Table.from_pandas(pending, schema=STATE_SCHEMAS["pending"], preserve_index=False).replace_schema_metadata(None),
+        }
+        for code, parts in self.kept.items():
+            for i, part in enumerate(parts):
+                schema = kept_schema(code, i)
+                tables[f"kept/{code}/{i}"] = (
+                    pa.Table.from_pandas(pd.concat(part, ignore_index=True)[schema.names], schema=schema,
+                                         preserve_index=False).replace_schema_metadata(None)
+                    if part else schema.empty_table())
+        scalars = {
+            "runs": [list(run) for run in self.runs], "next_seq": self.next_seq, "lowest_seq": self.lowest_seq,
+            "counts": dict(self.counts), "samples": thin(self.samples), "ord": self.ord,
+            "snapshot_ord": self.snapshot_ord, "floor": self.floor,
+            "parts": {code: len(parts) for code, parts in self.kept.items()},
+            "keys": {"ids": [dict(s) for s in self.ids.segments], "versions": [dict(s) for s in self.versions.segments]},
+        }
+        return EngineState(scalars, tables)
+
+    @classmethod
+    def from_state(cls, state: EngineState, options: CheckOptions | None = None,
+                   directory: Path | None = None) -> AuditEngine:
+        """The engine ``to_state`` described, its key segments in ``directory``.
+
+        Nothing is trusted: every scalar's type and range, every table's
+        schema and bytes (``validate(full=True)``), the names of the key
+        segments (plain names of their scheme, regular files), and what the
+        counts say against what the tables hold are checked before anything
+        is built. ``CheckpointError`` (one line) for anything else.
+        """
+        scalars = _exact_keys(state.scalars, {"runs", "next_seq", "lowest_seq", "counts", "samples", "ord",
+                                              "snapshot_ord", "floor", "parts", "keys"}, "the state")
+        counts = _exact_keys(scalars["counts"], {"events", "snapshots", "replay_errors"}, "counts")
+        for kind, value in counts.items():
+            _int(value, f"counts.{kind}")
+        if _int(scalars["ord"], "ord") != counts["events"] or _int(scalars["snapshot_ord"], "snapshot_ord") != counts["snapshots"]:
+            raise _bad("ord and snapshot_ord must equal the events and snapshots counted")
+        next_seq = None if scalars["next_seq"] is None else _int(scalars["next_seq"], "next_seq", 1)
+        top = (next_seq or 1) - 1  # the highest sequence the engine can have seen
+        lowest = None if scalars["lowest_seq"] is None else _int(scalars["lowest_seq"], "lowest_seq", 1, max(top, 1))
+        floor = _int(scalars["floor"], "floor", 0, top + 1)
+        runs = _pairs(scalars["runs"], "runs", low=1)
+        for i, (a, b) in enumerate(runs):
+            if not 1 <= a <= b <= top or (i and a <= runs[i - 1][1]):
+                raise _bad(f"runs must be ordered, disjoint sequence ranges below next_seq, not {_shown([a, b])}")
+        samples = _pairs(scalars["samples"], "samples", MAX_SAMPLES)
+        if any(not 1 <= seq <= top for seq, _ in samples):
+            raise _bad("samples name sequences the engine has not read")
+        parts = _exact_keys(scalars["parts"], set(CHECKS), "parts")
+        for code, count in parts.items():
+            _int(count, f"parts.{code}", 0, MAX_PARTS)
+        keys = _exact_keys(scalars["keys"], {"ids", "versions"}, "keys")
+        segments = {name: _segments(keys[name], name, directory) for name in ("ids", "versions")}
+        for name, listed in segments.items():
+            if sum(segment["rows"] for segment in listed) > counts["events"]:
+                raise _bad(f"keys.{name} hold more rows than events were counted")
+
+        wanted = dict(STATE_SCHEMAS)
+        wanted.update({f"kept/{code}/{i}": kept_schema(code, i) for code, count in parts.items() for i in range(count)})
+        tables = state.tables
+        if not isinstance(tables, dict) or set(tables) != set(wanted):
+            names = sorted(tables) if isinstance(tables, dict) else []
+            missing, unknown = sorted(set(wanted) - set(names)), sorted(set(names) - set(wanted))
+            raise _bad(f"sections do not match: missing {_shown(missing)}, unknown {_shown(unknown)}")
+        tables = {name: _valid(name, tables[name], schema) for name, schema in wanted.items()}
+
+        actors = tables["actors"]
+        n = actors.num_rows
+        if n > counts["events"]:
+            raise _bad("more actors than events were counted")
+        names = actors["actor_id"].to_pylist()
+        if len(set(names)) != n or "" in set(names):
+            raise _bad("actor IDs must be distinct and not empty")
+        _in_range(actors["max_version"], "actors.max_version", 0, _INT64)
+        history = actors["has_history"].to_numpy()
+        max_version = actors["max_version"].to_numpy()
+        last_ts = actors["last_ts"].to_numpy()
+        if (max_version[~history] != 0).any() or (last_ts[~history] != _NAT).any():
+            raise _bad("an actor without history has a version or a timestamp")
+        subjects = tables["subjects"]
+        _unique(subjects["subject"], "subjects.subject")
+        _in_range(subjects["code"], "subjects.code", 0, n - 1)
+        pending = tables["pending"]
+        _in_range(pending["stream_seq"], "pending.stream_seq", 1, top)
+        if pending["stream_seq"].null_count or pending["actor_id"].null_count:
+            raise _bad("a pending snapshot has no sequence or no actor")
+        for code, count in parts.items():
+            for i in range(count):
+                table = tables[f"kept/{code}/{i}"]
+                if table.num_rows and (pc.any(pc.not_equal(table["code"], code)).as_py()
+                                       or not pc.all(pc.is_in(table["severity"], pa.array(SEVERITIES))).as_py()):
+                    raise _bad(f"kept/{code}/{i} holds findings of another code or an unknown severity")
+                if code != "history_rewritten":  # the one finding about a stream before a rewrite
+                    _in_range(table["stream_seq"], f"kept/{code}/{i}.stream_seq", 1, top)
+
+        engine = cls(options, directory, keys=segments)
+        code_of = {actor: code for code, actor in enumerate(names)}
+        engine.actor_names, engine.actor_code = names, code_of
+        size = max(1024, n)
+        engine.max_version = np.zeros(size, np.int64)
+        engine.last_ts = np.full(size, _NAT, np.int64)
+        engine.has_history = np.zeros(size, bool)
+        engine.max_version[:n], engine.last_ts[:n], engine.has_history[:n] = max_version, last_ts, history
+        engine.first_on_subject = dict(zip(subjects["subject"].to_pylist(), subjects["code"].to_pylist()))
+        engine.groups = _groups(tables["groups"], "groups", 2, code_of)
+        engine.snapshot_subjects = _groups(tables["snapshot_subjects"], "snapshot_subjects", 1, None)
+        engine.pending = [to_pandas(pending)] if pending.num_rows else []
+        engine.kept = {code: [] for code in CHECKS}
+        for code, count in parts.items():
+            for i in range(count):
+                table = tables[f"kept/{code}/{i}"]
+                engine.kept[code].append([table.to_pandas(types_mapper=_mapper)] if table.num_rows else [])
+        engine.runs = runs
+        engine.next_seq, engine.lowest_seq, engine.floor = next_seq, lowest, floor
+        engine.counts = dict(counts)
+        engine.samples = [list(sample) for sample in samples]
+        engine.ord = engine.run_ord = counts["events"]
+        engine.snapshot_ord = counts["snapshots"]
+        return engine
 
     # --- results -----------------------------------------------------------------------
 

@@ -5,6 +5,10 @@ vouches for every byte of the export. What is signed is the manifest without
 its ``signature`` key, as JSON with sorted keys and no spaces (orjson); the
 ``signature`` key holds ``{"algorithm", "public_key", "value"}`` (base64url).
 A third party needs only the public key (``U...``, ``A...``, ``O...``).
+
+Audit checkpoints are signed with the same seeds (``sign_bytes`` /
+``verify_bytes``): there the signature covers the file's bytes before it,
+see ``_checkpoint``.
 """
 
 from __future__ import annotations
@@ -17,9 +21,9 @@ from typing import Any
 import nkeys
 import orjson
 
-from ._errors import ExportError
+from ._errors import AuditError, ExportError
 
-__all__ = ["check_signature", "load_signer", "sign_manifest"]
+__all__ = ["check_signature", "load_signer", "sign_bytes", "sign_manifest", "signer_of", "verify_bytes"]
 
 ALGORITHM = "ed25519-nkey"
 
@@ -28,18 +32,51 @@ def _signed_bytes(manifest: dict[str, Any]) -> bytes:
     return orjson.dumps({k: v for k, v in manifest.items() if k != "signature"}, option=orjson.OPT_SORT_KEYS)
 
 
-def load_signer(seed_file: str | os.PathLike[str]) -> Any:
-    """The NKey pair of a seed file (its first line that is a seed)."""
+def load_signer(seed_file: str | os.PathLike[str], error: type[AuditError] = ExportError) -> Any:
+    """The NKey pair of a seed file (its first line that is a seed);
+    ``error`` (one line) when there is none."""
     path = Path(seed_file)
     try:
         text = path.read_text()
-    except OSError as exc:
-        raise ExportError(f"cannot read the seed file {path}: {exc.strerror or exc}") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise error(f"cannot read the seed file {path}: {getattr(exc, 'strerror', None) or exc}") from exc
     seed = next((line.strip() for line in text.splitlines() if line.strip().startswith("S")), "")
     try:
         return nkeys.from_seed(seed.encode())
     except Exception as exc:  # nkeys raises its own error types
-        raise ExportError(f"{path} holds no NKey seed") from exc
+        raise error(f"{path} holds no NKey seed") from exc
+
+
+def signer_of(sign: Any, error: type[AuditError] = ExportError) -> Any:
+    """A key pair from ``sign``: a seed file's path, or a key pair already
+    loaded (anything with ``sign`` and ``public_key``); None stays None."""
+    if sign is None or (hasattr(sign, "sign") and hasattr(sign, "public_key")):
+        return sign
+    return load_signer(sign, error)
+
+
+def sign_bytes(data: bytes, signer: Any) -> bytes:
+    """The 64-byte ed25519 signature of ``data``.
+
+    Example:
+        >>> keys = nkeys.from_seed(nkeys.encode_seed(bytes(32), nkeys.PREFIX_BYTE_USER))
+        >>> verify_bytes(b"abc", sign_bytes(b"abc", keys), keys.public_key.decode()) is None
+        True
+    """
+    return signer.sign(data)
+
+
+def verify_bytes(data: bytes, signature: bytes, public_key: str) -> str | None:
+    """None when ``signature`` is ``public_key``'s of exactly ``data``; else why not."""
+    try:
+        key = _verify_key(public_key.strip())
+    except ValueError:
+        return f"{public_key.strip()[:12]}... is not an NKey public key"
+    try:
+        key.verify(data, signature)
+    except Exception:  # nacl's BadSignatureError, or a signature of the wrong size
+        return "the signature does not match: the bytes were changed after signing"
+    return None
 
 
 def _verify_key(public_key: str) -> Any:
@@ -77,14 +114,13 @@ def check_signature(manifest: dict[str, Any], public_key: str) -> str | None:
     if not isinstance(signature, dict) or "value" not in signature:
         return "the manifest is not signed"
     try:
-        key = _verify_key(public_key.strip())
-    except ValueError:
-        return f"{public_key.strip()[:12]}... is not an NKey public key"
-    try:
-        key.verify(_signed_bytes(manifest), base64.urlsafe_b64decode(signature["value"]))
-    except Exception:
-        signer = signature.get("public_key", "?")
-        if signer != public_key.strip():
-            return f"the manifest is signed by {signer}, not by {public_key.strip()}"
-        return "the signature does not match the manifest: it was changed after signing"
-    return None
+        value = base64.urlsafe_b64decode(signature["value"])
+    except Exception:  # not base64, or not text at all
+        value = b""
+    why = verify_bytes(_signed_bytes(manifest), value, public_key)
+    if why is None or not why.startswith("the signature"):
+        return why
+    signer = signature.get("public_key", "?")
+    if signer != public_key.strip():
+        return f"the manifest is signed by {signer}, not by {public_key.strip()}"
+    return "the signature does not match the manifest: it was changed after signing"

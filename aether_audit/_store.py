@@ -274,6 +274,7 @@ class AsyncEventStore(StreamReader):
         checkpoint: str | Path | None = None,
         keep_frames: bool | None = None,
         progress: bool | None = None,
+        sign: str | Path | None = None,
         **options: Any,
     ) -> AuditReport:
         """Run the integrity checks (all, or the named ones) batch by batch
@@ -284,10 +285,12 @@ class AsyncEventStore(StreamReader):
         the cumulative findings (``_audit.audit_stream``). ``keep_frames``
         (default: yes, unless a checkpoint is given) keeps what was read as
         ``report.frames`` for plots and drilling in; pass False for memory
-        that does not grow with the stream.
+        that does not grow with the stream. ``sign``: an NKey seed file; the
+        checkpoint is written signed and must verify when read.
         """
         keep = checkpoint is None if keep_frames is None else keep_frames
-        return await audit_stream(self, checks, checkpoint=checkpoint, keep_frames=keep, progress=progress, **options)
+        return await audit_stream(self, checks, checkpoint=checkpoint, keep_frames=keep, progress=progress, sign=sign,
+                                  **options)
 
     def watch(
         self, checks: Sequence[str] | None = None, *, checkpoint: str | Path | None = None, **options: Any,

@@ -240,10 +240,11 @@ class EventStore:
 
     def audit(
         self, checks: Sequence[str] | None = None, *, checkpoint: str | Path | None = None,
-        keep_frames: bool | None = None, progress: bool | None = None, **options: Any,
+        keep_frames: bool | None = None, progress: bool | None = None, sign: str | Path | None = None,
+        **options: Any,
     ) -> AuditReport:
         return run_sync(self.core.audit(checks, checkpoint=checkpoint, keep_frames=keep_frames, progress=progress,
-                                        **options))
+                                        sign=sign, **options))
 
     def watch(
         self, checks: Sequence[str] | None = None, *, checkpoint: str | Path | None = None, **options: Any,

@@ -34,9 +34,10 @@ import pandas as pd
 
 from ._audit import IncrementalAudit
 from ._checks import CheckOptions, check_names
-from ._errors import ConnectionFailed, JetStreamAPIError, StreamNotFound
+from ._errors import CheckpointError, ConnectionFailed, JetStreamAPIError, StreamNotFound
 from ._records import now as utc_now
 from ._report import _plain
+from ._signing import signer_of
 
 __all__ = ["watch_stream"]
 
@@ -63,12 +64,15 @@ async def watch_stream(
     stop: asyncio.Event | None = None,
     on_notice: Callable[[str], None] | None = _notice_to_stderr,
     reopen: Callable[[], Awaitable[Any]] | None = None,
+    sign: Any = None,
     **options: Any,
 ) -> AsyncIterator[dict[str, Any]]:
     """Yield findings (dicts with the finding columns) as the stream grows,
     until ``stop`` is set (or the consumer stops iterating). ``reopen``: an
     awaitable factory of a new reader, used when a server stayed away
     longer than the reader's reconnect window (its connection is closed).
+    ``sign``: a seed file or key pair the checkpoint is signed and checked
+    with (``audit_stream``).
 
     Example:
         >>> async for finding in watch_stream(store, checkpoint="watch.ckpt"):  # doctest: +SKIP
@@ -83,7 +87,8 @@ async def watch_stream(
     path = Path(checkpoint)
     stop = stop or asyncio.Event()
     notice = on_notice or (lambda text: None)
-    audit = IncrementalAudit(reader, base, path)
+    signer = signer_of(sign, CheckpointError)
+    audit = IncrementalAudit(reader, base, path, sign=signer)
     emitted = {tuple(key) for key in audit.extra.get("emitted", [])}
     last_save, dirty, backoff, failing = time.monotonic(), False, interval, False
     try:
@@ -100,7 +105,7 @@ async def watch_stream(
                         reader = await reopen()
                     except ConnectionFailed:
                         pass
-                audit = IncrementalAudit(reader, base, path)  # back to the last checkpoint
+                audit = IncrementalAudit(reader, base, path, sign=signer)  # back to the last checkpoint
                 await _sleep(stop, backoff)
                 backoff = min(backoff * 2, 10.0)
                 continue
