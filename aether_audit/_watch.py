@@ -32,7 +32,7 @@ from typing import Any
 
 import pandas as pd
 
-from ._audit import IncrementalAudit
+from ._audit import CheckpointLock, IncrementalAudit
 from ._checks import CheckOptions, check_names
 from ._errors import ConnectionFailed, JetStreamAPIError, StreamNotFound
 from ._records import now as utc_now
@@ -83,7 +83,18 @@ async def watch_stream(
     path = Path(checkpoint)
     stop = stop or asyncio.Event()
     notice = on_notice or (lambda text: None)
-    audit = IncrementalAudit(reader, base, path)
+    # One lock for the whole watch: the audits it rebuilds after a failure
+    # must not let another run in between (it would prune our segments).
+    # A checkpoint that is locked or unreadable ends the watch at once: no
+    # retry makes it readable (only the server's failures are retried).
+    lock = CheckpointLock(path)
+    try:
+        audit = IncrementalAudit(reader, base, path, lock=lock)
+    except BaseException:
+        lock.release()
+        if scratch is not None:
+            scratch.cleanup()
+        raise
     emitted = {tuple(key) for key in audit.extra.get("emitted", [])}
     last_save, dirty, backoff, failing = time.monotonic(), False, interval, False
     try:
@@ -100,7 +111,7 @@ async def watch_stream(
                         reader = await reopen()
                     except ConnectionFailed:
                         pass
-                audit = IncrementalAudit(reader, base, path)  # back to the last checkpoint
+                audit = IncrementalAudit(reader, base, path, lock=lock)  # back to the last checkpoint
                 await _sleep(stop, backoff)
                 backoff = min(backoff * 2, 10.0)
                 continue
@@ -123,6 +134,7 @@ async def watch_stream(
             audit.save()
     finally:
         audit.close()
+        lock.release()
         if scratch is not None:
             scratch.cleanup()
 
