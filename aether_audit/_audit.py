@@ -131,7 +131,11 @@ class IncrementalAudit:
             self.vouched = None
         self.state: StreamState | None = None
         self.read: dict[str, int | None] = {"from_seq": None, "to_seq": None}
-        self.extra: dict[str, Any] = dict(self.loaded.extra) if self.loaded else {}
+        extra = self.loaded.extra if self.loaded else {}
+        if not isinstance(extra, dict):
+            self._release()
+            raise CheckpointError(f"checkpoint {self.path} cannot be read: its 'extra' is not an object")
+        self.extra: dict[str, Any] = dict(extra)
 
     def _new_engine(self) -> AuditEngine:
         from ._checkpoint import keys_dir

@@ -34,7 +34,7 @@ import pandas as pd
 
 from ._audit import CheckpointLock, IncrementalAudit
 from ._checks import CheckOptions, check_names
-from ._errors import ConnectionFailed, JetStreamAPIError, StreamNotFound
+from ._errors import CheckpointError, ConnectionFailed, JetStreamAPIError, StreamNotFound
 from ._records import now as utc_now
 from ._report import _plain
 
@@ -95,7 +95,12 @@ async def watch_stream(
         if scratch is not None:
             scratch.cleanup()
         raise
-    emitted = {tuple(key) for key in audit.extra.get("emitted", [])}
+    try:
+        emitted = _emitted(audit.extra.get("emitted", []), path)
+    except BaseException:
+        audit.close()
+        lock.release()
+        raise
     last_save, dirty, backoff, failing = time.monotonic(), False, interval, False
     try:
         while not stop.is_set():
@@ -137,6 +142,17 @@ async def watch_stream(
         lock.release()
         if scratch is not None:
             scratch.cleanup()
+
+
+def _emitted(keys: Any, path: Path) -> set[tuple]:
+    """The identities a checkpoint says were yielded: a list of
+    ``[code, actor_id, stream_seq, subject, expected]`` (scalars)."""
+    scalar = (str, int, float, type(None))
+    if not isinstance(keys, list) or not all(
+            isinstance(key, list) and len(key) == len(_IDENTITY) and all(isinstance(v, scalar) for v in key)
+            for key in keys):
+        raise CheckpointError(f"checkpoint {path} cannot be read: its list of findings yielded is malformed")
+    return {tuple(key) for key in keys}
 
 
 def _new_findings(audit: IncrementalAudit, names: Sequence[str], emitted: set[tuple], settle: float) -> list[dict[str, Any]]:
