@@ -158,6 +158,9 @@ class IncrementalAudit:
         before that leaves the loaded checkpoint whole."""
         kept = self.engine.kept["history_rewritten"]
         self.engine.close()
+        # Nothing may keep the old engine alive while the stream is reread
+        # (the loaded checkpoint holds it): else both are in memory at once.
+        self.loaded = self.vouched = None
         self.engine = self._new_engine()
         self.engine.kept["history_rewritten"] = kept
         if finding is not None:
