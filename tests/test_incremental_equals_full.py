@@ -53,11 +53,16 @@ def subject_of(store, actor: str) -> str:
     return str(store.history(actor)["subject"].iloc[0])
 
 
-def every_position(store, tmp_path: Path, change: Callable[[], None], *, rewritten: bool = False) -> int:
+def every_position(store, tmp_path: Path, change: Callable[[], None], *, rewritten: bool = False,
+                   seed: Callable[[], None] | None = None) -> int:
     """Checkpoints at every position of the seeded stream, ``change`` the
     stream, then each checkpoint's next run against a full audit. Returns
-    how many positions saw a vouched message lost."""
-    run_sync(seed_scenario(store.core, SAMPLES / "anomalies.jsonl"))
+    how many positions saw a vouched message lost. ``seed``: writes the
+    stream (the anomalies scenario by default)."""
+    if seed is None:
+        run_sync(seed_scenario(store.core, SAMPLES / "anomalies.jsonl"))
+    else:
+        seed()
     last = store.stream_state().last_seq
     for split in range(last + 1):
         audit(Prefix(store.core, split), checkpoint=tmp_path / f"at-{split}.ckpt")
@@ -131,3 +136,43 @@ def test_a_whole_purge_after_the_checkpoint(store, tmp_path):
 def _history(store, actor: str, versions) -> None:
     for version in versions:
         store.save_event(Event.new(actor, "Happened", version, {"n": version}))
+
+
+def test_a_generated_stream_with_random_deletions(store, tmp_path):
+    """A small generated stream (versions that skip, repeat and go back,
+    reused event IDs, timestamps out of order), random messages deleted
+    after the checkpoint, every position."""
+    import random
+
+    import orjson
+
+    from aether_audit._wire import event_subject
+
+    rng = random.Random(21)
+    latest: dict[str, int] = {}
+    ids: list[str] = []
+    store.save_event(Event.new("a-0", "Opened", 1, {}))  # the stream, and seq 1 (never deleted: see the other test)
+    latest["a-0"] = 1
+
+    def generate() -> None:
+        for n in range(30):
+            actor = f"a-{rng.randrange(5)}"
+            version = max(1, latest.get(actor, 0) + rng.choice([1, 1, 1, 2, 0, -1]))
+            latest[actor] = max(latest.get(actor, 0), version)
+            event_id = rng.choice(ids) if ids and rng.random() < 0.1 else f"gen-{n}"
+            ids.append(event_id)
+            second = 30 + n + rng.choice([0, 0, 0, -5])
+            payload = {"id": event_id, "eventType": "Generated", "actorId": actor, "version": version,
+                       "data": {"n": n}, "timestamp": f"2026-11-20T10:11:{second:02d}.000000001Z"}
+            store.publish_raw(event_subject(store.stream_name, actor), orjson.dumps(payload))
+
+    def delete() -> None:
+        last = store.stream_state().last_seq
+        for seq in rng.sample(range(2, last + 1), 5):
+            assert run_sync(store.core._js.delete_msg(store.stream_name, seq))
+
+    assert every_position(store, tmp_path, delete, seed=generate) > 0
+    counts = audit(store.core).counts
+    planted = ("version_gap", "version_duplicate", "version_regression", "duplicate_event_id",
+               "timestamp_regression", "deleted_sequence")
+    assert all(counts[code] for code in planted), counts
