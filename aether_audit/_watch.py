@@ -18,6 +18,10 @@ writing). A failure of the server (``ConnectionFailed`` once the reader's
 reconnect window is over), a missing stream or an API error ends nothing:
 the poll is dropped (the engine goes back to the last checkpoint), a notice
 goes to ``on_notice`` (stderr by default) and it is tried again with backoff.
+A checkpoint that cannot be used (damaged, of another stream, locked by
+another run) ends the watch at once with ``CheckpointError``: no retry
+would change it. The checkpoint stays locked for the whole watch
+(``_audit.CheckpointLock``), across the audits rebuilt after a failure.
 """
 
 from __future__ import annotations
@@ -88,18 +92,16 @@ async def watch_stream(
     # A checkpoint that is locked or unreadable ends the watch at once: no
     # retry makes it readable (only the server's failures are retried).
     lock = CheckpointLock(path)
+    audit = None
     try:
         audit = IncrementalAudit(reader, base, path, lock=lock)
+        emitted = _emitted(audit.extra.get("emitted", []), path)
     except BaseException:
+        if audit is not None:
+            audit.close()
         lock.release()
         if scratch is not None:
             scratch.cleanup()
-        raise
-    try:
-        emitted = _emitted(audit.extra.get("emitted", []), path)
-    except BaseException:
-        audit.close()
-        lock.release()
         raise
     last_save, dirty, backoff, failing = time.monotonic(), False, interval, False
     try:
