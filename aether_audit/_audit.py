@@ -118,6 +118,9 @@ class IncrementalAudit:
         try:
             if self.path is not None and self.path.exists():
                 self.loaded = load_checkpoint(self.path, options)
+                if not isinstance(self.loaded.extra, dict):
+                    self.loaded.engine.close()
+                    raise CheckpointError(f"checkpoint {self.path} cannot be read: its 'extra' is not an object")
         except BaseException:
             self._release()
             raise
@@ -131,11 +134,7 @@ class IncrementalAudit:
             self.vouched = None
         self.state: StreamState | None = None
         self.read: dict[str, int | None] = {"from_seq": None, "to_seq": None}
-        extra = self.loaded.extra if self.loaded else {}
-        if not isinstance(extra, dict):
-            self._release()
-            raise CheckpointError(f"checkpoint {self.path} cannot be read: its 'extra' is not an object")
-        self.extra: dict[str, Any] = dict(extra)
+        self.extra: dict[str, Any] = dict(self.loaded.extra) if self.loaded else {}
 
     def _new_engine(self) -> AuditEngine:
         from ._checkpoint import keys_dir
