@@ -10,27 +10,92 @@ created, changed or deleted.
 newer than it, and reports the cumulative findings. ``IncrementalAudit``
 is the step both it and ``watch_stream`` (``_watch``) repeat: compare the
 stream with what the checkpoint vouched for, read the new range, settle.
+
+Incremental equals full. When the stream lost a message the checkpoint
+vouched for (deleted since; a purge is ``history_rewritten`` besides), the
+engine starts afresh and rereads the stream: a lost message changes every
+finding that reaches across it (its actor's version gap, duplicate or
+regression, timestamp order, a snapshot now ahead, an event ID no longer
+stored twice, its own per-message findings), and the checks' own code,
+run over the stream as it is now, is the only way to get exactly the full
+audit's answer without writing each check twice. Memory stays what a full
+audit needs (per actor, keys spilled to disk); the time is one full read,
+once per such deletion (the next run finds the hole already known). A
+deletion of a message not yet read costs nothing: the run never sees it.
+
+A checkpoint is locked while a run uses it (``CheckpointLock``): two runs
+on one checkpoint would each prune the other's key segments.
 """
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
 from ._checkpoint import Checkpoint, compare, load_checkpoint, save_checkpoint
 from ._checks import CheckOptions, check_names
 from ._engine import AuditEngine
-from ._errors import CheckpointError
+from ._errors import CheckpointError, CheckpointInUse
 from ._frames import SCHEMAS, StreamFrames, to_pandas
 from ._records import StreamState
 from ._report import AuditReport
 from ._signing import signer_of
 
-__all__ = ["IncrementalAudit", "audit_stream"]
+__all__ = ["CheckpointLock", "IncrementalAudit", "audit_stream"]
+
+
+class CheckpointLock:
+    """An exclusive hold on checkpoint ``path`` for as long as one run uses it.
+
+    An ``fcntl.flock`` on ``FILE.lock`` beside it, taken without waiting: a
+    second user gets ``CheckpointInUse`` at once (a cron run that overlaps
+    the previous one should not queue behind it). The kernel drops the lock
+    when the holder exits or is killed, so a SIGKILLed run never leaves a
+    stale one; the file itself stays (removing it would let a third run lock
+    a new file while the second still holds the old one). It holds the
+    holder's pid, for the message.
+
+    Example:
+        >>> lock = CheckpointLock(Path("audit.ckpt"))  # doctest: +SKIP
+        >>> CheckpointLock(Path("audit.ckpt"))         # doctest: +SKIP
+        Traceback (most recent call last):
+        aether_audit._errors.CheckpointInUse: checkpoint audit.ckpt is in use by another run (pid 4242) ...
+        >>> lock.release()                             # doctest: +SKIP
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path.with_name(path.name + ".lock")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise CheckpointError(f"cannot lock checkpoint {path}: {exc.strerror or exc}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = os.read(fd, 32).decode("ascii", "replace").strip()
+            os.close(fd)
+            pid = f" (pid {holder})" if holder.isdigit() else ""
+            if isinstance(exc, BlockingIOError):
+                raise CheckpointInUse(
+                    f"checkpoint {path} is in use by another run{pid}: wait for it to end, "
+                    "or give this run its own checkpoint file") from None
+            raise CheckpointError(f"cannot lock checkpoint {path}: {exc.strerror or exc}") from exc
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self.fd: int | None = fd
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing the descriptor releases the flock
+            self.fd = None
 
 
 class IncrementalAudit:
@@ -39,18 +104,31 @@ class IncrementalAudit:
     With ``checkpoint`` (a path) the engine starts from that file when it
     exists and ``save`` writes it; without, it starts empty. ``sign``: a
     seed file or key pair; the checkpoint read must be signed with it, the
-    one written is.
+    one written is. The checkpoint is locked until ``close`` (``lock``: one
+    already held, e.g. by a ``watch`` that builds several audits in turn; it
+    then stays held).
     """
 
     def __init__(self, reader: Any, options: CheckOptions, checkpoint: str | Path | None = None, *,
-                 sign: Any = None) -> None:
+                 sign: Any = None, lock: CheckpointLock | None = None) -> None:
         self.reader = reader
         self.options = options
         self.path = None if checkpoint is None else Path(checkpoint)
         self.signer = signer_of(sign, CheckpointError)
         self.loaded: Checkpoint | None = None
-        if self.path is not None and self.path.exists():
-            self.loaded = load_checkpoint(self.path, options, sign=self.signer)
+        self.lock, self._own_lock = lock, False
+        if self.path is not None and lock is None:
+            self.lock, self._own_lock = CheckpointLock(self.path), True
+        try:
+            if self.path is not None and self.path.exists():
+                self.loaded = load_checkpoint(self.path, options, sign=self.signer)
+                if not isinstance(self.loaded.extra, dict):
+                    self.loaded.engine.close()
+                    raise CheckpointError(f"checkpoint {self.path} cannot be read: its 'extra' is not an object")
+        except BaseException:
+            self._release()
+            raise
+        if self.loaded is not None:
             self.engine = self.loaded.engine
             self.done = self.loaded.last_seq
             self.vouched = self.loaded
@@ -69,6 +147,45 @@ class IncrementalAudit:
 
     def close(self) -> None:
         self.engine.close()
+        self._release()
+
+    def _release(self) -> None:
+        if self._own_lock and self.lock is not None:
+            self.lock.release()
+            self._own_lock = False
+
+    def _restart(self, finding: Any = None) -> None:
+        """A fresh engine that rereads the stream, keeping ``history_rewritten``
+        (and adding ``finding``). The old key segments stay on disk until the
+        next checkpoint, which no longer names them, is written: a run killed
+        before that leaves the loaded checkpoint whole."""
+        kept = self.engine.kept["history_rewritten"]
+        self.engine.close()
+        # Nothing may keep the old engine alive while the stream is reread
+        # (the loaded checkpoint holds it): else both are in memory at once.
+        self.loaded = self.vouched = None
+        self.engine = self._new_engine()
+        self.engine.kept["history_rewritten"] = kept
+        if finding is not None:
+            self.engine.record("history_rewritten", finding)
+        self.done = 0
+
+    def _lost_vouched(self, state: StreamState) -> bool:
+        """Whether a message read by an earlier run was deleted since (a
+        sequence listed deleted that was read, not a hole known already)."""
+        if not state.deleted or self.done == 0:
+            return False
+        deleted = np.asarray(state.deleted, dtype=np.int64)
+        low = max(self.engine.floor, self.engine.lowest_seq or 1)
+        deleted = deleted[(deleted >= low) & (deleted <= self.done)]
+        if not len(deleted):
+            return False
+        runs = np.asarray(self.engine.runs, dtype=np.int64).reshape(-1, 2)  # merged, sorted
+        if not len(runs):
+            return True
+        at = np.searchsorted(runs[:, 0], deleted, side="right") - 1
+        known = (at >= 0) & (deleted <= runs[np.maximum(at, 0), 1])
+        return not bool(known.all())
 
     async def step(self, *, progress: bool | None = None, frames: dict[str, list[pa.RecordBatch]] | None = None,
                    batch_size: int = 10_000) -> StreamState:
@@ -79,14 +196,11 @@ class IncrementalAudit:
         if self.vouched is not None:
             verdict, finding = compare(self.vouched, state, self.options.now)
             if verdict == "rewritten":
-                kept = self.engine.kept["history_rewritten"]
-                self.engine.close()
-                self.engine = self._new_engine()
-                self.engine.kept["history_rewritten"] = kept
-                self.engine.record("history_rewritten", finding)
-                self.done = 0
+                self._restart(finding)
             elif verdict == "expired":
                 self.engine.drop_before(state.first_seq)
+            if verdict != "rewritten" and self._lost_vouched(state):
+                self._restart()
         start = max(self.done + 1, state.first_seq or 1)
         self.engine.begin_run(start)
         self.read = {"from_seq": start, "to_seq": state.last_seq}

@@ -20,6 +20,7 @@ from nats-py and from the raw protocol are translated at the one boundary
     ├── ScenarioError             a scenario file that cannot be seeded
     ├── ExportError               an export directory that cannot be used
     ├── CheckpointError           an audit checkpoint that cannot be used
+    │   └── CheckpointInUse       another run holds the checkpoint's lock
     └── AuditFailed               an audit found problems (raised only when asked)
 """
 
@@ -30,6 +31,7 @@ __all__ = [
     "AuditFailed",
     "AuthenticationFailed",
     "CheckpointError",
+    "CheckpointInUse",
     "ConnectionFailed",
     "EmbeddedServerError",
     "ExportError",
@@ -136,6 +138,12 @@ class ExportError(AuditError):
 class CheckpointError(AuditError):
     """A checkpoint file that cannot be used: damaged, truncated, of another
     stream, or made with other check options."""
+
+
+class CheckpointInUse(CheckpointError):
+    """A checkpoint another run (a ``watch``, an overlapping cron
+    ``check --checkpoint``) is using: its lock file ``FILE.lock`` is held.
+    Two runs on one checkpoint would each prune the other's key segments."""
 
 
 class AuditFailed(AuditError):

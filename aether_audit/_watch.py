@@ -18,6 +18,10 @@ writing). A failure of the server (``ConnectionFailed`` once the reader's
 reconnect window is over), a missing stream or an API error ends nothing:
 the poll is dropped (the engine goes back to the last checkpoint), a notice
 goes to ``on_notice`` (stderr by default) and it is tried again with backoff.
+A checkpoint that cannot be used (damaged, of another stream, locked by
+another run) ends the watch at once with ``CheckpointError``: no retry
+would change it. The checkpoint stays locked for the whole watch
+(``_audit.CheckpointLock``), across the audits rebuilt after a failure.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from typing import Any
 
 import pandas as pd
 
-from ._audit import IncrementalAudit
+from ._audit import CheckpointLock, IncrementalAudit
 from ._checks import CheckOptions, check_names
 from ._errors import CheckpointError, ConnectionFailed, JetStreamAPIError, StreamNotFound
 from ._records import now as utc_now
@@ -88,8 +92,22 @@ async def watch_stream(
     stop = stop or asyncio.Event()
     notice = on_notice or (lambda text: None)
     signer = signer_of(sign, CheckpointError)
-    audit = IncrementalAudit(reader, base, path, sign=signer)
-    emitted = {tuple(key) for key in audit.extra.get("emitted", [])}
+    # One lock for the whole watch: the audits it rebuilds after a failure
+    # must not let another run in between (it would prune our segments).
+    # A checkpoint that is locked or unreadable ends the watch at once: no
+    # retry makes it readable (only the server's failures are retried).
+    lock = CheckpointLock(path)
+    audit = None
+    try:
+        audit = IncrementalAudit(reader, base, path, sign=signer, lock=lock)
+        emitted = _emitted(audit.extra.get("emitted", []), path)
+    except BaseException:
+        if audit is not None:
+            audit.close()
+        lock.release()
+        if scratch is not None:
+            scratch.cleanup()
+        raise
     last_save, dirty, backoff, failing = time.monotonic(), False, interval, False
     try:
         while not stop.is_set():
@@ -105,7 +123,7 @@ async def watch_stream(
                         reader = await reopen()
                     except ConnectionFailed:
                         pass
-                audit = IncrementalAudit(reader, base, path, sign=signer)  # back to the last checkpoint
+                audit = IncrementalAudit(reader, base, path, sign=signer, lock=lock)  # back to the last checkpoint
                 await _sleep(stop, backoff)
                 backoff = min(backoff * 2, 10.0)
                 continue
@@ -128,8 +146,20 @@ async def watch_stream(
             audit.save()
     finally:
         audit.close()
+        lock.release()
         if scratch is not None:
             scratch.cleanup()
+
+
+def _emitted(keys: Any, path: Path) -> set[tuple]:
+    """The identities a checkpoint says were yielded: a list of
+    ``[code, actor_id, stream_seq, subject, expected]`` (scalars)."""
+    scalar = (str, int, float, type(None))
+    if not isinstance(keys, list) or not all(
+            isinstance(key, list) and len(key) == len(_IDENTITY) and all(isinstance(v, scalar) for v in key)
+            for key in keys):
+        raise CheckpointError(f"checkpoint {path} cannot be read: its list of findings yielded is malformed")
+    return {tuple(key) for key in keys}
 
 
 def _new_findings(audit: IncrementalAudit, names: Sequence[str], emitted: set[tuple], settle: float) -> list[dict[str, Any]]:

@@ -11,10 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import random
+import signal
 import subprocess
 import sys
 import textwrap
 import threading
+import time
 from collections import Counter
 
 import pandas as pd
@@ -169,3 +173,161 @@ def test_a_writer_with_a_stale_view_is_refused_not_stored(nats_url, stream_name,
         assert (caught.value.attempted_version, caught.value.current_version) == (2, 1 + stale)
         first.save_event(Event.new("acct-1", "Deposited", 2 + stale))
         assert [e.version for e in second.get_events("acct-1")] == list(range(1, 3 + stale))
+
+
+# --- one checkpoint, overlapping and killed runs (issue 21) -------------------------------------
+
+WAIT = 120.0  # generous: the machine is shared; nothing asserts on these
+
+
+def publish_bulk(url: str, stream: str, count: int, actors: int = 50) -> None:
+    """``count`` more events fast (core publishes), each actor's versions
+    contiguous, then wait until the stream stored them."""
+    import nats
+    import orjson
+
+    async def go() -> None:
+        nc = await nats.connect(url)
+        js = nc.jetstream()
+        base = (await js.stream_info(stream)).state.last_seq
+        for n in range(base, base + count):
+            actor = f"bulk-{n % actors}"
+            payload = orjson.dumps({"id": f"bulk-{n}", "eventType": "Bulk", "actorId": actor, "version": n // actors + 1,
+                                    "data": {"n": n}, "timestamp": "2026-11-20T10:11:12.123456789Z"})
+            await nc.publish(f"{stream}.events.bulk.{actor}", payload)
+        await nc.flush()
+        while (await js.stream_info(stream)).state.last_seq < base + count:
+            await asyncio.sleep(0.01)
+        await nc.close()
+
+    run_sync(go())
+
+
+def check(url: str, stream: str, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "aether_audit", "check", "--server", url, "--stream", stream,
+                           "--json", "--no-progress", *extra], capture_output=True, text=True, timeout=WAIT)
+
+
+def findings_of(result: subprocess.CompletedProcess) -> list[tuple]:
+    """A ``check --json``'s findings, sorted, whole (but the retention countdown, which moves with the clock)."""
+    assert result.returncode in (0, 1), result.stderr
+    out = []
+    for f in json.loads(result.stdout)["findings"]:
+        timeless = f["code"] != "retention_expiry"
+        out.append((f["code"], f["severity"], f["actor_id"], f["stream_seq"], f["subject"], f["expected"],
+                    f["found"] if timeless else "", f["message"] if timeless else ""))
+    return sorted(out, key=str)
+
+
+def wait_until_locked(checkpoint, process: subprocess.Popen) -> None:
+    from aether_audit._audit import CheckpointLock
+    from aether_audit._errors import CheckpointInUse
+
+    deadline = time.monotonic() + WAIT
+    while time.monotonic() < deadline:
+        assert process.poll() is None, "the first run ended before it was seen holding the checkpoint"
+        try:
+            CheckpointLock(checkpoint).release()
+        except CheckpointInUse:
+            return
+        time.sleep(0.005)
+    raise AssertionError("the first run never locked the checkpoint")
+
+
+def test_two_overlapping_checkpoint_checks_the_second_is_refused(nats_url, stream_name, tmp_path):
+    checkpoint = tmp_path / "cron.ckpt"
+    with connect(nats_url, stream=stream_name) as store:
+        store.save_event(Event.new("order-1", "Placed", 1, {}))
+        store.save_event(Event.new("order-1", "Placed", 3, {}))  # a gap: findings to compare
+    publish_bulk(nats_url, stream_name, 3000)
+    assert check(nats_url, stream_name, "--checkpoint", str(checkpoint)).returncode == 1
+    publish_bulk(nats_url, stream_name, 3000)
+    first = subprocess.Popen([sys.executable, "-m", "aether_audit", "check", "--server", nats_url, "--stream",
+                              stream_name, "--checkpoint", str(checkpoint), "--json", "--no-progress"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_until_locked(checkpoint, first)
+    os.kill(first.pid, signal.SIGSTOP)  # the previous cron run, still going (frozen mid-run: no race)
+    try:
+        started = time.monotonic()
+        second = check(nats_url, stream_name, "--checkpoint", str(checkpoint))
+        took = time.monotonic() - started
+    finally:
+        os.kill(first.pid, signal.SIGCONT)
+    assert second.returncode == 2, second.stderr
+    lines = second.stderr.strip().splitlines()
+    assert len(lines) == 1 and "in use by another run" in lines[0] and f"pid {first.pid}" in lines[0], lines
+    assert took < 30.0  # refused at once, not queued (generous: the interpreter's start on a shared machine)
+    out, err = first.communicate(timeout=WAIT)
+    assert first.returncode == 1, err
+    # The first run's checkpoint is whole, and resumes exactly.
+    assert findings_of(check(nats_url, stream_name, "--checkpoint", str(checkpoint))) == findings_of(
+        check(nats_url, stream_name))
+
+
+KILLED = textwrap.dedent("""
+    import os, signal, sys
+    from pathlib import Path
+    import aether_audit
+    from aether_audit import _checkpoint, _keys
+
+    url, stream, checkpoint, point = sys.argv[1:5]
+
+    def die(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    if point == "segment":        # a key segment written, its index and rename not
+        _keys.KeyStore._write_index = die
+    elif point == "checkpoint":   # the new segments written, the checkpoint not
+        _checkpoint.write_atomic = die
+    elif point == "prune":        # the new checkpoint written, no old segment removed yet
+        _keys.KeyStore.prune = die
+    elif point == "mid-prune":    # one old segment removed, the others not
+        unlink = Path.unlink
+        def unlink_once(self, *args, **kwargs):
+            unlink(self, *args, **kwargs)
+            die()
+        Path.unlink = unlink_once
+    with aether_audit.connect(url, stream=stream) as store:
+        store.audit(checkpoint=checkpoint, progress=False)
+""")
+
+
+def test_a_checkpoint_run_killed_anywhere_leaves_one_the_next_run_reads(nats_url, stream_name, tmp_path):
+    from aether_audit._audit import CheckpointLock
+    from aether_audit._checkpoint import load_checkpoint
+    from aether_audit._checks import CheckOptions
+
+    checkpoint = tmp_path / "cron.ckpt"
+    with connect(nats_url, stream=stream_name) as store:
+        store.save_event(Event.new("order-1", "Placed", 1, {}))
+        store.save_event(Event.new("order-1", "Placed", 3, {}))
+    publish_bulk(nats_url, stream_name, 2000)
+    assert check(nats_url, stream_name, "--checkpoint", str(checkpoint)).returncode == 1
+    killed = Counter()
+    points = ["segment", "checkpoint", "prune", "mid-prune", "random", "random"]
+    for round_, point in enumerate(points * 2):
+        publish_bulk(nats_url, stream_name, 700)
+        if round_ == len(points):
+            # A message the checkpoint vouched for is deleted: the run rereads the
+            # stream afresh (new segments beside the loaded checkpoint's), and is killed.
+            with connect(nats_url, stream=stream_name) as store:
+                assert run_sync(store.core._js.delete_msg(stream_name, 10))
+        if point == "random":
+            child = subprocess.Popen([sys.executable, "-c", KILLED, nats_url, stream_name, str(checkpoint), point])
+            wait_until_locked(checkpoint, child)
+            time.sleep(random.uniform(0.0, 0.6))
+            child.kill()
+            child.wait(timeout=WAIT)
+            code = child.returncode
+        else:
+            code = subprocess.run([sys.executable, "-c", KILLED, nats_url, stream_name, str(checkpoint), point],
+                                  timeout=WAIT).returncode
+        assert code in (-signal.SIGKILL, 0), (point, code)
+        killed[point] += code == -signal.SIGKILL
+        # The kernel dropped the lock, and what is on disk is a whole checkpoint.
+        CheckpointLock(checkpoint).release()
+        load_checkpoint(checkpoint, CheckOptions()).engine.close()
+    assert all(killed[point] for point in points if point != "random"), killed
+    # The next run reads it, and equals a full audit.
+    assert findings_of(check(nats_url, stream_name, "--checkpoint", str(checkpoint))) == findings_of(
+        check(nats_url, stream_name))
