@@ -27,6 +27,7 @@ import json
 import re
 import secrets
 import ssl
+import time
 import urllib.parse
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -261,6 +262,15 @@ class StreamScanner:
         self._url: str | None = None  # the server connected to
         self._avoid: str | None = None  # a server that went silent: not reconnected to
         self.silent = False  # the last wait on the server ended in silence
+        # When the server last said its cluster changed: it closed or refused
+        # a connection, or sent an INFO after the handshake with other
+        # connect_urls (nats-server does when a node leaves or joins) or in
+        # lame-duck mode. Silence within reconnect_seconds of
+        # that is a failover under way (leader elections: 4-9 s of silence,
+        # measured on 2.15.1), asked again within the reconnect window;
+        # silence alone is final.
+        self._upheaval = -float("inf")
+        self._peers: frozenset[str] = frozenset()  # the cluster's client URLs, as the INFO gives them
         self._lock = asyncio.Lock()
         self._inbox = f"_INBOX.{secrets.token_hex(11)}"
         self._ids = itertools.count(2)  # sids and reply tokens; sid 1 is the reply inbox
@@ -286,6 +296,7 @@ class StreamScanner:
             except (OSError, _Disconnected, ValueError) as exc:
                 self._drop()
                 reason, silent = str(exc) or type(exc).__name__, False
+                self._upheaval = time.monotonic()
             except BaseException:  # bad credentials, cancellation
                 self._drop()
                 raise
@@ -305,6 +316,7 @@ class StreamScanner:
         if op != b"INFO":
             raise _Disconnected(f"not a NATS server (it sent {op!r})")
         info = json.loads(args[0])
+        self._peers = frozenset(info.get("connect_urls") or ())
         context = self._options.ssl_context()
         if info.get("tls_required") or context is not None:
             await self._writer.start_tls(context or ssl.create_default_context(), server_hostname=host)
@@ -334,15 +346,17 @@ class StreamScanner:
             if isinstance(exc, TimeoutError):
                 self._avoid, self.silent = url, True
                 raise _Silent(f"the server stopped answering (nothing for {self._silence:g} s)") from exc
+            self._upheaval = time.monotonic()
             raise _Disconnected(str(exc) or type(exc).__name__) from exc
         if not chunk:
             self._drop()
+            self._upheaval = time.monotonic()
             raise _Disconnected("connection closed by the server")
         return buf + chunk if buf else chunk
 
     async def _frame(self) -> tuple[bytes, list[bytes], bytes, bytes]:
         """The next frame as (op, args, header, payload); PING, +OK and -ERR are handled here."""
-        while (got := _parse_frame(self._buf, self._pos)) is None or got[1] in (b"PING", b"+OK", b"-ERR"):
+        while (got := _parse_frame(self._buf, self._pos)) is None or got[1] in self._handled:
             if got is None:
                 self._buf, self._pos = await self._fill(self._buf[self._pos:]), 0
             else:
@@ -351,10 +365,24 @@ class StreamScanner:
         self._pos = got[0]
         return got[1:]
 
+    @property
+    def _handled(self) -> tuple[bytes, ...]:
+        """The frames ``_frame`` handles itself: an INFO too once connected."""
+        return (b"PING", b"+OK", b"-ERR", b"INFO") if self._url else (b"PING", b"+OK", b"-ERR")
+
     def _control(self, op: bytes, args: list[bytes]) -> None:
-        """A frame that is no message: PING → PONG, -ERR → raise; INFO, PONG, +OK: nothing."""
+        """A frame that is no message: PING → PONG, -ERR → raise, INFO (after
+        the handshake: the cluster changed) noted; PONG, +OK: nothing."""
         if op == b"PING":
             self._send(b"PONG\r\n")
+        elif op == b"INFO" and self._url:
+            try:
+                info = json.loads(args[0])
+            except ValueError:
+                return
+            peers = frozenset(info.get("connect_urls") or ())
+            if peers != self._peers or info.get("ldm"):
+                self._peers, self._upheaval = peers, time.monotonic()
         elif op == b"-ERR":
             text = args[0].decode(errors="replace")
             raise server_error(text, self._options.describe()) or _Disconnected(text)
@@ -438,6 +466,13 @@ class StreamScanner:
             raise exc
         if isinstance(exc, _Silent) and all(url == self._avoid for url in self._options.servers):
             raise NoAnswer(f"lost the connection to {self._options.describe()}: {exc}") from exc
+        if isinstance(exc, NoAnswer) and time.monotonic() - self._upheaval < self._options.reconnect_seconds:
+            # A failover under way: its elections are silent (see _upheaval).
+            if not window.failed(str(exc)):
+                raise NoAnswer(f"no answer from {self._options.describe()} within {window.seconds:g}s of "
+                               f"a change in its cluster ({window.first_reason}; then: {exc})") from exc
+            await asyncio.sleep(0.2)
+            return
         if isinstance(exc, NoAnswer):
             if window.open:
                 raise NoAnswer(f"lost the connection to {self._options.describe()} and could not resume: "
