@@ -412,7 +412,7 @@ class StreamScanner:
         Unanswered, it is sent again every ``_ASK_AGAIN`` seconds when
         ``again`` (a read, safe to repeat: not a consumer's creation), and
         after ``timeout`` (default ``connect_timeout``) of silence it fails
-        with ``NoAnswer``, final.
+        with ``NoAnswer`` (final, unless a failover is under way: ``_recover``).
         """
         subject = f"{self._api}.{endpoint}"
         data = json.dumps(body).encode() if body is not None else b""
@@ -452,9 +452,12 @@ class StreamScanner:
         the server says is worth it, i.e. a stream without a leader
         (``leaderless``), and a connection it broke, refused or answered
         with no responders (a restart, a node gone) once a scan was under
-        way or the connection had worked. Final: refused credentials, and
-        silence (``NoAnswer``: a request or a handshake unanswered for the
-        timeout), which would only move the failure later.
+        way or the connection had worked, and silence soon after the server
+        said its cluster changed (``_upheaval``: a failover's elections are
+        silent). Final: refused credentials, and silence alone (``NoAnswer``:
+        a request or a handshake unanswered for the timeout; a scan's
+        ``_Silent`` with no other server to go to), which would only move
+        the failure later.
         """
         if leaderless(exc):
             if not window.failed(str(exc)):
@@ -487,9 +490,9 @@ class StreamScanner:
         await asyncio.sleep(0.2)
 
     async def api(self, endpoint: str, body: dict[str, Any] | None, stream: str) -> dict[str, Any]:
-        """One read-only JetStream API request (``$JS.API.<endpoint>``); a
-        connection the server broke or refused is opened again within the
-        reconnect window, silence for ``connect_timeout`` is final.
+        """One read-only JetStream API request (``$JS.API.<endpoint>``),
+        retried within the reconnect window on what the server says is worth
+        it (``_recover``); silence for ``connect_timeout`` alone is final.
 
         Example:
             >>> info = await scanner.api("STREAM.INFO.orders", None, "orders")  # doctest: +SKIP
