@@ -69,7 +69,8 @@ def _connection_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--stream", default="events", help="stream name as given to the Go store (default: events)")
     group.add_argument("--namespace", metavar="NS", help="the store's namespace (stream becomes NS_STREAM)")
     group.add_argument("--timeout", type=_seconds, default=5.0, metavar="SECONDS",
-                       help="connecting and any single wait on the server (default: 5)")
+                       help="connecting and any single wait on the server (default: 5); a server that "
+                            "does not answer fails the command within SECONDS + 1 (+ 4 in the middle of a read)")
     group.add_argument("--creds", metavar="FILE", help="NATS .creds file (JWT + NKey seed)")
     group.add_argument("--user", help="user name")
     group.add_argument("--password", help="password (or $NATS_PASSWORD; never printed)")

@@ -11,8 +11,11 @@ share lives here, once:
 - What an error means: ``server_error`` (a ``-ERR`` line), ``api_error`` (a
   JetStream API error object, with the JetStream error codes below) and
   ``translate_errors`` (nats-py's exceptions).
-- How long to keep trying: ``ReconnectWindow`` and ``until_available``, over
-  ``reconnect_seconds``.
+- How long to wait and when to ask again: ``connect_timeout`` bounds every
+  single wait, and silence for that long (``NoAnswer``) is final for a
+  read; ``ReconnectWindow`` retries, over ``reconnect_seconds``, only what
+  the server says is worth it (a connection it broke or refused, no
+  responders, ``leaderless``); ``until_available`` is a publish's retry.
 """
 
 from __future__ import annotations
@@ -42,12 +45,14 @@ from ._errors import (
 __all__ = [
     "ConnectOptions",
     "ErrorNotes",
+    "NoAnswer",
     "ReconnectWindow",
     "api_error",
     "open_nats",
     "redact_url",
     "server_error",
     "translate_errors",
+    "leaderless",
     "until_available",
 ]
 
@@ -75,6 +80,17 @@ JS_ERR_STREAM_NOT_FOUND = 10059
 JS_ERR_WRONG_LAST_SEQUENCE = 10071  # the append guard: the subject moved
 
 _USER_SEED = r"\b(SU[A-Z2-7]{50,})\b"
+
+# How much longer than ``connect_timeout`` a read may take to fail when the
+# server does not answer (docs/limits.md, pinned by test_faults.py's
+# PONG-only and frozen-server tests): nats-py's connect gets 0.25 s over
+# the timeout, and closing after silence takes at most 1 s (no goodbye is
+# waited for). Measured 0.0-0.1 s beyond the timeout for a Python read. The
+# command line adds its own start-up (importing pandas and pyarrow, ~1 s).
+FAILURE_MARGIN = 1.0
+# A scan already under way hears an idle heartbeat every 2 s: it waits two
+# more before it calls the server silent (_scan._SILENCE_BEYOND_TIMEOUT).
+SCAN_SILENCE_MARGIN = 4.0
 
 
 def redact_url(url: str) -> str:
@@ -105,6 +121,15 @@ class ConnectOptions:
     Secrets (``password``, ``token``, the seed inside ``nkey`` and ``creds``
     files) are held here only; ``repr`` and ``describe`` redact them.
 
+    ``connect_timeout`` (the CLI's ``--timeout``, default 5 s) is the
+    longest single wait on a server. A read of a server that does not
+    answer (frozen, or answering nothing but PINGs) fails within
+    ``connect_timeout`` + 1 s (``FAILURE_MARGIN``; per server of the list
+    when none answers), or + 4 s more when it stops in the middle of a scan
+    (two missed heartbeats); silence is never retried. ``reconnect_seconds``
+    is how long a connection the server broke or refused, or a stream
+    without a leader, is tried again (docs/limits.md).
+
     Example:
         >>> ConnectOptions(servers=("nats://bob:pw@127.0.0.1:4222",))
         ConnectOptions(nats://bob:***@127.0.0.1:4222)
@@ -120,8 +145,15 @@ class ConnectOptions:
     tls_cert: str | None = None
     tls_key: str | None = None
     name: str = "aether_audit"
+    # The longest single wait on a server (the CLI's --timeout): connecting,
+    # a JetStream request, silence in a scan. A read of a server that does
+    # not answer (frozen, or answering PINGs only) fails within it plus
+    # FAILURE_MARGIN (1 s), or plus SCAN_SILENCE_MARGIN (4 s) more when it
+    # froze in the middle of a scan; never after the reconnect window:
+    # silence is not retried.
     connect_timeout: float = 5.0
-    # How long a broken connection is retried before the call fails.
+    # How long a connection the server broke or refused (a restart, a node
+    # gone) is tried again before the call fails.
     reconnect_seconds: float = 30.0
 
     @classmethod
@@ -272,13 +304,33 @@ def api_error(error: dict[str, Any], stream: str | None, where: str) -> AuditErr
     return JetStreamAPIError(description, code, err_code)
 
 
+class NoAnswer(ConnectionFailed):
+    """The server said nothing within ``connect_timeout``: it is frozen, hung,
+    or not what it claims to be. Final, never retried: waiting longer for a
+    server that does not answer only moves the failure later."""
+
+
+def leaderless(exc: BaseException) -> bool:
+    """Whether JetStream said "temporarily unavailable" (10008): the stream
+    has no leader while its cluster elects one. Worth asking again.
+
+    Example:
+        >>> leaderless(JetStreamAPIError("JetStream system temporarily unavailable", 503, 10008))
+        True
+        >>> leaderless(NoAnswer("no answer from h to $JS.API.STREAM.INFO.orders within 5 s"))
+        False
+    """
+    return isinstance(exc, JetStreamAPIError) and exc.err_code == JS_ERR_TEMPORARILY_UNAVAILABLE
+
+
 def unavailable(exc: BaseException) -> bool:
-    """Whether ``exc`` says the server or the stream's leader is away for now
-    (worth trying again), not that it refused: credentials or permissions
-    are never retried."""
-    if isinstance(exc, JetStreamAPIError):
-        return exc.err_code == JS_ERR_TEMPORARILY_UNAVAILABLE
-    return isinstance(exc, ConnectionFailed) and not isinstance(exc, AuthenticationFailed)
+    """Whether a publish is worth sending again: ``leaderless``, a broken or
+    refused connection, and silence too, unlike a read. A stream whose
+    leader is being elected drops publishes without a word (nats-server
+    answers only on the leader), and resending one is safe: its
+    ``Nats-Msg-Id`` makes a copy that did arrive a duplicate. Refused
+    credentials or permissions never are."""
+    return leaderless(exc) or (isinstance(exc, ConnectionFailed) and not isinstance(exc, AuthenticationFailed))
 
 
 class ReconnectWindow:
@@ -308,9 +360,10 @@ class ReconnectWindow:
 
 
 async def until_available(operation: Callable[[], Awaitable[T]], seconds: float, pause: float = 0.25) -> T:
-    """``operation()``, tried again while it fails with an ``unavailable``
-    error (a cluster electing a leader, a server restarting), for up to
-    ``seconds``; then its error stands."""
+    """``operation()`` (a publish), tried again while it fails with an
+    ``unavailable`` error (a cluster electing a leader, a server
+    restarting), for up to ``seconds``; then its error stands. Reads do not
+    use it: their scanner retries only what the server says is worth it."""
     window = ReconnectWindow(seconds)
     while True:
         try:
@@ -386,11 +439,13 @@ async def open_nats(options: ConnectOptions, notes: ErrorNotes | None = None) ->
             if notes.refused:
                 raise AuthenticationFailed(f"authorization failed at {options.describe()}") from exc
             last = notes.last
-            if last is None or isinstance(last, (asyncio.TimeoutError, TimeoutError)) or not str(last).strip():
+            silent = last is None or isinstance(last, (asyncio.TimeoutError, TimeoutError)) or not str(last).strip()
+            if silent:
                 reason = f": no answer within {options.connect_timeout:g} s"
             else:
                 reason = f" ({type(last).__name__}: {_message_of(last)})"
-            raise ConnectionFailed(f"cannot connect to {options.describe()}{reason}") from exc
+            failure = NoAnswer if silent else ConnectionFailed
+            raise failure(f"cannot connect to {options.describe()}{reason}") from exc
     connection.options["max_reconnect_attempts"] = reconnect_attempts
     return connection
 
@@ -431,7 +486,7 @@ def translate_errors(
         denied = notes.recent_permission() if notes else None
         if denied:
             raise PermissionDenied(f"permission denied by {where}: {denied}") from exc
-        raise ConnectionFailed(f"no answer from {where} in time") from exc
+        raise NoAnswer(f"no answer from {where} in time") from exc
     except nats_errors.AuthorizationError as exc:
         raise AuthenticationFailed(f"authorization failed at {where}") from exc
     except nats_errors.NoRespondersError as exc:

@@ -32,7 +32,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ._connection import ConnectOptions, logger, until_available
+from ._connection import ConnectOptions, logger
 from ._errors import MalformedMessageError, SnapshotNotFoundError, StreamNotFound
 from ._frames import (
     SCHEMAS,
@@ -187,6 +187,11 @@ class _Scanners:
             yield scanner
         finally:
             self._idle.append(scanner)
+
+    @property
+    def silent(self) -> bool:
+        """The server left one of them without an answer for ``connect_timeout``."""
+        return any(scanner.silent for scanner in self.all)
 
     async def close(self) -> None:
         for scanner in self.all:
@@ -567,13 +572,11 @@ class StreamReader:
 
     async def _last_on(self, subject: str) -> tuple[int, DecodedBatch] | None:
         """The last message stored on ``subject``, decoded: one look-up,
-        tried again while a cluster elects a leader."""
-        async def look_up() -> RawBatch:
-            async with self._scanners.lease() as scanner:
-                return await scanner.last_message(self.stream_name, subject)
-
+        which the scanner asks again while a cluster elects a leader (and
+        never past ``connect_timeout`` of silence)."""
         try:
-            raw = await until_available(look_up, self._options.reconnect_seconds)
+            async with self._scanners.lease() as scanner:
+                raw = await scanner.last_message(self.stream_name, subject)
         except StreamNotFound:
             return None
         return (raw.seqs[0], self._decode(raw)) if raw.seqs else None

@@ -27,6 +27,7 @@ import json
 import re
 import secrets
 import ssl
+import time
 import urllib.parse
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -37,8 +38,10 @@ import orjson
 from ._connection import (
     JS_ERR_NO_MESSAGE,
     ConnectOptions,
+    NoAnswer,
     ReconnectWindow,
     api_error,
+    leaderless,
     server_error,
 )
 from ._errors import (
@@ -48,7 +51,12 @@ from ._errors import (
 )
 from ._speedups import cfast
 
-__all__ = ["RawBatch", "StreamScanner"]
+__all__ = ["JS_API", "RawBatch", "StreamScanner"]
+
+# The JetStream API's subject prefix. A JetStream domain ``D`` is
+# ``$JS.D.API``; an account import may use any prefix: ``StreamScanner``
+# takes another one as ``api_prefix`` and builds every subject from it.
+JS_API = "$JS.API"
 
 # Pull, not push: on 200k ~360-byte events (2 cores, nats-server 2.15.1) pull
 # with two 5,000-message requests outstanding read ~480k msgs/s and push with
@@ -62,8 +70,14 @@ _READ_SIZE = 1 << 20  # bytes per socket read, ~2,000 typical events
 # means the server stopped answering (frozen, or the link is gone): without
 # it, a frozen server held a scan for 150 s before the reconnect window.
 _HEARTBEAT_NS = 2_000_000_000
-_SILENCE_BEYOND_TIMEOUT = 2 * _HEARTBEAT_NS / 1e9
+_SILENCE_BEYOND_TIMEOUT = 2 * _HEARTBEAT_NS / 1e9  # = _connection.SCAN_SILENCE_MARGIN
 _MAX_FRUITLESS_RESTARTS = 3
+# An unanswered read-only request is sent again after this long, until the
+# timeout: nats-server drops requests on a stream's non-leaders, so one sent
+# during a leader election (silence for ~4-9 s, measured on 2.15.1) is never
+# answered, while the same request sent after the election is. Asking again
+# never extends the wait: silence for the whole timeout is final.
+_ASK_AGAIN = 1.0
 
 
 @dataclass
@@ -83,10 +97,13 @@ class _Disconnected(Exception):
     """The socket broke or the server hung up; a scan resumes after it."""
 
 
-class _NoAnswer(ConnectionFailed):
-    """A request went unanswered: the server is busy, or its stream has no
-    leader yet (a cluster electing one). Worth asking again within the
-    reconnect window, unlike a server that is not there or has no JetStream."""
+class _Silent(_Disconnected):
+    """A scan heard nothing, not even a heartbeat, for ``connect_timeout`` + 4 s.
+
+    Its consumer's node is gone (a cluster node died: its consumer with it)
+    or the server froze. The scan resumes on another server of the list,
+    never on the one that went silent: with one server it fails at once.
+    """
 
 
 class _Restart(Exception):
@@ -235,12 +252,25 @@ class StreamScanner:
         ...         await scanner.close()
     """
 
-    def __init__(self, options: ConnectOptions) -> None:
+    def __init__(self, options: ConnectOptions, api_prefix: str = JS_API) -> None:
         self._options = options
+        self._api = api_prefix  # every JetStream API subject starts with it
         self._silence = options.connect_timeout + _SILENCE_BEYOND_TIMEOUT
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._buf, self._pos = b"", 0  # received; parsed up to _pos
+        self._url: str | None = None  # the server connected to
+        self._avoid: str | None = None  # a server that went silent: not reconnected to
+        self.silent = False  # the last wait on the server ended in silence
+        # When the server last said its cluster changed: it closed or refused
+        # a connection, or sent an INFO after the handshake with other
+        # connect_urls (nats-server does when a node leaves or joins) or in
+        # lame-duck mode. Silence within reconnect_seconds of
+        # that is a failover under way (leader elections: 4-9 s of silence,
+        # measured on 2.15.1), asked again within the reconnect window;
+        # silence alone is final.
+        self._upheaval = -float("inf")
+        self._peers: frozenset[str] = frozenset()  # the cluster's client URLs, as the INFO gives them
         self._lock = asyncio.Lock()
         self._inbox = f"_INBOX.{secrets.token_hex(11)}"
         self._ids = itertools.count(2)  # sids and reply tokens; sid 1 is the reply inbox
@@ -251,18 +281,30 @@ class StreamScanner:
         """Connect to the first server that answers (nothing to do when connected)."""
         if self._writer is not None:
             return
-        reason = "no server given"
-        for url in self._options.servers:
+        reason, silent = "no server given", bool(self._options.servers)
+        # The server a scan heard nothing from is left out of its resume; a
+        # later call (or a list of one) tries every server again.
+        servers = [url for url in self._options.servers if url != self._avoid] or self._options.servers
+        for url in servers:
             try:
                 await asyncio.wait_for(self._handshake(url), self._options.connect_timeout)
+                self._url, self._avoid, self.silent = url, None, False
                 return
-            except (OSError, _Disconnected, ValueError) as exc:  # TimeoutError is an OSError
+            except TimeoutError:
                 self._drop()
-                reason = str(exc) or type(exc).__name__
+                reason = f"no answer within {self._options.connect_timeout:g} s"
+            except (OSError, _Disconnected, ValueError) as exc:
+                self._drop()
+                reason, silent = str(exc) or type(exc).__name__, False
+                self._upheaval = time.monotonic()
             except BaseException:  # bad credentials, cancellation
                 self._drop()
                 raise
-        raise ConnectionFailed(f"cannot connect to {self._options.describe()}: {reason}")
+        # Every server silent (frozen, or not a NATS server): final. A refusal
+        # or a hang-up (a restart under way) is worth another try.
+        self.silent = silent
+        failure = NoAnswer if silent else ConnectionFailed
+        raise failure(f"cannot connect to {self._options.describe()}: {reason}")
 
     async def _handshake(self, url: str) -> None:
         parts = urllib.parse.urlsplit(url if "://" in url else f"nats://{url}")
@@ -274,6 +316,7 @@ class StreamScanner:
         if op != b"INFO":
             raise _Disconnected(f"not a NATS server (it sent {op!r})")
         info = json.loads(args[0])
+        self._peers = frozenset(info.get("connect_urls") or ())
         context = self._options.ssl_context()
         if info.get("tls_required") or context is not None:
             await self._writer.start_tls(context or ssl.create_default_context(), server_hostname=host)
@@ -298,18 +341,22 @@ class StreamScanner:
             async with asyncio.timeout(self._silence):
                 chunk = await self._reader.read(_READ_SIZE)
         except OSError as exc:  # TimeoutError included
+            url = self._url
             self._drop()
             if isinstance(exc, TimeoutError):
-                raise _Disconnected(f"the server stopped answering (nothing for {self._silence:g} s)") from exc
+                self._avoid, self.silent = url, True
+                raise _Silent(f"the server stopped answering (nothing for {self._silence:g} s)") from exc
+            self._upheaval = time.monotonic()
             raise _Disconnected(str(exc) or type(exc).__name__) from exc
         if not chunk:
             self._drop()
+            self._upheaval = time.monotonic()
             raise _Disconnected("connection closed by the server")
         return buf + chunk if buf else chunk
 
     async def _frame(self) -> tuple[bytes, list[bytes], bytes, bytes]:
         """The next frame as (op, args, header, payload); PING, +OK and -ERR are handled here."""
-        while (got := _parse_frame(self._buf, self._pos)) is None or got[1] in (b"PING", b"+OK", b"-ERR"):
+        while (got := _parse_frame(self._buf, self._pos)) is None or got[1] in self._handled:
             if got is None:
                 self._buf, self._pos = await self._fill(self._buf[self._pos:]), 0
             else:
@@ -318,10 +365,24 @@ class StreamScanner:
         self._pos = got[0]
         return got[1:]
 
+    @property
+    def _handled(self) -> tuple[bytes, ...]:
+        """The frames ``_frame`` handles itself: an INFO too once connected."""
+        return (b"PING", b"+OK", b"-ERR", b"INFO") if self._url else (b"PING", b"+OK", b"-ERR")
+
     def _control(self, op: bytes, args: list[bytes]) -> None:
-        """A frame that is no message: PING → PONG, -ERR → raise; INFO, PONG, +OK: nothing."""
+        """A frame that is no message: PING → PONG, -ERR → raise, INFO (after
+        the handshake: the cluster changed) noted; PONG, +OK: nothing."""
         if op == b"PING":
             self._send(b"PONG\r\n")
+        elif op == b"INFO" and self._url:
+            try:
+                info = json.loads(args[0])
+            except ValueError:
+                return
+            peers = frozenset(info.get("connect_urls") or ())
+            if peers != self._peers or info.get("ldm"):
+                self._peers, self._upheaval = peers, time.monotonic()
         elif op == b"-ERR":
             text = args[0].decode(errors="replace")
             raise server_error(text, self._options.describe()) or _Disconnected(text)
@@ -330,7 +391,7 @@ class StreamScanner:
         """Forget the connection without a goodbye (it is broken, or we are leaving)."""
         if self._writer is not None:
             self._writer.close()
-        self._reader = self._writer = None
+        self._reader = self._writer = self._url = None
         self._buf, self._pos = b"", 0
 
     async def close(self) -> None:
@@ -343,21 +404,40 @@ class StreamScanner:
 
     # -- JetStream API ----------------------------------------------------
 
-    async def _request(self, subject: str, body: dict[str, Any] | None, stream: str,
-                       timeout: float | None = None) -> dict[str, Any]:
-        """One JetStream API call over this connection; its errors become ours."""
-        reply = f"{self._inbox}.r.{next(self._ids)}".encode()
+    async def _request(self, endpoint: str, body: dict[str, Any] | None, stream: str,
+                       timeout: float | None = None, *, again: bool = True) -> dict[str, Any]:
+        """One JetStream API call (``<api prefix>.<endpoint>``) over this
+        connection; its errors become ours.
+
+        Unanswered, it is sent again every ``_ASK_AGAIN`` seconds when
+        ``again`` (a read, safe to repeat: not a consumer's creation), and
+        after ``timeout`` (default ``connect_timeout``) of silence it fails
+        with ``NoAnswer`` (final, unless a failover is under way: ``_recover``).
+        """
+        subject = f"{self._api}.{endpoint}"
         data = json.dumps(body).encode() if body is not None else b""
-        self._send(b"PUB %s %s %d\r\n%s\r\n" % (subject.encode(), reply, len(data), data))
+        wait = timeout or self._options.connect_timeout
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        replies: set[bytes] = set()
+        while True:
+            reply = f"{self._inbox}.r.{next(self._ids)}".encode()
+            replies.add(reply)
+            self._send(b"PUB %s %s %d\r\n%s\r\n" % (subject.encode(), reply, len(data), data))
+            try:
+                async with asyncio.timeout_at(min(deadline, loop.time() + _ASK_AGAIN) if again else deadline):
+                    while True:  # skips frames of other subscriptions, e.g. a finished scan's tail
+                        op, args, header, payload = await self._frame()
+                        if op in (b"MSG", b"HMSG") and args[0] in replies:
+                            break
+                break
+            except TimeoutError as exc:
+                if loop.time() >= deadline:
+                    self.silent = True
+                    raise NoAnswer(f"no answer from {self._options.describe()} to {subject} "
+                                   f"within {wait:g} s") from exc
+        self.silent = False
         where = self._options.describe()
-        try:
-            async with asyncio.timeout(timeout or self._options.connect_timeout):
-                while True:  # skips frames of other subscriptions, e.g. a finished scan's tail
-                    op, args, header, payload = await self._frame()
-                    if op in (b"MSG", b"HMSG") and args[0] == reply:
-                        break
-        except TimeoutError as exc:
-            raise _NoAnswer(f"no answer from {where} to {subject}") from exc
         if header.startswith(b"NATS/1.0 503"):
             raise ConnectionFailed(f"JetStream is not enabled or not available at {where}")
         answer: dict[str, Any] = orjson.loads(payload)
@@ -368,13 +448,40 @@ class StreamScanner:
     async def _recover(self, exc: Exception, window: ReconnectWindow, resuming: bool) -> None:
         """Between attempts: raise if the failure is final, else pause.
 
-        The window opens at the first failure of a working connection or of
-        a scan under way; a refusal of the credentials is never retried.
+        Tried again, within the window that opens at the first failure: what
+        the server says is worth it, i.e. a stream without a leader
+        (``leaderless``), and a connection it broke, refused or answered
+        with no responders (a restart, a node gone) once a scan was under
+        way or the connection had worked, and silence soon after the server
+        said its cluster changed (``_upheaval``: a failover's elections are
+        silent). Final: refused credentials, and silence alone (``NoAnswer``:
+        a request or a handshake unanswered for the timeout; a scan's
+        ``_Silent`` with no other server to go to), which would only move
+        the failure later.
         """
+        if leaderless(exc):
+            if not window.failed(str(exc)):
+                raise exc
+            await asyncio.sleep(0.25)
+            return
         self._drop()
         if isinstance(exc, AuthenticationFailed):
             raise exc
-        if isinstance(exc, ConnectionFailed) and not isinstance(exc, _NoAnswer) and not window.open and not resuming:
+        if isinstance(exc, _Silent) and all(url == self._avoid for url in self._options.servers):
+            raise NoAnswer(f"lost the connection to {self._options.describe()}: {exc}") from exc
+        if isinstance(exc, NoAnswer) and time.monotonic() - self._upheaval < self._options.reconnect_seconds:
+            # A failover under way: its elections are silent (see _upheaval).
+            if not window.failed(str(exc)):
+                raise NoAnswer(f"no answer from {self._options.describe()} within {window.seconds:g}s of "
+                               f"a change in its cluster ({window.first_reason}; then: {exc})") from exc
+            await asyncio.sleep(0.2)
+            return
+        if isinstance(exc, NoAnswer):
+            if window.open:
+                raise NoAnswer(f"lost the connection to {self._options.describe()} and could not resume: "
+                               f"{window.first_reason}, then {exc}") from exc
+            raise exc
+        if isinstance(exc, ConnectionFailed) and not window.open and not resuming:
             raise exc  # never got going (no server, no JetStream): nothing to resume
         if not window.failed(str(exc)):
             raise ConnectionFailed(
@@ -383,8 +490,9 @@ class StreamScanner:
         await asyncio.sleep(0.2)
 
     async def api(self, endpoint: str, body: dict[str, Any] | None, stream: str) -> dict[str, Any]:
-        """One JetStream API request (``$JS.API.<endpoint>``); a broken
-        connection is opened again within the reconnect window.
+        """One read-only JetStream API request (``$JS.API.<endpoint>``),
+        retried within the reconnect window on what the server says is worth
+        it (``_recover``); silence for ``connect_timeout`` alone is final.
 
         Example:
             >>> info = await scanner.api("STREAM.INFO.orders", None, "orders")  # doctest: +SKIP
@@ -394,8 +502,10 @@ class StreamScanner:
             while True:
                 try:
                     await self.connect()
-                    return await self._request(f"$JS.API.{endpoint}", body, stream)
-                except (_Disconnected, ConnectionFailed) as exc:
+                    return await self._request(endpoint, body, stream)
+                except (_Disconnected, ConnectionFailed, JetStreamAPIError) as exc:
+                    if isinstance(exc, JetStreamAPIError) and not leaderless(exc):
+                        raise
                     await self._recover(exc, window, resuming=False)
 
     async def stream_info(self, stream: str, *, deleted_details: bool = False) -> dict[str, Any]:
@@ -437,7 +547,7 @@ class StreamScanner:
 
     async def _get_messages(self, stream: str, seqs: list[int], window: int, batch: RawBatch) -> None:
         await self.connect()
-        subject = f"$JS.API.STREAM.MSG.GET.{stream}".encode()
+        subject = f"{self._api}.STREAM.MSG.GET.{stream}".encode()
         for start in range(0, len(seqs), window):
             chunk = seqs[start:start + window]
             base = next(self._ids)
@@ -460,8 +570,9 @@ class StreamScanner:
                             answers[index] = orjson.loads(payload)
                             missing -= 1
             except TimeoutError as exc:
-                raise _NoAnswer(f"no answer from {self._options.describe()} to {missing} of "
-                                f"{len(chunk)} gets from {stream}") from exc
+                self.silent = True
+                raise NoAnswer(f"no answer from {self._options.describe()} to {missing} of "
+                               f"{len(chunk)} gets from {stream} within {self._options.connect_timeout:g} s") from exc
             for answer in answers:
                 message = (answer or {}).get("message")
                 if message is not None:  # else deleted since it was indexed (err_code 10037)
@@ -492,7 +603,7 @@ class StreamScanner:
                 try:
                     await self.connect()
                     if cursor is None:
-                        info = await self._request(f"$JS.API.STREAM.INFO.{stream}", None, stream)
+                        info = await self._request(f"STREAM.INFO.{stream}", None, stream)
                         cursor = _Cursor(max(start_seq, 1) - 1, info["state"]["last_seq"], confirmed=True)
                     if cursor.resume_from() <= cursor.end_seq:
                         consume = self._consume(stream, filter_subject, max(1, batch_size), cursor, headers_only)
@@ -501,7 +612,9 @@ class StreamScanner:
                                 window.succeeded()
                                 yield batch
                     break
-                except (_Disconnected, ConnectionFailed) as exc:
+                except (_Disconnected, ConnectionFailed, JetStreamAPIError) as exc:
+                    if isinstance(exc, JetStreamAPIError) and not leaderless(exc):
+                        raise
                     await self._recover(exc, window, resuming=cursor is not None and cursor.confirmed)
                 except _Restart as exc:
                     assert cursor is not None
@@ -533,16 +646,17 @@ class StreamScanner:
         self._send(b"SUB %s %s\r\n" % (deliver, sid))
         name, buf, pos = None, None, 0  # buf: the connection's buffer while deliveries are parsed here
         try:
-            created = await self._request(f"$JS.API.CONSUMER.CREATE.{stream}",
-                                          {"stream_name": stream, "config": config}, stream)
+            # Not asked again: each request would create another consumer.
+            created = await self._request(f"CONSUMER.CREATE.{stream}",
+                                          {"stream_name": stream, "config": config}, stream, again=False)
             name = created["name"]
             cursor.confirmed = True
             if not created.get("num_pending"):
                 return
             body = json.dumps({"batch": _PULL_BATCH, "expires": _PULL_EXPIRES_NS,
                                "idle_heartbeat": _HEARTBEAT_NS}).encode()
-            pull = b"PUB $JS.API.CONSUMER.MSG.NEXT.%s.%s %s %d\r\n%s\r\n" % (
-                stream.encode(), name.encode(), deliver, len(body), body)
+            pull = b"PUB %s.CONSUMER.MSG.NEXT.%s.%s %s %d\r\n%s\r\n" % (
+                self._api.encode(), stream.encode(), name.encode(), deliver, len(body), body)
             requested = received = 0
             end, batch = cursor.end_seq, cursor.batch
             seqs, stamps, subjects, payloads = (batch.seqs.append, batch.stored_ns.append,
@@ -610,4 +724,4 @@ class StreamScanner:
                 with contextlib.suppress(Exception):
                     self._send(b"UNSUB %s\r\n" % sid)
                     if name is not None:
-                        await self._request(f"$JS.API.CONSUMER.DELETE.{stream}.{name}", None, stream, 2.0)
+                        await self._request(f"CONSUMER.DELETE.{stream}.{name}", None, stream, 2.0)

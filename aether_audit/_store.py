@@ -99,13 +99,16 @@ class AsyncEventStore(StreamReader):
     async def aclose(self) -> None:
         """Close every connection, in bounded time: a server that stopped
         answering gets ``connect_timeout`` to take the goodbye, then the
-        connection is dropped."""
+        connection is dropped; one that left a read unanswered gets no
+        goodbye (a drain waits for its answer: the failure would come
+        ``connect_timeout`` later)."""
+        silent = self._scanners.silent
         await super().aclose()
         if self._nc.is_closed:
             return
         try:
-            goodbye = self._nc.drain() if self._nc.is_connected else self._nc.close()
-            await asyncio.wait_for(goodbye, self._options.connect_timeout)
+            goodbye = self._nc.drain() if self._nc.is_connected and not silent else self._nc.close()
+            await asyncio.wait_for(goodbye, 1.0 if silent else self._options.connect_timeout)
         except Exception as exc:  # nats-py's FlushTimeoutError, a timeout, a broken link
             logger.debug("closing the connection to %s: %s", self.server, type(exc).__name__)
             with contextlib.suppress(Exception):

@@ -338,3 +338,33 @@ def test_connect_failure_names_the_redacted_server() -> None:
     with pytest.raises(ConnectionFailed) as caught:
         scan_all("", "x", options)
     assert "hunter2" not in str(caught.value) and "bob:***@127.0.0.1:1" in str(caught.value)
+
+
+def test_every_request_takes_the_one_api_prefix(tmp_path: Path, stream_name: str) -> None:
+    """A JetStream domain's API (``$JS.<domain>.API``) given once reaches every
+    request of a scan, a look-up and the gets by sequence; a wrong prefix is
+    heard by nobody: the server says "no responders", at once."""
+    server = NatsServer(tmp_path / "domain", config_text="jetstream { domain: hub }").start()
+    try:
+        messages = layout(stream_name, 30)
+        asyncio.run(create_and_publish(server.url, stream_name, messages))
+
+        async def go(prefix: str) -> tuple[RawBatch, dict, RawBatch]:
+            scanner = StreamScanner(ConnectOptions(servers=(server.url,), connect_timeout=1), api_prefix=prefix)
+            try:
+                whole, _ = await collect(scanner, stream_name)
+                info = await scanner.stream_info(stream_name)
+                got = await scanner.get_messages(stream_name, [1, 2, 3])
+                return whole, info, got
+            finally:
+                await scanner.close()
+
+        whole, info, got = asyncio.run(go("$JS.hub.API"))
+        assert whole.seqs == list(range(1, len(messages) + 1))
+        assert info["state"]["last_seq"] == len(messages) and got.seqs == [1, 2, 3]
+        started = time.monotonic()
+        with pytest.raises(ConnectionFailed, match="JetStream is not enabled or not available"):
+            asyncio.run(go("$JS.elsewhere.API"))
+        assert time.monotonic() - started < 1
+    finally:
+        server.kill()
