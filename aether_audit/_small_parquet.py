@@ -41,7 +41,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ._speedups import cparquet
+from .model.speedups import cparquet
 
 __all__ = ["Encoder"]
 

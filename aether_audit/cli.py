@@ -18,9 +18,9 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from ._checks import CHECKS, SEVERITIES
-from ._errors import AuditError, StreamNotFound
-from ._text import escape
+from .audit.checks import CHECKS, SEVERITIES
+from .model.errors import AuditError, StreamNotFound
+from .present.text import escape
 
 EXIT_OK, EXIT_FINDINGS, EXIT_ERROR = 0, 1, 2
 # The credential options that name a file: checked before connecting.
@@ -120,7 +120,7 @@ def _credentials(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _store(args: argparse.Namespace) -> Any:
-    from ._sync import connect
+    from .store.sync import connect
 
     return _Explained(connect(args.server, stream=args.stream, namespace=args.namespace, **_credentials(args)), args)
 
@@ -178,7 +178,7 @@ def _print_json(value: Any) -> None:
 
 def _print_findings(report: Any) -> None:
     """The headline, then the findings grouped by code with where each is (``_text``)."""
-    from ._text import findings_text
+    from .present.text import findings_text
 
     print(escape(str(report).splitlines()[0]))
     for line in findings_text(report.findings, {code: check.description for code, check in CHECKS.items()}):
@@ -217,7 +217,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
     import asyncio
     import signal
 
-    from ._store import connect_async
+    from .store.store import connect_async
 
     checks = args.checks.split(",") if args.checks else None
 
@@ -277,7 +277,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from ._verify import verify_export, verify_exports
+    from .export.verify import verify_export, verify_exports
 
     if args.new_dir is None:
         result = verify_export(args.old_dir, signer=args.signer)
@@ -313,7 +313,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     with _store(args) as store:
         report = store.audit(progress=_progress(args))
     page = report.write_html(Path(args.out))
-    from ._html import verdict
+    from .present.html import verdict
 
     kind, sentence = verdict(report.findings)
     if args.json:
@@ -331,7 +331,7 @@ def cmd_history(args: argparse.Namespace) -> int:
         rows = json.loads(frame.to_json(orient="records", date_format="iso", date_unit="ns"))
         _print_json(rows)
         return EXIT_OK
-    from ._text import human_time
+    from .present.text import human_time
 
     if frame.empty:
         print(f"no events for actor {escape(args.actor_id)} in stream {store.stream_name}")
@@ -347,7 +347,7 @@ def cmd_history(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from ._demo import run_demo
+    from .demo import run_demo
 
     summary = run_demo(Path(args.out), url=args.server, progress=_progress(args))
     if args.json:

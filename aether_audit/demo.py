@@ -45,9 +45,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import _checks
-from ._errors import ScenarioError, StreamNotFound
-from ._files import write_atomic
+from .audit import checks as _checks
+from .model.errors import ScenarioError, StreamNotFound
+from .model.files import write_atomic
 
 __all__ = ["DEMO_STREAMS", "run_demo"]
 
@@ -94,7 +94,7 @@ def run_demo(out_dir: str | os.PathLike[str], *, url: str | None = None, progres
         >>> summary["matches_expectations"], summary["report"]  # doctest: +SKIP
         (True, 'aether-audit-demo/report_planted_anomalies.html')
     """
-    from ._sync import connect
+    from .store.sync import connect
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -155,7 +155,7 @@ def partitions(url: str, scratch: str, repeat: int = 5) -> dict[str, object]:
 
 
 def verify(url: str, scratch: str) -> dict[str, float]:
-    from aether_audit._verify import verify_export, verify_exports
+    from aether_audit.export.verify import verify_export, verify_exports
 
     asyncio.run(fill(url, "verify", 4))
     export_child(url, "verify", f"{scratch}/a")
@@ -175,9 +175,9 @@ def encoder(rows: int = 67, files: int = 3000) -> dict[str, float]:
     for each implementation of ``_small_parquet.Encoder``, best of three."""
     import pyarrow as pa
 
-    from aether_audit._export import WHOLE_OPTIONS, file_schema
+    from aether_audit.export.pipeline import WHOLE_OPTIONS, file_schema
     from aether_audit._small_parquet import Encoder
-    from aether_audit._speedups import cparquet
+    from aether_audit.model.speedups import cparquet
 
     schema = file_schema("events", "ns")
     values = {"stream_seq": range(rows), "version": range(rows)}
@@ -205,7 +205,7 @@ def encoder(rows: int = 67, files: int = 3000) -> dict[str, float]:
 
 
 def main() -> None:
-    from aether_audit._server import NatsServer
+    from aether_audit.nats.server import NatsServer
 
     what = sys.argv[1] if len(sys.argv) > 1 else "verify"
     if what == "encoder":

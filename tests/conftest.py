@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from aether_audit._server import NatsServer
+from aether_audit.nats.server import NatsServer
 
 _counter = itertools.count()
 

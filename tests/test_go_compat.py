@@ -46,7 +46,7 @@ from aether_audit import (
     VersionConflictError,
     connect,
 )
-from aether_audit._wire import encode_event, encode_snapshot, event_subject
+from aether_audit.model.wire import encode_event, encode_snapshot, event_subject
 
 HERE = Path(__file__).parent
 GO_DIR = HERE / "go"

@@ -19,9 +19,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aether_audit._export import WHOLE_OPTIONS, file_schema
+from aether_audit.export.pipeline import WHOLE_OPTIONS, file_schema
 from aether_audit._small_parquet import Encoder
-from aether_audit._speedups import cparquet
+from aether_audit.model.speedups import cparquet
 
 IMPLEMENTATIONS = [pytest.param(None, id="pyarrow")] + ([pytest.param(cparquet, id="c")] if cparquet else [])
 OPTIONS = [WHOLE_OPTIONS, dict(WHOLE_OPTIONS, compression="zstd"), dict(WHOLE_OPTIONS, compression="none")]

@@ -30,11 +30,11 @@ import orjson
 import pandas as pd
 import pyarrow as pa
 
-from ._checks import CHECKS, CheckOptions, history_rewritten
-from ._engine import AuditEngine
-from ._errors import CheckpointError
-from ._files import write_atomic
-from ._records import StreamState
+from .checks import CHECKS, CheckOptions, history_rewritten
+from .engine import AuditEngine
+from ..model.errors import CheckpointError
+from ..model.files import write_atomic
+from ..model.records import StreamState
 
 __all__ = ["CheckpointError", "compare", "keys_dir", "load_checkpoint", "save_checkpoint"]
 
@@ -63,7 +63,7 @@ def _table(frame: pd.DataFrame) -> bytes:
 
 
 def _frame(data: bytes) -> pd.DataFrame:
-    from ._frames import to_pandas
+    from ..model.frames import to_pandas
 
     return to_pandas(pa.ipc.open_stream(data).read_all())
 

@@ -44,7 +44,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ._frames import (
+from ..model.frames import (
     ERROR_SCHEMA,
     EVENT_SCHEMA,
     FINDING_SCHEMA,
@@ -52,10 +52,10 @@ from ._frames import (
     StreamFrames,
     _string_mapper,
 )
-from ._records import StreamState
-from ._records import now as utc_now
-from ._records import to_timestamp
-from ._wire import actor_type, sanitize
+from ..model.records import StreamState
+from ..model.records import now as utc_now
+from ..model.records import to_timestamp
+from ..model.wire import actor_type, sanitize
 
 __all__ = [
     "BatchView",
@@ -784,7 +784,7 @@ def run_checks(
     Example:
         >>> run_checks(frames, ["version_gap"])  # doctest: +SKIP
     """
-    from ._engine import engine_of_frames
+    from .engine import engine_of_frames
 
     names = check_names(checks)
     options = options or CheckOptions()

@@ -27,7 +27,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ._checks import (
+from .checks import (
     _CHECKED_COLUMNS,
     CHECKS,
     BatchView,
@@ -43,9 +43,9 @@ from ._checks import (
     merge_runs,
     sorted_unique,
 )
-from ._frames import DecodedBatch, StreamFrames, to_pandas
-from ._keys import KeyStore
-from ._records import StreamState
+from ..model.frames import DecodedBatch, StreamFrames, to_pandas
+from .keys import KeyStore
+from ..model.records import StreamState
 
 __all__ = ["AuditEngine", "engine_of_frames"]
 

@@ -47,7 +47,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ._files import sync_path, write_atomic
+from ..model.files import sync_path, write_atomic
 
 __all__ = ["KeyStore", "key_hashes"]
 

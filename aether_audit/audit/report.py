@@ -19,10 +19,10 @@ from typing import Any
 import orjson
 import pandas as pd
 
-from ._checks import CHECKS, FINDING_COLUMNS, SEVERITIES, CheckOptions, check_names
-from ._errors import AuditFailed
-from ._frames import StreamFrames
-from ._records import StreamState
+from .checks import CHECKS, FINDING_COLUMNS, SEVERITIES, CheckOptions, check_names
+from ..model.errors import AuditFailed
+from ..model.frames import StreamFrames
+from ..model.records import StreamState
 
 __all__ = ["AuditReport", "audit_frames"]
 
@@ -42,7 +42,7 @@ def audit_frames(frames: StreamFrames, checks: Sequence[str] | None = None, **op
         >>> report = audit_frames(store.load_all(), clock_skew=60)   # doctest: +SKIP
         >>> report.filter(severity="error").findings                  # doctest: +SKIP
     """
-    from ._engine import engine_of_frames
+    from .engine import engine_of_frames
 
     check_options = CheckOptions.of(**options)
     names = check_names(checks)
@@ -282,13 +282,13 @@ class AuditReport:
 
     def _repr_html_(self) -> str:
         """Summary first, then the findings (the first ``HTML_MAX_ROWS``), for Jupyter."""
-        from ._html import report_fragment_html
+        from ..present.html import report_fragment_html
 
         return report_fragment_html(self, max_rows=HTML_MAX_ROWS)
 
     def to_html_page(self, *, title: str | None = None) -> str:
         """One self-contained HTML page: summary, plots, findings."""
-        from ._html import render_report_html
+        from ..present.html import render_report_html
 
         return render_report_html(self, title=title)
 
@@ -298,6 +298,6 @@ class AuditReport:
         Example:
             >>> store.audit().write_html("report.html")  # doctest: +SKIP
         """
-        from ._html import write_report_html
+        from ..present.html import write_report_html
 
         return write_report_html(self, path, title=title)

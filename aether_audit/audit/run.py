@@ -21,12 +21,12 @@ from typing import Any
 
 import pyarrow as pa
 
-from ._checkpoint import Checkpoint, compare, load_checkpoint, save_checkpoint
-from ._checks import CheckOptions, check_names
-from ._engine import AuditEngine
-from ._frames import SCHEMAS, StreamFrames, to_pandas
-from ._records import StreamState
-from ._report import AuditReport
+from .checkpoint import Checkpoint, compare, load_checkpoint, save_checkpoint
+from .checks import CheckOptions, check_names
+from .engine import AuditEngine
+from ..model.frames import SCHEMAS, StreamFrames, to_pandas
+from ..model.records import StreamState
+from .report import AuditReport
 
 __all__ = ["IncrementalAudit", "audit_stream"]
 
@@ -57,7 +57,7 @@ class IncrementalAudit:
         self.extra: dict[str, Any] = dict(self.loaded.extra) if self.loaded else {}
 
     def _new_engine(self) -> AuditEngine:
-        from ._checkpoint import keys_dir
+        from .checkpoint import keys_dir
 
         return AuditEngine(self.options, None if self.path is None else keys_dir(self.path))
 
@@ -126,7 +126,7 @@ class _Vouched:
     """What the last step vouched for, in the shape ``compare`` reads."""
 
     def __init__(self, state: StreamState, engine: AuditEngine) -> None:
-        from ._checkpoint import _ns
+        from .checkpoint import _ns
 
         self.path = "(this run)"
         self.stream = state.name

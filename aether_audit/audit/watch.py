@@ -32,11 +32,11 @@ from typing import Any
 
 import pandas as pd
 
-from ._audit import IncrementalAudit
-from ._checks import CheckOptions, check_names
-from ._errors import ConnectionFailed, JetStreamAPIError, StreamNotFound
-from ._records import now as utc_now
-from ._report import _plain
+from .run import IncrementalAudit
+from .checks import CheckOptions, check_names
+from ..model.errors import ConnectionFailed, JetStreamAPIError, StreamNotFound
+from ..model.records import now as utc_now
+from .report import _plain
 
 __all__ = ["watch_stream"]
 

@@ -37,7 +37,7 @@ def chain_hashes(batch: pa.RecordBatch | pa.Table, heads: Heads) -> pa.Array:
     Only the values are read: a stored ``chain_hash`` column is ignored.
 
     Example:
-        >>> from aether_audit._frames import EVENT_SCHEMA
+        >>> from aether_audit.model.frames import EVENT_SCHEMA
         >>> heads = {}
         >>> batch = pa.RecordBatch.from_pylist([dict(stream_seq=1, actor_id="a-1", version=1,
         ...     event_type="X", event_id="e1", data="{}")], schema=EVENT_SCHEMA)

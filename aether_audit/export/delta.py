@@ -27,9 +27,9 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.dataset as ds
 
-from ._errors import ExportError
-from ._files import write_atomic
-from ._layout import KINDS, MANIFEST, file_schema, manifest_bytes, sha256_file
+from ..model.errors import ExportError
+from ..model.files import write_atomic
+from .layout import KINDS, MANIFEST, file_schema, manifest_bytes, sha256_file
 
 __all__ = ["export_delta", "read_table", "table_data_files"]
 
@@ -100,7 +100,7 @@ def _check_dir(out_dir: Path, previous: dict[str, Any] | None, stream: str) -> N
         if path.exists() and _table(out_dir, kind) is None and any(path.iterdir()):
             raise ExportError(f"{path} is not a Delta table this export wrote: choose another directory")
     if previous is None:
-        from ._export import _ours
+        from .pipeline import _ours
 
         strangers = [p.name for p in out_dir.iterdir() if not _ours(p.name)]
         if strangers:
@@ -110,8 +110,8 @@ def _check_dir(out_dir: Path, previous: dict[str, Any] | None, stream: str) -> N
 async def export_delta(reader: Any, out_dir: Path, previous: dict[str, Any] | None, *, incremental: bool,
                        progress: bool | None, timestamp_unit: str | None, signer: Any) -> dict[str, Any]:
     """The Delta flavour of ``export_stream`` (called with the directory locked)."""
-    from . import _export as ex
-    from ._verify import check_base
+    from . import pipeline as ex
+    from .verify import check_base
 
     deltalake = _deltalake()
     if timestamp_unit not in (None, "us"):
@@ -153,7 +153,7 @@ async def export_delta(reader: Any, out_dir: Path, previous: dict[str, Any] | No
                             heads_entry, "us", identity, tag)
     manifest.update(format="delta", delta_versions=versions)
     if signer is not None:
-        from ._signing import sign_manifest
+        from .signing import sign_manifest
 
         manifest = sign_manifest(manifest, signer)
     await asyncio.to_thread(ex._sync_run, out_dir, {})

@@ -36,8 +36,8 @@ from typing import Any
 import orjson
 import pyarrow as pa
 
-from ._errors import ExportError
-from ._frames import ERROR_SCHEMA, EVENT_SCHEMA, SNAPSHOT_SCHEMA
+from ..model.errors import ExportError
+from ..model.frames import ERROR_SCHEMA, EVENT_SCHEMA, SNAPSHOT_SCHEMA
 
 __all__ = [
     "CHAIN_COLUMN",

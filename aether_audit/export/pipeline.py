@@ -46,12 +46,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ._chain import DESCRIPTION, Heads, chain_hashes
-from ._errors import ExportError
-from ._export_read import read_export
-from ._files import sync_path, write_atomic
-from ._frames import DecodedBatch
-from ._layout import (
+from .chain import DESCRIPTION, Heads, chain_hashes
+from ..model.errors import ExportError
+from .read import read_export
+from ..model.files import sync_path, write_atomic
+from ..model.frames import DecodedBatch
+from .layout import (
     CHAIN_COLUMN,
     EMPTY_NAME,
     FORMAT_VERSION,
@@ -76,9 +76,9 @@ from ._layout import (
     table_files,
     unit_of,
 )
-from ._records import now
-from ._small_parquet import Encoder
-from ._verify import VerifyResult, check_base, verify_export, verify_exports
+from ..model.records import now
+from .._small_parquet import Encoder
+from .verify import VerifyResult, check_base, verify_export, verify_exports
 
 __all__ = [
     "FORMAT_VERSION",
@@ -882,7 +882,7 @@ async def export_stream(
     _prepare_dir(out_dir)
     signer = None
     if sign is not None:
-        from ._signing import load_signer
+        from .signing import load_signer
 
         signer = load_signer(sign)
     stream = reader.stream_name
@@ -892,7 +892,7 @@ async def export_stream(
             raise ExportError(f"{out_dir} holds a {previous.get('format', 'parquet')} export, not {format}: "
                               "choose another directory")
         if format == "delta":
-            from ._delta import export_delta
+            from .delta import export_delta
 
             return await export_delta(reader, out_dir, previous, incremental=incremental, progress=progress,
                                       timestamp_unit=timestamp_unit, signer=signer)
@@ -935,7 +935,7 @@ async def export_stream(
             _clean(out_dir, previous)
             return previous  # a full rerun of an unchanged stream: keep the bytes
         if signer is not None:
-            from ._signing import sign_manifest
+            from .signing import sign_manifest
 
             manifest = sign_manifest(manifest, signer)
         await asyncio.to_thread(_sync_run, out_dir, staging)

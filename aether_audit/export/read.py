@@ -14,9 +14,9 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ._errors import ExportError
-from ._frames import SCHEMAS, StreamFrames, to_pandas
-from ._layout import CHAIN_COLUMN, MANIFEST, NS_SUFFIX, TIMESTAMP_COLUMNS, entries, locate, partition_of, read_manifest
+from ..model.errors import ExportError
+from ..model.frames import SCHEMAS, StreamFrames, to_pandas
+from .layout import CHAIN_COLUMN, MANIFEST, NS_SUFFIX, TIMESTAMP_COLUMNS, entries, locate, partition_of, read_manifest
 
 __all__ = ["frame_columns", "read_export", "read_kind", "require_manifest"]
 
@@ -51,7 +51,7 @@ def read_kind(root: Path, manifest: dict[str, Any], kind: str, columns: list[str
     """Every listed file of ``kind`` as one table in file columns (events with
     ``actor_type`` from the partition), ``columns`` only when given."""
     if manifest.get("format") == "delta":
-        from ._delta import read_table
+        from .delta import read_table
 
         table = read_table(root, kind, manifest.get("delta_versions", {}).get(kind))
         return table.select([c for c in columns if c in table.schema.names]) if columns else table

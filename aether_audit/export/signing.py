@@ -17,7 +17,7 @@ from typing import Any
 import nkeys
 import orjson
 
-from ._errors import ExportError
+from ..model.errors import ExportError
 
 __all__ = ["check_signature", "load_signer", "sign_manifest"]
 

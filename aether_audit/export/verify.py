@@ -24,10 +24,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ._chain import chain_hashes, content_hashes
-from ._errors import ExportError
-from ._export_read import read_kind, require_manifest
-from ._layout import (
+from .chain import chain_hashes, content_hashes
+from ..model.errors import ExportError
+from .read import read_kind, require_manifest
+from .layout import (
     CHAIN_COLUMN,
     HEADS_SCHEMA,
     KINDS,
@@ -357,7 +357,7 @@ def _unlisted(root: Path, manifest: dict[str, Any]) -> list[dict[str, Any]]:
     """Files in a table that the manifest does not list (what a reader would
     count without the manifest vouching for it)."""
     if manifest.get("format") == "delta":
-        from ._delta import table_data_files
+        from .delta import table_data_files
 
         present: set[str] = set()
         for kind in KINDS:
@@ -435,7 +435,7 @@ def verify_export(export_dir: str | os.PathLike[str], *, signer: str | None = No
         problems += _recheck_chain(root, manifest)
     note = ""
     if signer is not None:
-        from ._signing import check_signature
+        from .signing import check_signature
 
         why = check_signature(manifest, signer)
         if why:

@@ -34,7 +34,7 @@ from typing import Annotated
 import msgspec
 import orjson
 
-from ._speedups import cfast
+from .speedups import cfast
 
 __all__ = ["GO_EVENTS", "event_fields", "go_events", "snapshot_fields"]
 

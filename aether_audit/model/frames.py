@@ -14,9 +14,9 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from ._fastdecode import GO_EVENTS, event_fields, snapshot_fields
-from ._records import ActorSnapshot, Event, ReplayError, StreamState
-from ._wire import (
+from .fastdecode import GO_EVENTS, event_fields, snapshot_fields
+from .records import ActorSnapshot, Event, ReplayError, StreamState
+from .wire import (
     DecodeError,
     actor_from_subject,
     actor_id_hint,

@@ -20,8 +20,8 @@ from typing import Any
 import orjson
 import pandas as pd
 
-from ._errors import InvalidEventError
-from ._records import ActorSnapshot, Event, to_timestamp
+from .errors import InvalidEventError
+from .records import ActorSnapshot, Event, to_timestamp
 
 __all__ = [
     "actor_type",

@@ -30,7 +30,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
 
-from ._errors import (
+from ..model.errors import (
     AuditError,
     AuthenticationFailed,
     ConnectionFailed,

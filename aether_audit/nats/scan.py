@@ -34,19 +34,19 @@ from typing import Any
 
 import orjson
 
-from ._connection import (
+from .connection import (
     JS_ERR_NO_MESSAGE,
     ConnectOptions,
     ReconnectWindow,
     api_error,
     server_error,
 )
-from ._errors import (
+from ..model.errors import (
     AuthenticationFailed,
     ConnectionFailed,
     JetStreamAPIError,
 )
-from ._speedups import cfast
+from ..model.speedups import cfast
 
 __all__ = ["RawBatch", "StreamScanner"]
 

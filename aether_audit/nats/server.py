@@ -26,7 +26,7 @@ import threading
 import time
 from pathlib import Path
 
-from ._errors import EmbeddedServerError
+from ..model.errors import EmbeddedServerError
 
 __all__ = ["NatsServer", "embedded_url", "find_nats_server"]
 

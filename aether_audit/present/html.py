@@ -34,9 +34,9 @@ from typing import Any
 
 import pandas as pd
 
-from ._checks import CHECKS, FINDING_COLUMNS, SEVERITIES
-from ._files import write_atomic
-from ._text import human_time, humanize
+from ..audit.checks import CHECKS, FINDING_COLUMNS, SEVERITIES
+from ..model.files import write_atomic
+from .text import human_time, humanize
 
 __all__ = [
     "findings_table_html",

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from ._checks import CHECKS
+from ..audit.checks import CHECKS
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -220,15 +220,15 @@ def version_marks(events: pd.DataFrame) -> pd.DataFrame:
     Example:
         >>> version_marks(store.history("order-7"))  # doctest: +SKIP
     """
-    from ._checks import errors_frame, events_frame, run_checks, snapshots_frame
-    from ._frames import EVENT_SCHEMA, StreamFrames
+    from ..audit.checks import errors_frame, events_frame, run_checks, snapshots_frame
+    from ..model.frames import EVENT_SCHEMA, StreamFrames
 
     columns = ["code", "actor_id", "stream_seq", "version"]
     if _is_empty(events, "actor_id", "version", "stream_seq"):
         return pd.DataFrame(columns=columns)
     codes = [code for code in ("version_gap", "version_duplicate", "version_regression") if code in MARKERS]
     if set(EVENT_SCHEMA.names) - set(events.columns):  # a hand-made frame: the checks want every column
-        from ._wire import event_subject
+        from ..model.wire import event_subject
 
         rows = events[["actor_id", "stream_seq", "version"]].to_dict("records")
         events = events_frame([{**row, "subject": event_subject("s", str(row["actor_id"]))} for row in rows])
@@ -343,7 +343,7 @@ def _draw_marks(ax: Axes, shown: pd.DataFrame, marks: pd.DataFrame, x: str) -> i
 def _label(value: Any) -> str:
     """Text from the stream, drawn as it is: control characters escaped (no
     missing-glyph warnings) and ``$`` kept from starting matplotlib's mathtext."""
-    from ._text import escape
+    from .text import escape
 
     return escape(value).replace("$", r"\$")
 
@@ -451,7 +451,7 @@ def seq_ranges(seqs: Iterable[int], first_seq: int, last_seq: int) -> tuple[list
         >>> seq_ranges([1, 2, 5], 1, 6)
         ([(1, 2), (5, 5)], [(3, 4), (6, 6)])
     """
-    from ._checks import hole_runs
+    from ..audit.checks import hole_runs
 
     values = np.unique(np.asarray(seqs if hasattr(seqs, "__len__") else list(seqs), dtype=np.int64))
     # The holes are the deleted_sequence check's own; what is present lies between them.
@@ -517,7 +517,7 @@ def report_figures(findings: pd.DataFrame | None, frames: Any = None, *, actors:
         >>> chosen = report_figures(report.findings, report.frames)  # doctest: +SKIP
         >>> [alt for alt, _ in chosen.figures], chosen.skipped      # doctest: +SKIP
     """
-    from ._text import human_duration
+    from .text import human_duration
 
     out = ReportFigures()
     findings = findings if findings is not None else pd.DataFrame(columns=["code", "severity"])

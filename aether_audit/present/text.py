@@ -18,7 +18,7 @@ from typing import Any
 
 import pandas as pd
 
-from ._checks import SEVERITIES
+from ..audit.checks import SEVERITIES
 
 __all__ = ["escape", "findings_text", "human_duration", "human_time", "humanize"]
 

@@ -24,8 +24,8 @@ import numpy as np
 import pandas as pd
 
 from . import plots
-from ._frames import FINDING_SCHEMA, SCHEMAS, StreamFrames, to_pandas
-from ._html import (
+from ..model.frames import FINDING_SCHEMA, SCHEMAS, StreamFrames, to_pandas
+from .html import (
     findings_table_html,
     frame_table_html,
     scoped,
@@ -331,7 +331,7 @@ class ActorExplorer(_Displayed):
 
 
 def _utc(value: Any) -> pd.Timestamp:
-    from ._records import to_timestamp
+    from ..model.records import to_timestamp
 
     return to_timestamp(value)
 

@@ -31,9 +31,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from ._files import write_atomic
-from ._records import StreamState
-from ._scan import RawBatch
+from ..model.files import write_atomic
+from ..model.records import StreamState
+from ..nats.scan import RawBatch
 
 __all__ = ["CACHE_MIN", "INDEX_LIMIT", "SubjectIndex", "cache_path", "load_index", "sample", "save_index"]
 

@@ -32,9 +32,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ._connection import ConnectOptions, logger, until_available
-from ._errors import MalformedMessageError, SnapshotNotFoundError, StreamNotFound
-from ._frames import (
+from ..nats.connection import ConnectOptions, logger, until_available
+from ..model.errors import MalformedMessageError, SnapshotNotFoundError, StreamNotFound
+from ..model.frames import (
     SCHEMAS,
     DecodedBatch,
     StreamFrames,
@@ -44,11 +44,11 @@ from ._frames import (
     snapshot_to_record,
     to_pandas,
 )
-from ._index import CACHE_MIN, INDEX_LIMIT, SubjectIndex, cache_path, load_index, sample, save_index
-from ._progress import progress_bar
-from ._records import ActorSnapshot, Event, ReplayResult, StreamState, to_timestamp
-from ._scan import RawBatch, StreamScanner
-from ._wire import actor_id_hint, event_subject, snapshot_subject
+from .index import CACHE_MIN, INDEX_LIMIT, SubjectIndex, cache_path, load_index, sample, save_index
+from ..model.progress import progress_bar
+from ..model.records import ActorSnapshot, Event, ReplayResult, StreamState, to_timestamp
+from ..nats.scan import RawBatch, StreamScanner
+from ..model.wire import actor_id_hint, event_subject, snapshot_subject
 
 __all__ = ["ActorSet", "Head", "RowFilter", "StreamReader"]
 

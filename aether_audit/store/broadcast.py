@@ -12,8 +12,8 @@ import uuid
 from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 
-from ._records import Event, now
-from ._wire import encode_event, sanitize
+from ..model.records import Event, now
+from ..model.wire import encode_event, sanitize
 
 __all__ = ["EventBroadcaster", "InMemoryBroadcaster", "NatsBroadcaster", "event_stored"]
 

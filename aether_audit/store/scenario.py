@@ -40,7 +40,7 @@ operations plus its raw writes ``publish_raw``, ``delete_message`` and
 ``create_stream``, which plant what ``save_event`` refuses to write).
 
 Example:
-    >>> from aether_audit._sync import run_sync
+    >>> from aether_audit.store.sync import run_sync
     >>> store = aether_audit.connect(stream="demo")                  # doctest: +SKIP
     >>> run_sync(seed_scenario(store.core, "anomalies"))             # doctest: +SKIP
     {'scenario': 'anomalies', 'stream': 'demo', 'steps': 31, 'events': 15, ...}
@@ -61,15 +61,15 @@ from typing import Any, Protocol
 import orjson
 import pandas as pd
 
-from ._checks import CHECKS
-from ._errors import (
+from ..audit.checks import CHECKS
+from ..model.errors import (
     InvalidEventError,
     ScenarioError,
     StreamNotFound,
     VersionConflictError,
 )
-from ._records import ActorSnapshot, Event, StreamState, now, to_timestamp
-from ._wire import event_subject, format_timestamp, snapshot_subject
+from ..model.records import ActorSnapshot, Event, StreamState, now, to_timestamp
+from ..model.wire import event_subject, format_timestamp, snapshot_subject
 
 __all__ = ["Scenario", "Step", "Writer", "read_scenario", "samples_dir", "scenario_path", "seed_scenario"]
 
@@ -151,7 +151,7 @@ def samples_dir() -> Path:
     ``{prefix}/share/aether_audit/data_samples``."""
     if os.environ.get(SAMPLES_ENV):
         return Path(os.environ[SAMPLES_ENV])
-    checkout = Path(__file__).resolve().parent.parent / "data_samples"
+    checkout = Path(__file__).resolve().parents[2] / "data_samples"  # aether_audit/store/ -> the checkout
     if checkout.is_dir():
         return checkout
     return Path(sys.prefix) / "share" / "aether_audit" / "data_samples"

@@ -21,8 +21,8 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from ._broadcast import EventBroadcaster, deliver, event_stored
-from ._connection import (
+from .broadcast import EventBroadcaster, deliver, event_stored
+from ..nats.connection import (
     JS_ERR_WRONG_LAST_SEQUENCE,
     ConnectOptions,
     ErrorNotes,
@@ -32,15 +32,15 @@ from ._connection import (
     translate_errors,
     until_available,
 )
-from ._errors import InvalidEventError, JetStreamAPIError, StreamNotFound, VersionConflictError
-from ._export import export_stream
-from ._reader import Head, StreamReader
-from ._records import ActorSnapshot, Event, JetStreamConfig
-from ._audit import audit_stream
-from ._report import AuditReport
-from ._scenario import seed_scenario
-from ._watch import watch_stream
-from ._wire import (
+from ..model.errors import InvalidEventError, JetStreamAPIError, StreamNotFound, VersionConflictError
+from ..export.pipeline import export_stream
+from ..read.reader import Head, StreamReader
+from ..model.records import ActorSnapshot, Event, JetStreamConfig
+from ..audit.run import audit_stream
+from ..audit.report import AuditReport
+from .scenario import seed_scenario
+from ..audit.watch import watch_stream
+from ..model.wire import (
     check_stream_name,
     encode_event,
     encode_snapshot,
@@ -352,7 +352,7 @@ def connect_async(
         >>> async with connect_async(stream="orders") as store:  # doctest: +SKIP
         ...     await store.get_latest_version("order-1")
     """
-    from ._server import embedded_url
+    from ..nats.server import embedded_url
 
     config = config or JetStreamConfig()
     if namespace is not None:

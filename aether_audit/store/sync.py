@@ -17,12 +17,12 @@ from typing import Any, TypeVar
 import pandas as pd
 import pyarrow as pa
 
-from ._broadcast import EventBroadcaster
-from ._frames import DecodedBatch, StreamFrames
-from ._index import SubjectIndex
-from ._records import ActorSnapshot, Event, JetStreamConfig, ReplayResult, StreamState
-from ._report import AuditReport
-from ._store import AsyncEventStore, connect_async
+from .broadcast import EventBroadcaster
+from ..model.frames import DecodedBatch, StreamFrames
+from ..read.index import SubjectIndex
+from ..model.records import ActorSnapshot, Event, JetStreamConfig, ReplayResult, StreamState
+from ..audit.report import AuditReport
+from .store import AsyncEventStore, connect_async
 
 __all__ = ["EventStore", "connect", "run_sync"]
 

@@ -29,17 +29,17 @@ from aether_audit import (
     NatsServer,
     PermissionDenied,
 )
-from aether_audit._checks import CHECKS
-from aether_audit._errors import ScenarioError
-from aether_audit._records import now
-from aether_audit._report import AuditReport, audit_frames
-from aether_audit._scenario import read_scenario, scenario_path, seed_scenario
-from aether_audit._sync import run_sync
-from aether_audit._wire import event_subject, format_timestamp, snapshot_subject
+from aether_audit.audit.checks import CHECKS
+from aether_audit.model.errors import ScenarioError
+from aether_audit.model.records import now
+from aether_audit.audit.report import AuditReport, audit_frames
+from aether_audit.store.scenario import read_scenario, scenario_path, seed_scenario
+from aether_audit.store.sync import run_sync
+from aether_audit.model.wire import event_subject, format_timestamp, snapshot_subject
 
 # Findings every stream the store creates has: they come from its config.
 STREAM_WIDE = {code for code, check in CHECKS.items() if check.stream_wide}
-SAMPLES = Path(__file__).resolve().parent.parent / "data_samples"
+SAMPLES = Path(__file__).resolve().parents[2] / "data_samples"
 
 
 @pytest.fixture
@@ -299,7 +299,7 @@ def test_every_sample_seeds_to_its_declared_counts(nats_url, stream_name, sample
 
 
 def test_offline_frames_give_the_same_findings_but_the_stream_wide_ones(store, tmp_path):
-    from aether_audit._export import read_export
+    from aether_audit.export.read import read_export
 
     run_sync(seed_scenario(store.core, "anomalies"))
     live = store.audit()

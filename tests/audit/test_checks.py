@@ -9,7 +9,7 @@ from datetime import timedelta
 import pandas as pd
 import pytest
 
-from aether_audit._checks import (
+from aether_audit.audit.checks import (
     CHECKS,
     FINDING_COLUMNS,
     CheckOptions,
@@ -20,11 +20,11 @@ from aether_audit._checks import (
     run_checks,
     snapshots_frame,
 )
-from aether_audit._errors import AuditError
-from aether_audit._frames import StreamFrames
-from aether_audit._records import StreamState
-from aether_audit._report import AuditFailed, AuditReport, audit_frames
-from aether_audit._wire import actor_type, event_subject, snapshot_subject
+from aether_audit.model.errors import AuditError
+from aether_audit.model.frames import StreamFrames
+from aether_audit.model.records import StreamState
+from aether_audit.audit.report import AuditFailed, AuditReport, audit_frames
+from aether_audit.model.wire import actor_type, event_subject, snapshot_subject
 
 STREAM = "s"
 T0 = pd.Timestamp("2026-11-20T10:00:00Z")
@@ -392,7 +392,8 @@ def test_hand_made_frames_with_a_repeated_index_and_shuffled_rows():
 
 
 def test_stream_wide_codes_and_plot_markers_are_read_from_the_declarations():
-    from aether_audit import _demo, plots
+    from aether_audit import demo as _demo
+    from aether_audit.present import plots
 
     assert _demo.STREAM_WIDE == {code for code, check in CHECKS.items() if check.stream_wide}
     assert {"immutability_not_enforced", "retention_expiry", "history_rewritten"} <= _demo.STREAM_WIDE
@@ -401,7 +402,7 @@ def test_stream_wide_codes_and_plot_markers_are_read_from_the_declarations():
 
 
 def test_frames_fed_in_small_batches_give_the_same_findings():
-    from aether_audit._engine import engine_of_frames
+    from aether_audit.audit.engine import engine_of_frames
 
     rows = [ev(1, "order-1", 1, event_id="a"), ev(2, "order-1", 3), ev(3, "order-2", 1, event_id="a"),
             ev(5, "order-1", 2), ev(6, "order-1", 3), ev(7, "order-2", 1)]
@@ -422,7 +423,7 @@ def test_frames_loaded_in_several_batches_audit_like_one():
     # batch read); the key store took only contiguous arrays and failed.
     import pyarrow as pa
 
-    from aether_audit._frames import EVENT_SCHEMA, to_pandas
+    from aether_audit.model.frames import EVENT_SCHEMA, to_pandas
 
     rows = [{"stream_seq": n, "subject": event_subject("s", "acct-1"), "actor_type": "acct", "actor_id": "acct-1",
              "version": n, "event_type": "X", "event_id": "same" if n in (1, 3) else f"e{n}",

@@ -16,12 +16,12 @@ import pytest
 
 import aether_audit
 from aether_audit import Event, JetStreamConfig
-from aether_audit._audit import audit_stream
-from aether_audit._checkpoint import CheckpointError
-from aether_audit._scenario import seed_scenario
-from aether_audit._sync import run_sync
+from aether_audit.audit.run import audit_stream
+from aether_audit.audit.checkpoint import CheckpointError
+from aether_audit.store.scenario import seed_scenario
+from aether_audit.store.sync import run_sync
 
-SAMPLES = Path(__file__).resolve().parent.parent / "data_samples"
+SAMPLES = Path(__file__).resolve().parents[2] / "data_samples"
 NOW = "2026-12-01T00:00:00Z"
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from aether_audit._keys import KeyStore, partition_of
+from aether_audit.audit.keys import KeyStore, partition_of
 
 
 def _fill(store: KeyStore, keys: list[str], start: int = 0) -> None:
@@ -82,7 +82,7 @@ def test_a_few_new_keys_are_looked_up_through_the_indexes(tmp_path, monkeypatch,
     """An incremental run (few new keys against many stored, spilled ones)
     goes through the segments' hash indexes, and stays exact even when every
     hash collides with many others."""
-    import aether_audit._keys as keys_module
+    import aether_audit.audit.keys as keys_module
 
     if hashes == "colliding":
         real = keys_module.key_hashes
@@ -129,7 +129,7 @@ def test_indexes_are_named_pruned_and_rebuilt(tmp_path):
 
 
 def test_hash_counts_match_a_plain_count():
-    from aether_audit._keys import _counts
+    from aether_audit.audit.keys import _counts
 
     rng = np.random.default_rng(1)
     for _ in range(200):

@@ -24,17 +24,14 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-from aether_audit import ActorSnapshot, Event, ExportError, _export, connect
-from aether_audit._export import (
-    chain_hashes,
-    partition_dir,
-    read_export,
-    read_manifest,
-    verify_export,
-    verify_exports,
-)
-from aether_audit._frames import EVENT_SCHEMA, to_pandas
-from aether_audit._sync import run_sync
+from aether_audit import ActorSnapshot, Event, ExportError, connect
+from aether_audit.export import pipeline as _export
+from aether_audit.export.chain import chain_hashes
+from aether_audit.export.layout import partition_dir, read_manifest
+from aether_audit.export.read import read_export
+from aether_audit.export.verify import verify_export, verify_exports
+from aether_audit.model.frames import EVENT_SCHEMA, to_pandas
+from aether_audit.store.sync import run_sync
 from _export_support import rewrite_value
 
 STAMP = pd.Timestamp("2026-11-20T10:11:12.123456789Z")
@@ -273,7 +270,7 @@ def test_many_small_flushes_keep_every_row_and_chain(store, tmp_path, monkeypatc
     full = tmp_path / "full"
     store.export_parquet(full)
     reference = read_export(full)
-    from aether_audit import _reader
+    from aether_audit.read import reader as _reader
 
     scan = _reader.StreamReader.scan
     monkeypatch.setattr(_reader.StreamReader, "scan", lambda self, **kw: scan(self, **{**kw, "batch_size": 5}))

@@ -18,13 +18,13 @@ import pyarrow.dataset as ds
 import pytest
 
 from aether_audit import Event, connect
-from aether_audit._demo import run_demo
-from aether_audit._export_read import read_export
-from aether_audit._server import NatsServer
-from aether_audit._verify import verify_export
+from aether_audit.demo import run_demo
+from aether_audit.export.read import read_export
+from aether_audit.nats.server import NatsServer
+from aether_audit.export.verify import verify_export
 
 KINDS = ("events", "snapshots", "replay_errors")
-DOCS = Path(__file__).resolve().parent.parent / "docs" / "bi.md"
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "bi.md"
 EPOCH = dt.datetime(1970, 1, 1)
 
 

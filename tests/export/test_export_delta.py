@@ -15,9 +15,9 @@ import polars as pl
 import pytest
 
 from aether_audit import ExportError
-from aether_audit._export import STOP_ENV
-from aether_audit._export_read import read_export
-from aether_audit._verify import verify_export
+from aether_audit.export.pipeline import STOP_ENV
+from aether_audit.export.read import read_export
+from aether_audit.export.verify import verify_export
 
 deltalake = pytest.importorskip("deltalake")
 

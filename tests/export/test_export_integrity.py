@@ -22,10 +22,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from aether_audit import Event, ExportError, connect
-from aether_audit._export import STOP_ENV
-from aether_audit._export_read import read_export
-from aether_audit._sync import run_sync
-from aether_audit._verify import verify_export
+from aether_audit.export.pipeline import STOP_ENV
+from aether_audit.export.read import read_export
+from aether_audit.store.sync import run_sync
+from aether_audit.export.verify import verify_export
 
 from _export_support import KINDS, rewrite_value, store, write  # noqa: F401  (store: a fixture)
 

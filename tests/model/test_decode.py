@@ -21,10 +21,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aether_audit import ActorSnapshot, Event, _fastdecode, _frames, _wire
-from aether_audit._fastdecode import event_fields, snapshot_fields
-from aether_audit._speedups import cfast
-from aether_audit._wire import (
+from aether_audit import ActorSnapshot, Event
+from aether_audit.model import fastdecode as _fastdecode, frames as _frames, wire as _wire
+from aether_audit.model.fastdecode import event_fields, snapshot_fields
+from aether_audit.model.speedups import cfast
+from aether_audit.model.wire import (
     DecodeError,
     decode_event,
     decode_snapshot,
@@ -123,7 +124,7 @@ def test_the_common_case_takes_the_fast_path(event):
 
 @pytest.mark.skipif(not os.environ.get("AETHER_AUDIT_REQUIRE_CFAST"), reason="AETHER_AUDIT_REQUIRE_CFAST is not set")
 def test_the_c_speedups_are_built_where_ci_requires_them():
-    assert cfast is not None, "aether_audit._cfast did not build (is a C compiler installed?)"
+    assert cfast is not None, "aether_audit.model._cfast did not build (is a C compiler installed?)"
 
 
 @SETTINGS

@@ -23,10 +23,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from aether_audit import Event, InvalidEventError, StreamNotFound, connect, sanitize
-from aether_audit._fastdecode import event_fields, snapshot_fields
-from aether_audit._frames import decode_messages
-from aether_audit._sync import run_sync
-from aether_audit._wire import DecodeError, decode_event, decode_snapshot
+from aether_audit.model.fastdecode import event_fields, snapshot_fields
+from aether_audit.model.frames import decode_messages
+from aether_audit.store.sync import run_sync
+from aether_audit.model.wire import DecodeError, decode_event, decode_snapshot
 
 KNOWN_EVENT_KEYS = ("id", "eventType", "actorId", "version", "data", "timestamp")
 KNOWN_SNAPSHOT_KEYS = ("actorId", "version", "state", "timestamp")

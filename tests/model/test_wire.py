@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from aether_audit import ActorSnapshot, Event, InvalidEventError
-from aether_audit._wire import (
+from aether_audit.model.wire import (
     DecodeError,
     actor_type,
     decode_event,

@@ -16,10 +16,10 @@ import nats
 import nkeys
 import pytest
 
-from aether_audit._connection import ConnectOptions
-from aether_audit._errors import AuthenticationFailed, ConnectionFailed, PermissionDenied, StreamNotFound
-from aether_audit._scan import RawBatch, StreamScanner, _ack_fields
-from aether_audit._server import NatsServer
+from aether_audit.nats.connection import ConnectOptions
+from aether_audit.model.errors import AuthenticationFailed, ConnectionFailed, PermissionDenied, StreamNotFound
+from aether_audit.nats.scan import RawBatch, StreamScanner, _ack_fields
+from aether_audit.nats.server import NatsServer
 
 AUTH_CONFIG = """
 authorization {

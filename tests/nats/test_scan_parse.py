@@ -14,8 +14,8 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aether_audit import _scan
-from aether_audit._speedups import cfast
+from aether_audit.nats import scan as _scan
+from aether_audit.model.speedups import cfast
 
 SID, OTHER_SID = b"7", b"3"
 PREFIX = b"$JS.ACK.s.c1."

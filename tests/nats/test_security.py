@@ -42,10 +42,10 @@ from aether_audit import (
     connect,
     connect_async,
 )
-from aether_audit._scan import StreamScanner
-from aether_audit._sync import run_sync
+from aether_audit.nats.scan import StreamScanner
+from aether_audit.store.sync import run_sync
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PASSWORD = "pw-S3CRET-4a1f"
 AUDITOR_PASSWORD = "aud-S3CRET-77c2"
 TOKEN = "tok-S3CRET-91be"

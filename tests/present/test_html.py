@@ -15,9 +15,9 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from aether_audit._frames import ERROR_SCHEMA, EVENT_SCHEMA, FINDING_SCHEMA, SNAPSHOT_SCHEMA, StreamFrames, to_pandas
-from aether_audit._checks import CHECKS
-from aether_audit._html import render_report_html, report_fragment_html, write_report_html
+from aether_audit.model.frames import ERROR_SCHEMA, EVENT_SCHEMA, FINDING_SCHEMA, SNAPSHOT_SCHEMA, StreamFrames, to_pandas
+from aether_audit.audit.checks import CHECKS
+from aether_audit.present.html import render_report_html, report_fragment_html, write_report_html
 
 T0 = pd.Timestamp("2026-03-01T00:00:00Z")
 EVIL = "<script>alert('x')</script>"
@@ -187,7 +187,7 @@ def test_write_is_atomic_and_leaves_no_temp_files(tmp_path, monkeypatch):
     def failing_replace(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr("aether_audit._html.os.replace", failing_replace)
+    monkeypatch.setattr("aether_audit.present.html.os.replace", failing_replace)
     with pytest.raises(OSError):
         write_report_html(make_report(2), target)
     assert target.read_text(encoding="utf-8") == first

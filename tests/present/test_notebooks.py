@@ -33,7 +33,7 @@ pytest.importorskip("ipykernel")
 
 pytestmark = pytest.mark.slow
 
-NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+NOTEBOOK_DIR = Path(__file__).resolve().parents[2] / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
 KERNEL_NAME = "aether-audit-test"
 # The brief for the notebooks: small data, each under a minute (kernel start

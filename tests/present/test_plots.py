@@ -11,8 +11,8 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from aether_audit import plots
-from aether_audit._frames import EVENT_SCHEMA, FINDING_SCHEMA, StreamFrames, to_pandas
+from aether_audit.present import plots
+from aether_audit.model.frames import EVENT_SCHEMA, FINDING_SCHEMA, StreamFrames, to_pandas
 
 T0 = pd.Timestamp("2026-03-01T00:00:00Z")
 
@@ -331,7 +331,7 @@ def test_time_ticks_say_only_what_changes():
 def test_text_from_the_stream_is_drawn_escaped_without_glyph_warnings(recwarn):
     import warnings
 
-    from aether_audit import plots
+    from aether_audit.present import plots
 
     events = pd.DataFrame({
         "stream_seq": [1, 2, 3], "actor_id": ["a\x1b[2J$x$-1"] * 3, "version": [1, 3, 4],

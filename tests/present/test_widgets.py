@@ -12,9 +12,9 @@ import pytest
 pytest.importorskip("ipywidgets")
 
 from aether_audit import Event, connect
-from aether_audit._frames import ERROR_SCHEMA, EVENT_SCHEMA, SNAPSHOT_SCHEMA, StreamFrames, to_pandas
-from aether_audit._report import audit_frames
-from aether_audit.widgets import MAX_OPTIONS, ActorExplorer, AuditDashboard
+from aether_audit.model.frames import ERROR_SCHEMA, EVENT_SCHEMA, SNAPSHOT_SCHEMA, StreamFrames, to_pandas
+from aether_audit.audit.report import audit_frames
+from aether_audit.present.widgets import MAX_OPTIONS, ActorExplorer, AuditDashboard
 
 T0 = pd.Timestamp("2026-03-01T00:00:00Z")
 TYPES = ["OrderPlaced", "ItemAdded", "ItemAdded", "PaymentReceived", "OrderShipped"]

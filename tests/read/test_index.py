@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-import aether_audit._reader as reader_module
+import aether_audit.read.reader as reader_module
 from aether_audit import Event, connect
-from aether_audit._index import SubjectIndex, cache_path, load_index, save_index
-from aether_audit._scan import RawBatch
+from aether_audit.read.index import SubjectIndex, cache_path, load_index, save_index
+from aether_audit.nats.scan import RawBatch
 
 
 @pytest.fixture
@@ -92,7 +92,7 @@ def test_a_cache_that_disagrees_with_the_server_is_dropped(nats_url, stream_name
 
 
 def test_a_recreated_stream_never_reads_the_old_generations_cache(nats_url, stream_name, cache_dir):
-    from aether_audit._sync import run_sync
+    from aether_audit.store.sync import run_sync
 
     with connect(nats_url, stream=stream_name) as store:
         fill(store)

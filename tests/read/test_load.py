@@ -8,8 +8,8 @@ import pyarrow as pa
 import pytest
 
 from aether_audit import ActorSnapshot, Event, connect
-from aether_audit._frames import ERROR_SCHEMA, EVENT_SCHEMA, SNAPSHOT_SCHEMA
-from aether_audit._sync import run_sync
+from aether_audit.model.frames import ERROR_SCHEMA, EVENT_SCHEMA, SNAPSHOT_SCHEMA
+from aether_audit.store.sync import run_sync
 
 EVENT_COLUMNS = ["stream_seq", "stored_at", "subject", "actor_type", "actor_id", "version",
                  "event_type", "event_id", "timestamp", "data", "extra"]

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-import aether_audit._reader as reader_module
+import aether_audit.read.reader as reader_module
 from aether_audit import (
     ActorSnapshot,
     AsyncEventStore,
@@ -217,7 +217,7 @@ def test_a_recreated_stream_is_never_read_through_the_old_index(nats_url, stream
 
 
 def run_delete_stream(store: EventStore) -> None:
-    from aether_audit._sync import run_sync
+    from aether_audit.store.sync import run_sync
 
     run_sync(store.core._js.delete_stream(store.stream_name))
     store.core._stream_exists = False

@@ -21,7 +21,7 @@ import pandas as pd
 import pytest
 
 from aether_audit import Event, VersionConflictError, connect, connect_async
-from aether_audit._sync import run_sync
+from aether_audit.store.sync import run_sync
 
 VERSION_CODES = ("version_gap", "version_duplicate", "version_regression", "duplicate_event_id")
 

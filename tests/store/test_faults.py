@@ -20,7 +20,8 @@ import pytest
 from _support import Fault
 
 from aether_audit import AuditError, ConnectionFailed, Event, InvalidEventError, NatsServer, connect
-from aether_audit._export import read_export, verify_exports
+from aether_audit.export.read import read_export
+from aether_audit.export.verify import verify_exports
 
 N_EVENTS = 30_000  # > 2 x 10k load batch: after the first batch the server holds >= 10k unsent
 ACTORS = 100
@@ -233,7 +234,7 @@ def test_connecting_to_a_port_nobody_listens_on_fails_at_once(server_factory):
 
 def blob_event(actor: str, version: int, encoded_size: int) -> Event:
     """An event whose encoded JSON is exactly ``encoded_size`` bytes."""
-    from aether_audit._wire import encode_event
+    from aether_audit.model.wire import encode_event
 
     event = Event.new(actor, "Blob", version, {"blob": ""})
     padding = encoded_size - len(encode_event(event))

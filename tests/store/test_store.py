@@ -25,7 +25,7 @@ from aether_audit import (
     connect,
     connect_async,
 )
-from aether_audit._sync import run_sync
+from aether_audit.store.sync import run_sync
 
 STAMP = pd.Timestamp("2026-11-20T10:11:12.123456789Z")
 
