@@ -44,6 +44,7 @@ from .nats.server import NatsServer
 from .store.store import AsyncEventStore, connect_async
 from .store.sync import EventStore, connect
 from .model.wire import actor_type, event_subject, sanitize, snapshot_subject, stream_name
+from .present import html as _html  # noqa: F401 (registers the report's HTML: see audit.report.register_html)
 
 __version__ = "0.1.0"
 

@@ -208,9 +208,7 @@ def cmd_check(args: argparse.Namespace) -> int:
             read = report.read
             span = "nothing new" if read["from_seq"] is None else f"sequences {read['from_seq']}..{read['to_seq']}"
             print(f"checkpoint {escape(report.checkpoint)}: read {span}")
-    threshold = SEVERITIES.index(args.fail_on)
-    failing = report.findings["severity"].isin(SEVERITIES[: threshold + 1]).any()
-    return EXIT_FINDINGS if failing else EXIT_OK
+    return EXIT_FINDINGS if report.at_least(args.fail_on) else EXIT_OK
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
@@ -313,9 +311,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     with _store(args) as store:
         report = store.audit(progress=_progress(args))
     page = report.write_html(Path(args.out))
-    from .present.html import verdict
-
-    kind, sentence = verdict(report.findings)
+    kind, sentence = report.verdict
     if args.json:
         _print_json({"out": str(page), "verdict": kind, "counts": report.counts})
     else:

@@ -6,7 +6,8 @@ message``), one row per anomalous message, pointing at the offending
 message. ``CHECKS`` declares them in report order: code, severity,
 description, where in the streaming audit the check runs (per batch, once
 a run is read, or over the stream as a whole), whether it is stream-wide and
-how plots mark it. The engine that feeds them (``_engine.AuditEngine``)
+how plots mark it. The engine that feeds them (``engine.AuditEngine``, which also runs them
+over whole frames: ``engine.run_checks``)
 carries per-actor state between batches, so a check sees one batch plus
 what it needs of the past, and memory does not grow with the stream.
 
@@ -27,8 +28,7 @@ Everything is vectorised per batch (groupby, shift, Arrow compute): Python
 only touches findings and each actor's first appearance.
 
 Example:
-    >>> frames = StreamFrames(events_frame([]), snapshots_frame([]), errors_frame([]))
-    >>> run_checks(frames).columns.tolist()
+    >>> findings([]).columns.tolist()
     ['code', 'severity', 'actor_id', 'stream_seq', 'subject', 'expected', 'found', 'message']
 """
 
@@ -73,7 +73,6 @@ __all__ = [
     "events_frame",
     "findings",
     "history_rewritten",
-    "run_checks",
     "snapshots_frame",
 ]
 
@@ -228,7 +227,7 @@ def _emit(
 # --- shared, vectorised building blocks -------------------------------------------------
 
 
-def _in_stream_order(frame: pd.DataFrame) -> pd.DataFrame:
+def in_stream_order(frame: pd.DataFrame) -> pd.DataFrame:
     """The frame sorted by stream_seq, with a unique index (a no-op for frames
     loaded from the stream or an export)."""
     if not frame.index.is_unique:  # hand-made frames: findings align on the index
@@ -265,7 +264,7 @@ def _stream_of(subjects: pa.Array, kind: str) -> pa.Array:
     return pc.replace_substring_regex(subjects, pattern=rf"\.{kind}\..*$", replacement="", max_replacements=1)
 
 
-def _subjects(frame: pd.DataFrame, kind: str, suffixes: dict[str, str] | None = None) -> _Subjects:
+def subjects_of(frame: pd.DataFrame, kind: str, suffixes: dict[str, str] | None = None) -> _Subjects:
     """``_wire.event_subject`` / ``snapshot_subject`` of every row's actor.
 
     The actor part is built once per distinct actor; the stream part is the
@@ -293,14 +292,14 @@ def _subjects(frame: pd.DataFrame, kind: str, suffixes: dict[str, str] | None = 
     return _Subjects(expected, own, actor_codes, actors)
 
 
-def _has_actor(frame: pd.DataFrame) -> np.ndarray:
+def has_actor(frame: pd.DataFrame) -> np.ndarray:
     return (frame["actor_id"].fillna("") != "").to_numpy()
 
 
 # --- what a check sees -----------------------------------------------------------------
 
 # The event columns the checks read (the payload's data/extra are never copied).
-_CHECKED_COLUMNS = ["stream_seq", "stored_at", "subject", "actor_id", "version", "event_type", "event_id", "timestamp"]
+CHECKED_COLUMNS = ["stream_seq", "stored_at", "subject", "actor_id", "version", "event_type", "event_id", "timestamp"]
 
 
 @dataclass(frozen=True)
@@ -450,7 +449,7 @@ def check_actor_mismatch(view: BatchView, options: CheckOptions) -> tuple[pd.Dat
     for kind, frame, subjects in (("events", view.events, view.event_subjects),
                                   ("snapshots", view.snapshots, view.snapshot_subjects)):
         # An empty actor is a missing_field, not a second finding here.
-        wrong = _has_actor(frame) & ~subjects.own
+        wrong = has_actor(frame) & ~subjects.own
         rows = frame[wrong]
         want = pd.Series(subjects.expected_rows(wrong), index=rows.index, dtype=object)
         parts.append(_emit(
@@ -480,7 +479,7 @@ def final_subject_collision(parts: Sequence[pd.DataFrame], end: EndView, options
         part = part.assign(found=found, message="subject " + part["subject"].astype(str) + " carries actors " + found
                            + ": the Go reader replays them as one history")
         out.append(findings(part))
-    return _concat(out)
+    return concat_findings(out)
 
 
 def check_version_gap(view: BatchView, options: CheckOptions) -> pd.DataFrame:
@@ -504,7 +503,7 @@ def check_version_gap(view: BatchView, options: CheckOptions) -> pd.DataFrame:
 
 
 def final_version_gap(parts: Sequence[pd.DataFrame], end: EndView, options: CheckOptions) -> pd.DataFrame:
-    found = _concat(parts)
+    found = concat_findings(parts)
     if found.empty:
         return findings()
     if end.expired:
@@ -756,7 +755,7 @@ CHECKS: dict[str, Check] = _registry(
 STREAM_WIDE = frozenset(code for code, check in CHECKS.items() if check.stream_wide)
 
 
-def _concat(parts: Sequence[pd.DataFrame]) -> pd.DataFrame:
+def concat_findings(parts: Sequence[pd.DataFrame]) -> pd.DataFrame:
     parts = [part for part in parts if len(part)]
     if not parts:
         return findings()
@@ -770,29 +769,6 @@ def check_names(checks: Sequence[str] | None) -> list[str]:
     if unknown:
         raise ValueError(f"unknown check(s): {', '.join(unknown)}; known: {', '.join(CHECKS)}")
     return names
-
-
-def run_checks(
-    frames: StreamFrames,
-    checks: Sequence[str] | None = None,
-    options: CheckOptions | None = None,
-) -> pd.DataFrame:
-    """All (or the named) checks over ``frames``: one findings frame, in
-    the order of ``checks``, then stream order. The frames go through the
-    same streaming engine as a live audit (``_engine.engine_of_frames``).
-
-    Example:
-        >>> run_checks(frames, ["version_gap"])  # doctest: +SKIP
-    """
-    from .engine import engine_of_frames
-
-    names = check_names(checks)
-    options = options or CheckOptions()
-    engine = engine_of_frames(frames, options)
-    try:
-        return engine.findings(frames.state, names, options)
-    finally:
-        engine.close()
 
 
 # --- building frames by hand (tests, docs, notebooks) ----------------------------------------

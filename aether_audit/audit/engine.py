@@ -28,16 +28,17 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .checks import (
-    _CHECKED_COLUMNS,
+    CHECKED_COLUMNS,
     CHECKS,
     BatchView,
     CheckOptions,
     EndView,
     SettledView,
-    _concat,
-    _has_actor,
-    _in_stream_order,
-    _subjects,
+    check_names,
+    concat_findings,
+    has_actor,
+    in_stream_order,
+    subjects_of,
     findings,
     hole_runs,
     merge_runs,
@@ -47,7 +48,7 @@ from ..model.frames import DecodedBatch, StreamFrames, to_pandas
 from .keys import KeyStore
 from ..model.records import StreamState
 
-__all__ = ["AuditEngine", "engine_of_frames"]
+__all__ = ["AuditEngine", "engine_of_frames", "run_checks"]
 
 _NAT = np.iinfo(np.int64).min
 _ERROR_COLUMNS = ["stream_seq", "stored_at", "subject", "actor_id", "code", "message"]
@@ -144,7 +145,7 @@ class AuditEngine:
 
     def feed(self, batch: DecodedBatch) -> None:
         """One batch of the stream, after every batch before it."""
-        events = to_pandas(batch.events.select(_CHECKED_COLUMNS))
+        events = to_pandas(batch.events.select(CHECKED_COLUMNS))
         snapshots = to_pandas(batch.snapshots.select(_SNAPSHOT_COLUMNS))
         errors = to_pandas(batch.errors.select(_ERROR_COLUMNS))
         self._feed_frames(events, snapshots, errors)
@@ -189,9 +190,9 @@ class AuditEngine:
         self.lowest_seq = low if self.lowest_seq is None else min(self.lowest_seq, low)
 
     def _view(self, events: pd.DataFrame, snapshots: pd.DataFrame, errors: pd.DataFrame) -> BatchView:
-        subjects = _subjects(events, "events", self.suffixes)
+        subjects = subjects_of(events, "events", self.suffixes)
         codes_of_actor = self._codes(list(subjects.actors))
-        mask = _has_actor(events) & (events["version"] >= 1).to_numpy() & subjects.own
+        mask = has_actor(events) & (events["version"] >= 1).to_numpy() & subjects.own
         history = events if mask.all() else events[mask]
         codes = codes_of_actor[subjects.actor_of_row[mask]] if len(history) else np.zeros(0, dtype=np.int64)
         version = history["version"].to_numpy(dtype="int64")
@@ -211,7 +212,7 @@ class AuditEngine:
         previous_ts[order[1:]] = stamps[order[:-1]]
         prev_ts = np.where(after, previous_ts, self.last_ts[codes])
         collisions = (self._history_collisions(history[is_first]), self._snapshot_collisions(snapshots))
-        snapshot_subjects = _subjects(snapshots, "snapshots", self.suffixes)
+        snapshot_subjects = subjects_of(snapshots, "snapshots", self.suffixes)
         # The last row of each actor in the batch carries over.
         last = np.ones(len(codes), dtype=bool)
         last[order[:-1]] = codes[order[1:]] != codes[order[:-1]]
@@ -244,7 +245,7 @@ class AuditEngine:
     def _snapshot_collisions(self, snapshots: pd.DataFrame) -> pd.DataFrame:
         if snapshots.empty:
             return snapshots
-        own = snapshots[_has_actor(snapshots) & _subjects(snapshots, "snapshots", self.suffixes).own]
+        own = snapshots[has_actor(snapshots) & subjects_of(snapshots, "snapshots", self.suffixes).own]
         extra = []
         for index, actor, subject in zip(own.index, own["actor_id"], own["subject"]):
             actors = self.snapshot_subjects.setdefault(subject, [actor])
@@ -257,7 +258,7 @@ class AuditEngine:
         """Keep the own snapshots not yet covered by an event version of their actor."""
         if snapshots.empty:
             return
-        own = snapshots[_has_actor(snapshots) & subjects.own]
+        own = snapshots[has_actor(snapshots) & subjects.own]
         codes = np.array([self.actor_code.get(actor, -1) for actor in own["actor_id"]], dtype=np.int64)
         known = codes >= 0
         covered = np.zeros(len(own), dtype=bool)
@@ -363,12 +364,12 @@ class AuditEngine:
         out = []
         for code in checks:
             check = CHECKS[code]
-            parts = [_concat(part) for part in self.kept[code]]
+            parts = [concat_findings(part) for part in self.kept[code]]
             if check.final is not None:
                 out.append(check.final(parts, end, options))
             else:
-                out.append(findings(_concat(parts)))
-        return _concat(out)
+                out.append(findings(concat_findings(parts)))
+        return concat_findings(out)
 
     def stats(self, state: StreamState | None) -> dict[str, Any]:
         """The summary figures of what was read (cumulative over runs)."""
@@ -384,9 +385,9 @@ def engine_of_frames(frames: StreamFrames, options: CheckOptions | None = None, 
     """An engine fed with whole frames (an export read back, hand-made
     frames), cut into batches by sequence like a live read, then settled."""
     engine = AuditEngine(options)
-    events = _in_stream_order(frames.events)
-    snapshots = _in_stream_order(frames.snapshots)
-    errors = _in_stream_order(frames.replay_errors)
+    events = in_stream_order(frames.events)
+    snapshots = in_stream_order(frames.snapshots)
+    errors = in_stream_order(frames.replay_errors)
     state = frames.state
     engine.begin_run(state.first_seq if _ranged(state) else None)
     seqs = [f["stream_seq"].to_numpy(dtype="int64") for f in (events, snapshots, errors)]
@@ -396,7 +397,31 @@ def engine_of_frames(frames: StreamFrames, options: CheckOptions | None = None, 
     for i in range(len(cuts) + 1):
         engine._feed_frames(*[
             f.iloc[b[i]:b[i + 1]][columns].reset_index(drop=True)
-            for f, b, columns in zip((events, snapshots, errors), bounds, (_CHECKED_COLUMNS, _SNAPSHOT_COLUMNS, _ERROR_COLUMNS))
+            for f, b, columns in zip((events, snapshots, errors), bounds, (CHECKED_COLUMNS, _SNAPSHOT_COLUMNS, _ERROR_COLUMNS))
         ])
     engine.settle(state, state.last_seq if _ranged(state) else None)
     return engine
+
+
+def run_checks(
+    frames: StreamFrames,
+    checks: Sequence[str] | None = None,
+    options: CheckOptions | None = None,
+) -> pd.DataFrame:
+    """All (or the named) checks over ``frames``: one findings frame, in
+    the order of ``checks``, then stream order. The frames go through the
+    same streaming engine as a live audit (``engine_of_frames``).
+
+    Example:
+        >>> from aether_audit.audit.checks import errors_frame, events_frame, snapshots_frame
+        >>> frames = StreamFrames(events_frame([]), snapshots_frame([]), errors_frame([]))
+        >>> run_checks(frames, ["version_gap"]).columns.tolist()
+        ['code', 'severity', 'actor_id', 'stream_seq', 'subject', 'expected', 'found', 'message']
+    """
+    names = check_names(checks)
+    options = options or CheckOptions()
+    engine = engine_of_frames(frames, options)
+    try:
+        return engine.findings(frames.state, names, options)
+    finally:
+        engine.close()

@@ -12,9 +12,10 @@ repr for Jupyter and a text one. It raises only when asked
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 import pandas as pd
@@ -24,7 +25,7 @@ from ..model.errors import AuditFailed
 from ..model.frames import StreamFrames
 from ..model.records import StreamState
 
-__all__ = ["AuditReport", "audit_frames"]
+__all__ = ["AuditReport", "HtmlRenderer", "audit_frames", "register_html", "verdict_of"]
 
 # Findings shown in the HTML repr; a notebook holds the rest in .findings.
 HTML_MAX_ROWS = 200
@@ -53,6 +54,56 @@ def audit_frames(frames: StreamFrames, checks: Sequence[str] | None = None, **op
     finally:
         engine.close()
     return AuditReport(found, frames, checks=names, options=check_options, stats=stats)
+
+
+Verdict = tuple[Literal["fail", "warn", "pass"], str]
+
+
+def verdict_of(findings: pd.DataFrame) -> Verdict:
+    """``("fail" | "warn" | "pass", sentence)``: fail on any error (what
+    ``aether-audit check`` exits 1 on by default), warn on warnings only.
+
+    Example:
+        >>> verdict_of(pd.DataFrame({"severity": ["warning", "info"], "code": ["clock_skew", "snapshot_ahead"]}))
+        ('warn', 'no errors; 1 warning, 1 info from 2 checks')
+    """
+    counts = findings["severity"].value_counts() if len(findings) else pd.Series(dtype="int64")
+    listed = ", ".join(f"{int(counts[s]):,} {s}{'s' if counts[s] != 1 and s != 'info' else ''}"
+                       for s in SEVERITIES if counts.get(s, 0))
+    codes = findings["code"].nunique() if len(findings) else 0
+    where = f" from {codes} check{'s' if codes != 1 else ''}" if codes else ""
+    if counts.get("error", 0):
+        return "fail", f"{listed}{where}"
+    if counts.get("warning", 0):
+        return "warn", f"no errors; {listed}{where}"
+    return "pass", f"no errors or warnings{'; ' + listed if listed else ''}"
+
+
+@dataclass(frozen=True)
+class HtmlRenderer:
+    """What ``present.html`` lends the report for its HTML methods: the
+    notebook fragment, the whole page, and the page written atomically.
+    Registered by ``present.html`` on import (``register_html``), so this
+    module, a layer below the page, never imports it."""
+
+    fragment: Callable[..., str]
+    page: Callable[..., str]
+    write: Callable[..., Path]
+
+
+_html: HtmlRenderer | None = None
+
+
+def register_html(renderer: HtmlRenderer) -> None:
+    """Make ``renderer`` the report's HTML (``present.html`` calls this on import)."""
+    global _html
+    _html = renderer
+
+
+def _renderer() -> HtmlRenderer:
+    if _html is None:  # only if aether_audit's __init__ was bypassed
+        raise RuntimeError("no HTML renderer registered: import aether_audit.present.html first")
+    return _html
 
 
 def _stats_of(frames: StreamFrames | None) -> dict[str, Any]:
@@ -182,6 +233,17 @@ class AuditReport:
         """True when no finding is an ``error`` (the CLI's default ``--fail-on``)."""
         return not self.at_least("error")
 
+    @property
+    def verdict(self) -> Verdict:
+        """``("fail" | "warn" | "pass", sentence)``: the report's verdict, as
+        its page shows it on top and ``aether-audit report --json`` prints it.
+
+        Example:
+            >>> AuditReport(pd.DataFrame(columns=FINDING_COLUMNS)).verdict
+            ('pass', 'no errors or warnings')
+        """
+        return verdict_of(self.findings)
+
     def at_least(self, severity: str) -> int:
         """How many findings are at or above ``severity``."""
         rank = _severity_rank(severity)
@@ -282,15 +344,11 @@ class AuditReport:
 
     def _repr_html_(self) -> str:
         """Summary first, then the findings (the first ``HTML_MAX_ROWS``), for Jupyter."""
-        from ..present.html import report_fragment_html
-
-        return report_fragment_html(self, max_rows=HTML_MAX_ROWS)
+        return _renderer().fragment(self, max_rows=HTML_MAX_ROWS)
 
     def to_html_page(self, *, title: str | None = None) -> str:
         """One self-contained HTML page: summary, plots, findings."""
-        from ..present.html import render_report_html
-
-        return render_report_html(self, title=title)
+        return _renderer().page(self, title=title)
 
     def write_html(self, path: str | Path, *, title: str | None = None) -> Path:
         """Write ``to_html_page()`` to ``path`` atomically; returns the path.
@@ -298,6 +356,4 @@ class AuditReport:
         Example:
             >>> store.audit().write_html("report.html")  # doctest: +SKIP
         """
-        from ..present.html import write_report_html
-
-        return write_report_html(self, path, title=title)
+        return _renderer().write(self, path, title=title)

@@ -77,7 +77,6 @@ from .layout import (
     unit_of,
 )
 from ..model.records import now
-from .._small_parquet import Encoder
 from .verify import VerifyResult, check_base, verify_export, verify_exports
 
 __all__ = [
@@ -186,9 +185,8 @@ class _PartWriter:
     groups, rolls to a new file every ``FILE_ROWS`` rows."""
 
     def __init__(self, kind: str, directory: Path, relative: str, schema: pa.Schema,
-                 encoder: Encoder, partition: str | None = None, opened: dict[int, _PartWriter] | None = None) -> None:
+                 partition: str | None = None, opened: dict[int, _PartWriter] | None = None) -> None:
         self.kind, self.directory, self.relative, self.partition = kind, directory, relative, partition
-        self.encoder = encoder  # for write_whole
         self.opened = {} if opened is None else opened  # the run's writers with an open file, oldest first
         self.schema = schema
         self.pending: list[pa.RecordBatch] = []
@@ -274,13 +272,13 @@ class _PartWriter:
         return self.writer is None and not self.pending_rows and rows < ROW_GROUP_ROWS // WHOLE_SHARE
 
     def write_whole(self, rows: pa.RecordBatch) -> None:
-        """``rows`` as one finished file, encoded in memory (``_small_parquet``)."""
+        """``rows`` as one finished file, encoded in memory (``encode_whole``)."""
         if not self.made:
             self.directory.mkdir(parents=True, exist_ok=True)
             self.made = True
         seqs = rows.column("stream_seq")
         first_seq, last_seq = seqs[0].as_py(), seqs[-1].as_py()
-        data = self.encoder.encode(rows, {**self.schema.metadata,
+        data = encode_whole(rows, self.schema, {**self.schema.metadata,
                                           (META_PREFIX + "first_seq").encode(): str(first_seq).encode(),
                                           (META_PREFIX + "last_seq").encode(): str(last_seq).encode(),
                                           (META_PREFIX + "rows").encode(): str(rows.num_rows).encode()})
@@ -320,12 +318,12 @@ PARQUET_OPTIONS: dict[str, Any] = {"version": "2.6", "compression": "zstd", "use
 # A partition with fewer rows to write than this share of a row group
 # (10,000) and no open file gets one whole file, encoded in memory.
 WHOLE_SHARE = 10
-# Such a file is encoded by _small_parquet (in C where it is built: PLAIN
-# pages, 0.03 ms a file where pyarrow's writer takes 0.25) and uses snappy:
-# for a few KB, zstd compresses no better and its per-page start costs more
-# than all the rest of the file (thousands of actor types: thousands of such
-# files). Large, streamed files keep zstd. Every engine reads both (the
-# codec is per column chunk).
+# Such a file is written by pyarrow's writer in memory (``encode_whole``,
+# ~0.25 ms a file however few its rows) and uses snappy: for a few KB, zstd
+# compresses no better and its per-page start costs more than all the rest
+# of the file (thousands of actor types: thousands of such files). Large,
+# streamed files keep zstd. Every engine reads both (the codec is per
+# column chunk).
 WHOLE_OPTIONS: dict[str, Any] = dict(PARQUET_OPTIONS, compression="snappy")
 # Small partitions' rows are gathered for their whole files about this many
 # rows (4 MB) at a time: few gathers, and each one's memory is reused.
@@ -334,6 +332,22 @@ GATHER_ROWS = ROW_GROUP_ROWS // WHOLE_SHARE
 
 def _parquet_writer(path: Path, schema: pa.Schema) -> pq.ParquetWriter:
     return pq.ParquetWriter(path, schema, **PARQUET_OPTIONS)
+
+
+def encode_whole(rows: pa.RecordBatch, schema: pa.Schema, metadata: dict[bytes, bytes]) -> bytes:
+    """One small partition's whole file, in memory: one row group, ``schema``
+    with ``metadata`` as the file's key-value metadata, ``WHOLE_OPTIONS``.
+
+    >>> batch = pa.record_batch({"n": pa.array([1, None, 3])})
+    >>> data = encode_whole(batch, batch.schema, {b"k": b"v"})
+    >>> table = pq.read_table(pa.BufferReader(data))
+    >>> table.column("n").to_pylist(), table.schema.metadata
+    ([1, None, 3], {b'k': b'v'})
+    """
+    sink = pa.BufferOutputStream()
+    pq.write_table(pa.Table.from_batches([rows], schema=schema.with_metadata(metadata)), sink,
+                   row_group_size=max(rows.num_rows, 1), **WHOLE_OPTIONS)
+    return sink.getvalue().to_pybytes()
 
 
 class _RunWriter:
@@ -354,7 +368,6 @@ class _RunWriter:
         self.writers: dict[tuple[str, str | None], _PartWriter] = {}
         self.opened: dict[int, _PartWriter] = {}
         self.schemas = {kind: file_schema(kind, unit) for kind in KINDS}  # once, not per partition
-        self.encoders = {kind: Encoder(self.schemas[kind], WHOLE_OPTIONS) for kind in KINDS}
         self.events = _EventBuffer(lambda partition: self._writer("events", partition))
         self.counts = dict.fromkeys(KINDS, 0)
         self.first_seq, self.first_digest = first_seq, None  # the stream identity's first message
@@ -374,7 +387,7 @@ class _RunWriter:
                 name = partition_dir(partition)
                 directory, relative = directory / name, f"{kind}/{name}"
             writer = self.writers[key] = _PartWriter(kind, directory, relative, self.schema(kind, partition),
-                                                     self.encoders[kind], partition, self.opened)
+                                                     partition, self.opened)
         return writer
 
     def add(self, batch: DecodedBatch) -> None:
@@ -528,10 +541,11 @@ class _EventBuffer:
     def _write(self, codes: np.ndarray) -> None:
         """The buffered rows of ``codes`` (ascending): small partitions as
         whole files, gathered ``GATHER_ROWS`` at a time; the others into their
-        open files. One thread: with the C encoder, a second one made 3,000
-        files slower (0.79-0.83 s against 0.48-0.56 s, alternated), as the
-        encoder holds the GIL and the kernel serialises making directories
-        in one parent."""
+        open files. One thread: with the (since retired) C encoder, a second
+        one made 3,000 files slower (0.79-0.83 s against 0.48-0.56 s,
+        alternated), as the encoder held the GIL and the kernel serialises
+        making directories in one parent; pyarrow's writer has not been
+        measured with two."""
         groups: list[list[tuple[int, _PartWriter]]] = []
         rows = GATHER_ROWS
         for code in codes.tolist():

@@ -1,11 +1,9 @@
-"""The optional C modules, or None where they are not built.
+"""The optional C module, or None where it is not built.
 
-``setup.py`` builds them where a C compiler is present; without them, or
-with ``AETHER_AUDIT_PURE_PYTHON=1`` (to compare, or to rule them out), their
-twins run, which document the contract both keep:
-
-- ``_cfast.c``: ``_scan._deliveries`` and ``_fastdecode.go_events``;
-- ``_cparquet.c``: pyarrow's writer, behind ``_small_parquet.encode``.
+``setup.py`` builds it where a C compiler is present; without it, or with
+``AETHER_AUDIT_PURE_PYTHON=1`` (to compare, or to rule it out), its twins
+run, which document the contract both keep: ``_cfast.c`` mirrors
+``nats.scan._deliveries`` and ``model.fastdecode.go_events``.
 """
 
 from __future__ import annotations
@@ -14,7 +12,7 @@ import importlib
 import os
 from types import ModuleType
 
-__all__ = ["cfast", "cparquet"]
+__all__ = ["cfast"]
 
 
 def _load(name: str) -> ModuleType | None:
@@ -27,4 +25,3 @@ def _load(name: str) -> ModuleType | None:
 
 
 cfast = _load("_cfast")
-cparquet = _load("_cparquet")

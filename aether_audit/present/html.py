@@ -29,12 +29,14 @@ import html
 import numbers
 import os
 from collections.abc import Sequence
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from ..audit.checks import CHECKS, FINDING_COLUMNS, SEVERITIES
+from ..audit.report import HtmlRenderer, register_html, verdict_of
 from ..model.files import write_atomic
 from .text import human_time, humanize
 
@@ -46,9 +48,15 @@ __all__ = [
     "scoped",
     "sort_findings",
     "summary_html",
-    "verdict",
     "write_report_html",
 ]
+
+
+def _data(name: str) -> str:
+    """A file of the page kept beside this module as package data (CSS and
+    JavaScript are edited, linted and diffed as what they are, not as Python strings)."""
+    return resources.files(__package__).joinpath(name).read_text(encoding="utf-8")
+
 
 MAX_FINDING_ROWS = 1000
 # Most-affected actors drawn on the page's version timeline.
@@ -58,120 +66,14 @@ HISTORY_ACTORS = 30
 HISTORY_ROWS = 200
 
 # Page-wide rules, for the standalone page only.
-PAGE_CSS = """
-body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;color:#222;line-height:1.4}
-"""
+PAGE_CSS = _data("report.css")
 # Every rule starts with ``#R``, replaced by the root's id (``scoped``).
-_SCOPED_CSS = """
-#R{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#222;line-height:1.4;
-  max-width:1200px;margin:0 auto;padding:0 1rem 2rem;text-align:left}
-#R h1{font-size:1.6rem;margin:1rem 0 .2rem} #R h2{font-size:1.2rem;margin-top:2rem;border-bottom:1px solid #ddd}
-#R h3{font-size:1rem;margin:1rem 0 .3rem}
-#R .meta{color:#666;font-size:.9rem}
-#R .verdict{border-radius:.4rem;padding:.7rem 1rem;margin:.8rem 0;font-size:1.1rem;color:#fff}
-#R .verdict b{font-size:1.3rem;margin-right:.6rem}
-#R .verdict-fail{background:#c0392b} #R .verdict-warn{background:#b9770e} #R .verdict-pass{background:#1e8449}
-#R .verdict small{display:block;font-size:.85rem;opacity:.9}
-#R nav{position:sticky;top:0;background:#fff;border-bottom:1px solid #ddd;padding:.4rem 0;z-index:2}
-#R nav a{margin-right:1rem}
-#R a{color:#1a5276}
-#R table.aa{border-collapse:collapse;font-size:.85rem;margin:.5rem 0;width:auto}
-#R table.aa th,#R table.aa td{border:1px solid #ddd;padding:.25rem .5rem;text-align:left;vertical-align:top;
-  white-space:normal;line-height:1.35;background:none}
-#R table.aa th{background:#f4f6f8;white-space:nowrap}
-#R table.aa td{max-width:28rem;min-width:3rem;overflow-wrap:anywhere}
-#R table.aa td.nowrap,#R table.aa td.code{white-space:nowrap;overflow-wrap:normal;word-break:keep-all}
-#R table.aa td.actor{white-space:nowrap;max-width:14rem;overflow:hidden;text-overflow:ellipsis}
-#R table.aa td.msg{min-width:18rem} #R table.aa td.val{min-width:9rem}
-#R table.aa td.num{text-align:right;white-space:nowrap}
-#R table.aa tr.hit td{background:#fdf2e9}
-#R table.aa tr:target td{background:#fcf3cf}
-#R table.aa th button{all:unset;cursor:pointer}
-#R table.aa th[aria-sort=ascending] button::after{content:" \\25B2"}
-#R table.aa th[aria-sort=descending] button::after{content:" \\25BC"}
-#R .sev{display:inline-block;white-space:nowrap;border-radius:.25rem;padding:0 .4rem;color:#fff;font-size:.8rem}
-#R .sev-error{background:#c0392b} #R .sev-warning{background:#b9770e} #R .sev-info{background:#2e86c1}
-#R .pass{color:#1e8449;font-weight:bold} #R .fail{color:#c0392b;font-weight:bold}
-#R .cards{display:flex;gap:1rem;flex-wrap:wrap;margin:.8rem 0}
-#R .card{border:1px solid #ddd;border-radius:.4rem;padding:.6rem 1rem;min-width:8rem}
-#R .card b{display:block;font-size:1.4rem}
-#R .note{color:#666;font-style:italic}
-#R .clean{color:#1e8449;font-weight:bold}
-#R .filters{display:flex;gap:1rem;flex-wrap:wrap;align-items:center;margin:.5rem 0}
-#R .filters input[type=search]{min-width:16rem}
-#R [id]{scroll-margin-top:3rem}
-#R details{margin:.3rem 0} #R summary{cursor:pointer}
-#R img.plot{max-width:100%;height:auto;display:block;margin:.5rem 0}
-"""
+_SCOPED_CSS = _data("report-scoped.css")
 
 # Sorting, filtering and navigation of the findings; plain JavaScript, no
 # library. Filters also come from the URL: ``#filter:code=version_gap&severity=error&q=order-1``.
-_SCRIPT = """
-(function () {
-  var root = document.getElementById(%(root)s);
-  var table = root.querySelector("table.findings");
-  var count = root.querySelector(".shown");
-  var search = root.querySelector("input[name=q]");
-  var code = root.querySelector("select[name=code]");
-  var boxes = root.querySelectorAll("input[name=severity]");
-  function rows() { return table ? Array.prototype.slice.call(table.tBodies[0].rows) : []; }
-  function apply() {
-    var needle = search.value.trim().toLowerCase(), wanted = {}, shown = 0;
-    boxes.forEach(function (box) { wanted[box.value] = box.checked; });
-    rows().forEach(function (row) {
-      var ok = wanted[row.dataset.severity] !== false && (!code.value || row.dataset.code === code.value) &&
-               (!needle || row.textContent.toLowerCase().indexOf(needle) >= 0);
-      row.hidden = !ok;
-      if (ok) shown += 1;
-    });
-    count.textContent = shown.toLocaleString("en") + " of " + rows().length.toLocaleString("en");
-  }
-  function sortBy(th) {
-    var index = Array.prototype.indexOf.call(th.parentNode.children, th);
-    var down = th.getAttribute("aria-sort") === "ascending";
-    th.parentNode.querySelectorAll("th").forEach(function (other) { other.removeAttribute("aria-sort"); });
-    th.setAttribute("aria-sort", down ? "descending" : "ascending");
-    var numeric = th.dataset.type === "number";
-    var sorted = rows().sort(function (a, b) {
-      var x = a.cells[index].dataset.key || a.cells[index].textContent;
-      var y = b.cells[index].dataset.key || b.cells[index].textContent;
-      var order = numeric ? (Number(x || Infinity) - Number(y || Infinity)) : x.localeCompare(y);
-      return down ? -order : order;
-    });
-    sorted.forEach(function (row) { table.tBodies[0].appendChild(row); });
-  }
-  function fromHash() {
-    var hash = decodeURIComponent(location.hash.slice(1));
-    if (hash.indexOf("filter:") === 0) {
-      var params = new URLSearchParams(hash.slice(7));
-      code.value = params.get("code") || "";
-      search.value = params.get("q") || "";
-      var severities = params.get("severity");
-      boxes.forEach(function (box) { box.checked = !severities || severities.split(",").indexOf(box.value) >= 0; });
-      apply();
-      if (table) table.scrollIntoView();
-      return;
-    }
-    var target = hash && document.getElementById(hash);
-    for (var node = target; node && node !== root; node = node.parentNode) {
-      if (node.tagName === "DETAILS") node.open = true;
-    }
-    if (target) target.scrollIntoView();
-  }
-  if (table) {
-    table.querySelectorAll("th button").forEach(function (button) {
-      button.addEventListener("click", function () { sortBy(button.parentNode); });
-    });
-    [search, code].forEach(function (control) { control.addEventListener("input", apply); });
-    boxes.forEach(function (box) { box.addEventListener("change", apply); });
-    root.querySelector(".filters").hidden = false;
-  }
-  window.addEventListener("hashchange", fromHash);
-  if (table) apply();
-  fromHash();
-  root.dataset.ready = "1";
-})();
-"""
+# ``AA_ROOT_ID`` in it is replaced by the root element's id, quoted.
+_SCRIPT = _data("report.js")
 
 
 def _e(value: Any) -> str:
@@ -225,23 +127,8 @@ def _stream_range(report: Any) -> dict[str, Any]:
     return out
 
 
-def verdict(findings: pd.DataFrame) -> tuple[str, str]:
-    """``("fail" | "warn" | "pass", sentence)``: fail on any error (what
-    ``aether-audit check`` exits 1 on by default), warn on warnings only."""
-    counts = findings["severity"].value_counts() if len(findings) else pd.Series(dtype="int64")
-    listed = ", ".join(f"{int(counts[s]):,} {s}{'s' if counts[s] != 1 and s != 'info' else ''}"
-                       for s in SEVERITIES if counts.get(s, 0))
-    codes = findings["code"].nunique() if len(findings) else 0
-    where = f" from {codes} check{'s' if codes != 1 else ''}" if codes else ""
-    if counts.get("error", 0):
-        return "fail", f"{listed}{where}"
-    if counts.get("warning", 0):
-        return "warn", f"no errors; {listed}{where}"
-    return "pass", f"no errors or warnings{'; ' + listed if listed else ''}"
-
-
 def _verdict_html(findings: pd.DataFrame) -> str:
-    kind, sentence = verdict(findings)
+    kind, sentence = verdict_of(findings)  # what AuditReport.verdict says; duck-typed reports too
     word = {"fail": "FAIL", "warn": "PASS with warnings", "pass": "PASS"}[kind]
     why = {"fail": "errors make <code>aether-audit check</code> exit 1",
            "warn": "warnings fail only with <code>--fail-on warning</code>",
@@ -583,7 +470,7 @@ def render_report_html(report: Any, *, title: str | None = None) -> str:
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>{_e(title)}</title><style>{PAGE_CSS}</style></head><body>",
         scoped(body, root_id=root_id),
-        f"<script>{_SCRIPT % {'root': repr(root_id)}}</script>",
+        f"<script>{_SCRIPT.replace('AA_ROOT_ID', repr(root_id))}</script>",
         "</body></html>",
     ])
 
@@ -596,3 +483,10 @@ def write_report_html(report: Any, path: str | os.PathLike[str], *, title: str |
         >>> write_report_html(store.audit(), "audit.html")  # doctest: +SKIP
     """
     return write_atomic(path, render_report_html(report, title=title).encode("utf-8"))
+
+
+# The report (audit/, a layer below) keeps its HTML methods (``_repr_html_``,
+# ``to_html_page``, ``write_html``) but may not import this module: the page
+# hands it these three functions instead, once, when this module is imported
+# (``aether_audit/__init__`` imports it, so any use of the package has it).
+register_html(HtmlRenderer(fragment=report_fragment_html, page=render_report_html, write=write_report_html))

@@ -220,7 +220,8 @@ def version_marks(events: pd.DataFrame) -> pd.DataFrame:
     Example:
         >>> version_marks(store.history("order-7"))  # doctest: +SKIP
     """
-    from ..audit.checks import errors_frame, events_frame, run_checks, snapshots_frame
+    from ..audit.checks import errors_frame, events_frame, snapshots_frame
+    from ..audit.engine import run_checks
     from ..model.frames import EVENT_SCHEMA, StreamFrames
 
     columns = ["code", "actor_id", "stream_seq", "version"]

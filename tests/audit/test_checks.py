@@ -17,9 +17,9 @@ from aether_audit.audit.checks import (
     errors_frame,
     events_frame,
     findings,
-    run_checks,
     snapshots_frame,
 )
+from aether_audit.audit.engine import run_checks
 from aether_audit.model.errors import AuditError
 from aether_audit.model.frames import StreamFrames
 from aether_audit.model.records import StreamState

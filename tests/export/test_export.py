@@ -396,7 +396,7 @@ def bulk_publish(url: str, stream: str, count: int, actors: int = 40) -> None:
 CHILD = textwrap.dedent("""
     import sys
     import aether_audit
-    from aether_audit import _export
+    from aether_audit.export import pipeline as _export
     _export.ROW_GROUP_ROWS = 2_000   # files open early, so the kill lands mid-write
     _export.FILE_ROWS = 10_000
     url, stream, out, incremental = sys.argv[1:]

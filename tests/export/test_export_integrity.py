@@ -309,7 +309,7 @@ MANY_TYPES = """
 import resource, sys
 resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
 import aether_audit
-from aether_audit import _export
+from aether_audit.export import pipeline as _export
 if sys.argv[4] == "streamed":
     _export.ROW_GROUP_ROWS = 1  # every partition's file opens at its first row and stays open until it rolls
 with aether_audit.connect(sys.argv[1], stream=sys.argv[2]) as store:
