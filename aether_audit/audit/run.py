@@ -1,9 +1,9 @@
 """Auditing a live stream: the streaming engine driven over a reader.
 
-The reader is anything with ``stream_name``, ``await stream_state(
-deleted_details=...)`` and ``scan(start_seq=, end_seq=, progress=,
-batch_size=)`` yielding ``_frames.DecodedBatch`` in stream order (the store
-is one). Auditing only reads: no stream, message or durable consumer is
+The reader is a ``read.protocol.Reader``: ``stream_name``, ``await
+stream_state(deleted_details=...)`` and ``scan(start_seq=, end_seq=,
+progress=, batch_size=)`` yielding ``model.frames.DecodedBatch`` in stream
+order (the store is one). Auditing only reads: no stream, message or durable consumer is
 created, changed or deleted.
 
 ``audit_stream`` reads the whole stream, or with a checkpoint only what is
@@ -26,6 +26,7 @@ from .checks import CheckOptions, check_names
 from .engine import AuditEngine
 from ..model.frames import SCHEMAS, StreamFrames, to_pandas
 from ..model.records import StreamState
+from ..read.protocol import Reader
 from .report import AuditReport
 
 __all__ = ["IncrementalAudit", "audit_stream"]
@@ -38,7 +39,7 @@ class IncrementalAudit:
     exists and ``save`` writes it; without, it starts empty.
     """
 
-    def __init__(self, reader: Any, options: CheckOptions, checkpoint: str | Path | None = None) -> None:
+    def __init__(self, reader: Reader, options: CheckOptions, checkpoint: str | Path | None = None) -> None:
         self.reader = reader
         self.options = options
         self.path = None if checkpoint is None else Path(checkpoint)
@@ -137,7 +138,7 @@ class _Vouched:
 
 
 async def audit_stream(
-    reader: Any,
+    reader: Reader,
     checks: Sequence[str] | None = None,
     *,
     checkpoint: str | Path | None = None,

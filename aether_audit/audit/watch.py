@@ -36,6 +36,7 @@ from .run import IncrementalAudit
 from .checks import CheckOptions, check_names
 from ..model.errors import ConnectionFailed, JetStreamAPIError, StreamNotFound
 from ..model.records import now as utc_now
+from ..read.protocol import Reader
 from .report import _plain
 
 __all__ = ["watch_stream"]
@@ -53,7 +54,7 @@ def _identity(record: dict[str, Any]) -> tuple:
 
 
 async def watch_stream(
-    reader: Any,
+    reader: Reader,
     checks: Sequence[str] | None = None,
     *,
     checkpoint: str | Path | None = None,
@@ -62,7 +63,7 @@ async def watch_stream(
     save_every: float = 5.0,
     stop: asyncio.Event | None = None,
     on_notice: Callable[[str], None] | None = _notice_to_stderr,
-    reopen: Callable[[], Awaitable[Any]] | None = None,
+    reopen: Callable[[], Awaitable[Reader]] | None = None,
     **options: Any,
 ) -> AsyncIterator[dict[str, Any]]:
     """Yield findings (dicts with the finding columns) as the stream grows,

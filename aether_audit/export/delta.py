@@ -17,9 +17,7 @@ appended twice; the manifest, written last, records what every table holds.
 
 from __future__ import annotations
 
-import asyncio
 import os
-import secrets
 import urllib.parse
 from pathlib import Path
 from typing import Any
@@ -28,10 +26,10 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 
 from ..model.errors import ExportError
-from ..model.files import write_atomic
-from .layout import KINDS, MANIFEST, file_schema, manifest_bytes, sha256_file
+from .layout import KINDS, file_schema, sha256_file
+from .pipeline import clean, ours, stop_at, sync_run
 
-__all__ = ["export_delta", "read_table", "table_data_files"]
+__all__ = ["DeltaSink", "read_table", "table_data_files"]
 
 APP_ID = "aether_audit"
 
@@ -100,68 +98,48 @@ def _check_dir(out_dir: Path, previous: dict[str, Any] | None, stream: str) -> N
         if path.exists() and _table(out_dir, kind) is None and any(path.iterdir()):
             raise ExportError(f"{path} is not a Delta table this export wrote: choose another directory")
     if previous is None:
-        from .pipeline import _ours
-
-        strangers = [p.name for p in out_dir.iterdir() if not _ours(p.name)]
+        strangers = [p.name for p in out_dir.iterdir() if not ours(p.name)]
         if strangers:
             raise ExportError(f"{out_dir} is not empty and holds no export (found {strangers[0]!r}): choose another directory")
 
 
-async def export_delta(reader: Any, out_dir: Path, previous: dict[str, Any] | None, *, incremental: bool,
-                       progress: bool | None, timestamp_unit: str | None, signer: Any) -> dict[str, Any]:
-    """The Delta flavour of ``export_stream`` (called with the directory locked)."""
-    from . import pipeline as ex
-    from .verify import check_base
+class DeltaSink:
+    """The Delta flavour of an export run (``export.run.export_stream`` with
+    ``format="delta"``): the staged rows are appended to each table in one
+    commit per table (the module doc), then the manifest lists every table's
+    version and data files."""
 
-    deltalake = _deltalake()
-    if timestamp_unit not in (None, "us"):
-        raise ExportError("Delta tables hold microsecond timestamps (the exact nanoseconds are the _ns columns): "
-                          "drop --timestamp-unit ns")
-    stream = reader.stream_name
-    _check_dir(out_dir, previous, stream)
-    ex._clean(out_dir, previous)
-    continuing = incremental and previous is not None
-    state = await reader.stream_state()
-    if continuing:
-        await asyncio.to_thread(check_base, out_dir, previous)
-        await ex._check_identity(reader, state, previous, out_dir)
-    seq_range = ex._plan(previous, state, incremental, out_dir)
-    if seq_range is None:
-        return previous
-    heads = ex.load_heads(out_dir, previous) if continuing else {}
-    tag = secrets.token_hex(4)
-    staging = ex._stage(out_dir, tag, [])
-    run = ex._RunWriter(staging, stream, *seq_range, heads, "us")
-    try:
-        if seq_range[1] >= seq_range[0]:
-            await ex._consume(reader.scan(start_seq=seq_range[0], end_seq=seq_range[1], progress=progress), run)
-        await asyncio.to_thread(run.close)
+    format = "delta"
+    keeps_unchanged = False  # the tables are committed before the manifest
+
+    def open(self, out_dir: Path, previous: dict[str, Any] | None, stream: str, *, continuing: bool,
+             timestamp_unit: str | None) -> str:
+        self.deltalake = _deltalake()
+        if timestamp_unit not in (None, "us"):
+            raise ExportError("Delta tables hold microsecond timestamps (the exact nanoseconds are the _ns columns): "
+                              "drop --timestamp-unit ns")
+        _check_dir(out_dir, previous, stream)
+        clean(out_dir, previous)
+        return "us"
+
+    def kept(self, previous: dict[str, Any] | None, continuing: bool) -> list[dict[str, Any]]:
+        return []  # the tables keep their rows: a run stages only its own
+
+    def finish(self, out_dir: Path, run: Any, written: list[Any], staging: dict[str, Path],
+               keep: list[dict[str, Any]], totals: dict[str, int], *, continuing: bool,
+               last_seq: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         versions = {}
         for kind in KINDS:
-            versions[kind] = await asyncio.to_thread(_commit_table, deltalake, out_dir, kind, staging[kind],
-                                                     continuing, seq_range[1])
-            ex._stop_at("after_delta_" + kind)
-        heads_entry = await asyncio.to_thread(ex._write_heads, out_dir, heads, seq_range[1], tag)
-        files = [e for kind in KINDS for e in await asyncio.to_thread(_active_files, out_dir, kind)]
-    except BaseException:
-        run.abort()
-        ex._clean(out_dir, previous)
-        raise
-    totals = {k: (previous[k] if continuing else 0) + run.counts[k] for k in KINDS}
-    identity = previous["stream_identity"] if continuing else ex._identity(state, run)
-    manifest = ex._manifest(stream, previous, continuing, seq_range, run.counts, totals, files,
-                            heads_entry, "us", identity, tag)
-    manifest.update(format="delta", delta_versions=versions)
-    if signer is not None:
-        from .signing import sign_manifest
+            versions[kind] = _commit_table(self.deltalake, out_dir, kind, staging[kind], continuing, last_seq)
+            stop_at("after_delta_" + kind)
+        files = [e for kind in KINDS for e in _active_files(out_dir, kind)]
+        return files, {"format": "delta", "delta_versions": versions}
 
-        manifest = sign_manifest(manifest, signer)
-    await asyncio.to_thread(ex._sync_run, out_dir, {})
-    ex._stop_at("before_manifest")
-    write_atomic(out_dir / MANIFEST, manifest_bytes(manifest))
-    ex._stop_at("after_manifest")
-    ex._clean(out_dir, manifest)
-    return manifest
+    def sync(self, out_dir: Path, staging: dict[str, Path]) -> None:
+        sync_run(out_dir, {})  # the staging directories are not published: only the tables count
+
+    def publish(self, out_dir: Path, manifest: dict[str, Any]) -> None:
+        clean(out_dir, manifest)
 
 
 def _commit_table(deltalake: Any, out_dir: Path, kind: str, staged: Path, continuing: bool, last_seq: int) -> int:

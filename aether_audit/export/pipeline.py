@@ -1,7 +1,13 @@
-"""Writing an export: Parquet files of a stream, its manifest, and the commit.
+"""Writing an export: the pieces every format shares, the ``Sink`` protocol, and the Parquet sink.
 
-The layout and the manifest are described in ``_layout``, the hash chain in
-``_chain``; reading back is ``_export_read``, checking is ``_verify``.
+A run (``export.run.export_stream``) reads the stream through a ``Reader``,
+hash-chains the events and writes every kind's rows as Parquet files into
+staging directories (``RunWriter``); a ``Sink`` turns those into the
+format's tables and commits them: ``ParquetSink`` (here) publishes the files
+themselves, ``export.delta.DeltaSink`` commits them as Delta tables. The
+layout and the manifest are described in ``export.layout``, the hash chain
+in ``export.chain``; reading back is ``export.read``, checking is
+``export.verify``.
 
 Commit protocol (why no reader ever sees an uncommitted file). A run writes
 every file of table ``T`` into a hidden sibling directory ``DIR/.T-<tag>``
@@ -32,13 +38,12 @@ import errno
 import fcntl
 import hashlib
 import os
-import secrets
 import signal
 import stat
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import orjson
@@ -48,8 +53,7 @@ import pyarrow.parquet as pq
 
 from .chain import DESCRIPTION, Heads, chain_hashes
 from ..model.errors import ExportError
-from .read import read_export
-from ..model.files import sync_path, write_atomic
+from ..model.files import sync_path
 from ..model.frames import DecodedBatch
 from .layout import (
     CHAIN_COLUMN,
@@ -67,29 +71,39 @@ from .layout import (
     STAGING_NAME,
     TIMESTAMP_COLUMNS,
     file_schema,
-    manifest_bytes,
     part_name,
     partition_dir,
-    read_manifest,
     safe_path,
     sha256_file,
     table_files,
     unit_of,
 )
 from ..model.records import now
-from .verify import VerifyResult, check_base, verify_export, verify_exports
+from ..read.protocol import Reader
 
+# Public to the package: what the run (export.run) and the Delta sink share.
 __all__ = [
     "FORMAT_VERSION",
-    "VerifyResult",
-    "chain_hashes",
-    "export_stream",
-    "partition_dir",
+    "ParquetSink",
+    "RunWriter",
+    "Sink",
+    "build_manifest",
+    "check_identity",
+    "clean",
+    "consume",
+    "encode_whole",
+    "identity_of",
+    "load_heads",
+    "locked",
+    "ours",
+    "plan",
+    "prepare_dir",
     "publish",
-    "read_export",
-    "read_manifest",
-    "verify_export",
-    "verify_exports",
+    "same_export",
+    "stage",
+    "stop_at",
+    "sync_run",
+    "write_heads",
 ]
 
 # Rows a partition gathers before they are written as one row group (pyarrow
@@ -121,7 +135,7 @@ STOP_ENV = "AETHER_AUDIT_EXPORT_STOP_AT"
 _stopped: list[str] = []
 
 
-def _stop_at(point: str) -> None:
+def stop_at(point: str) -> None:
     wanted = os.environ.get(STOP_ENV)
     if wanted == point:
         os.kill(os.getpid(), signal.SIGKILL)
@@ -237,7 +251,7 @@ class _PartWriter:
         self.opened[id(self)] = self
         self.writer = _parquet_writer(self.temp, self.schema)
         self.file_rows = 0
-        _stop_at("writing")
+        stop_at("writing")
 
     def _write(self, table: pa.Table) -> None:
         seqs = table.column("stream_seq")
@@ -284,7 +298,7 @@ class _PartWriter:
                                           (META_PREFIX + "rows").encode(): str(rows.num_rows).encode()})
         name = part_name(first_seq, last_seq)
         path = self.directory / name
-        _stop_at("writing")
+        stop_at("writing")
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
         try:
             with memoryview(data) as view:
@@ -350,7 +364,7 @@ def encode_whole(rows: pa.RecordBatch, schema: pa.Schema, metadata: dict[bytes, 
     return sink.getvalue().to_pybytes()
 
 
-class _RunWriter:
+class RunWriter:
     """All files of one export run: events hash-chained, then buffered and
     written by actor type (``_EventBuffer``), snapshots and replay errors as
     they come, each kind into its staging dir."""
@@ -606,7 +620,7 @@ def _sort_by(batch: pa.RecordBatch, keys: pa.Array, code_of: Any) -> _Chunk:
 
 
 @contextlib.contextmanager
-def _locked(out_dir: Path) -> Iterator[None]:
+def locked(out_dir: Path) -> Iterator[None]:
     """One export at a time per directory (the kernel drops the lock if we die)."""
     lock = out_dir / ".lock"
     if os.path.islink(lock):
@@ -622,7 +636,7 @@ def _locked(out_dir: Path) -> Iterator[None]:
         yield
 
 
-def _prepare_dir(out_dir: Path) -> None:
+def prepare_dir(out_dir: Path) -> None:
     if out_dir.exists() and not out_dir.is_dir():
         raise ExportError(f"{out_dir} is not a directory")
     try:
@@ -633,7 +647,7 @@ def _prepare_dir(out_dir: Path) -> None:
         raise ExportError(f"{out_dir} is not writable")
 
 
-def _ours(name: str) -> bool:
+def ours(name: str) -> bool:
     """Names an export writes at the top of its directory."""
     return (name in KINDS or name in (MANIFEST, ".lock") or HEADS_NAME.fullmatch(name) is not None
             or STAGING_NAME.fullmatch(name) is not None or (name.startswith(f".{MANIFEST}.") and name.endswith(".tmp")))
@@ -647,9 +661,9 @@ def _check_dir(out_dir: Path, previous: dict[str, Any] | None, stream: str) -> N
             f"{out_dir} holds an export of stream {previous['stream']!r}, not {stream!r}: choose another directory"
         )
     for entry in os.scandir(out_dir):
-        if entry.is_symlink() and _ours(entry.name):
+        if entry.is_symlink() and ours(entry.name):
             raise ExportError(f"{out_dir / entry.name} is a symbolic link: an export never follows links")
-        if previous is None and not _ours(entry.name):
+        if previous is None and not ours(entry.name):
             raise ExportError(f"{out_dir} is not empty and holds no export (found {entry.name!r}): choose another directory")
     for kind in KINDS:
         files, links = table_files(out_dir, kind)
@@ -696,13 +710,13 @@ def publish(out_dir: Path, manifest: dict[str, Any], *, stops: bool = True) -> N
                 os.rename(staged, live)
             sync_path(out_dir)
             if stops:
-                _stop_at("after_exchange")
+                stop_at("after_exchange")
     if stops:
-        _stop_at("after_publish")
-    _clean(out_dir, manifest)
+        stop_at("after_publish")
+    clean(out_dir, manifest)
 
 
-def _clean(out_dir: Path, manifest: dict[str, Any] | None) -> None:
+def clean(out_dir: Path, manifest: dict[str, Any] | None) -> None:
     """Delete what runs left behind: staging directories (old file sets after a
     swap, or a killed run's files) and heads files no manifest lists. Only
     names the export writes are deleted; anything else stays where it is."""
@@ -733,7 +747,7 @@ def _remove_ours(root: Path) -> None:
         os.rmdir(root)
 
 
-def _stage(out_dir: Path, tag: str, keep: list[dict[str, Any]]) -> dict[str, Path]:
+def stage(out_dir: Path, tag: str, keep: list[dict[str, Any]]) -> dict[str, Path]:
     """The run's hidden staging directories, with hard links of the kept files."""
     staging = {}
     for kind in KINDS:
@@ -767,21 +781,21 @@ def _message_digest(batch: DecodedBatch, seq: int) -> str | None:
     return None
 
 
-async def _first_message_digest(reader: Any, seq: int) -> str | None:
+async def _first_message_digest(reader: Reader, seq: int) -> str | None:
     digest = None
     async for batch in reader.scan(start_seq=seq, end_seq=seq, progress=False, batch_size=1):
         digest = digest or _message_digest(batch, seq)
     return digest
 
 
-def _identity(state: Any, run: _RunWriter) -> dict[str, Any]:
+def identity_of(state: Any, run: RunWriter) -> dict[str, Any]:
     """What tells this generation of the stream from a recreated one: its
     creation time and the hash of its first message (read by the run)."""
     created = state.created.isoformat() if state.created is not None else None
     return {"created": created, "first_seq": run.first_seq, "first_message_sha256": run.first_digest}
 
 
-async def _check_identity(reader: Any, state: Any, previous: dict[str, Any], out_dir: Path) -> None:
+async def check_identity(reader: Reader, state: Any, previous: dict[str, Any], out_dir: Path) -> None:
     """Refuse to continue an export of another generation of the stream."""
     recorded = previous.get("stream_identity")
     if not recorded:
@@ -802,7 +816,7 @@ async def _check_identity(reader: Any, state: Any, previous: dict[str, Any], out
 # --- the export ---------------------------------------------------------------------------
 
 
-def _plan(previous: dict[str, Any] | None, state: Any, incremental: bool, out_dir: Path) -> tuple[int, int] | None:
+def plan(previous: dict[str, Any] | None, state: Any, incremental: bool, out_dir: Path) -> tuple[int, int] | None:
     """The sequence range to read, or None when an incremental run has nothing to add."""
     if not (incremental and previous):
         return max(state.first_seq, 1), state.last_seq
@@ -816,7 +830,7 @@ def _plan(previous: dict[str, Any] | None, state: Any, incremental: bool, out_di
     return previous["last_seq"] + 1, state.last_seq
 
 
-def _write_heads(out_dir: Path, heads: Heads, last_seq: int, tag: str) -> dict[str, Any]:
+def write_heads(out_dir: Path, heads: Heads, last_seq: int, tag: str) -> dict[str, Any]:
     actors = sorted(heads)
     table = pa.table([
         pa.array(actors, pa.string()),
@@ -849,115 +863,13 @@ def load_heads(out_dir: Path, manifest: dict[str, Any]) -> Heads:
     return {actor: (digest, seq, count) for actor, digest, seq, count in zip(*columns)}
 
 
-def _same_export(a: dict[str, Any], b: dict[str, Any]) -> bool:
+def same_export(a: dict[str, Any], b: dict[str, Any]) -> bool:
     """Equal but for when and in which run they were written."""
     def strip(m: dict[str, Any]) -> dict[str, Any]:
         out = {k: v for k, v in m.items() if k not in ("exported_at", "runs", "generation", "signature", "chain_heads")}
         out["heads_sha256"] = (m.get("chain_heads") or {}).get("sha256")
         return out
     return strip(a) == strip(b)
-
-
-async def export_stream(
-    reader: Any,
-    out_dir: Path,
-    *,
-    incremental: bool = False,
-    progress: bool | None = None,
-    format: str = "parquet",
-    timestamp_unit: str | None = None,
-    sign: str | os.PathLike[str] | None = None,
-) -> dict[str, Any]:
-    """Export the stream of ``reader`` under ``out_dir``; returns the manifest.
-
-    ``reader`` needs only ``stream_name``, ``stream_state()`` and ``scan()``
-    (an ``AsyncEventStore`` has them). Streams: batches are hash-chained in
-    stream order, then buffered sorted by actor type within ``BUFFER_BYTES``
-    and written by partition (few, large files per actor type, a bounded
-    number open), so memory grows neither with the stream nor with the
-    number of actor types. ``incremental`` first checks what it builds on (every
-    file's size and sha256, the manifest's counts, the chain heads against
-    the last rows, the stream's identity) and refuses with ``ExportError``
-    when anything differs; then it adds only messages after the manifest's
-    ``last_seq``. With nothing new it changes nothing. ``timestamp_unit``:
-    ``"us"`` (default for a new export) or ``"ns"``; an incremental run keeps
-    the export's. ``format="delta"`` writes Delta Lake tables (``_delta``).
-    ``sign``: an NKey seed file; the manifest is signed with it. The commit
-    protocol is in the module doc.
-
-    Example:
-        >>> manifest = await export_stream(store, Path("exports/orders"))  # doctest: +SKIP
-        >>> manifest["events"], manifest["last_seq"]  # doctest: +SKIP
-        (10432, 10440)
-    """
-    if format not in ("parquet", "delta"):
-        raise ExportError(f"export format must be parquet or delta, not {format!r}")
-    out_dir = Path(out_dir)
-    _prepare_dir(out_dir)
-    signer = None
-    if sign is not None:
-        from .signing import load_signer
-
-        signer = load_signer(sign)
-    stream = reader.stream_name
-    with _locked(out_dir):
-        previous = read_manifest(out_dir)
-        if previous is not None and previous.get("format", "parquet") != format:
-            raise ExportError(f"{out_dir} holds a {previous.get('format', 'parquet')} export, not {format}: "
-                              "choose another directory")
-        if format == "delta":
-            from .delta import export_delta
-
-            return await export_delta(reader, out_dir, previous, incremental=incremental, progress=progress,
-                                      timestamp_unit=timestamp_unit, signer=signer)
-        _check_dir(out_dir, previous, stream)
-        if previous is not None:
-            publish(out_dir, previous, stops=False)  # finish a commit a killed run left half done
-        else:
-            _clean(out_dir, None)
-        continuing = incremental and previous is not None
-        unit = _unit(previous, continuing, timestamp_unit, out_dir)
-        state = await reader.stream_state()
-        if continuing:
-            await asyncio.to_thread(check_base, out_dir, previous)
-            await _check_identity(reader, state, previous, out_dir)
-        seq_range = _plan(previous, state, incremental, out_dir)
-        if seq_range is None:
-            return previous
-        heads = load_heads(out_dir, previous) if continuing else {}
-        tag = secrets.token_hex(4)
-        keep = list(previous["files"]) if continuing else []
-        staging = _stage(out_dir, tag, keep)
-        run = _RunWriter(staging, stream, *seq_range, heads, unit)
-        try:
-            if seq_range[1] >= seq_range[0]:
-                await _consume(reader.scan(start_seq=seq_range[0], end_seq=seq_range[1], progress=progress), run)
-            written = await asyncio.to_thread(run.close)
-            totals = {k: (previous[k] if continuing else 0) + run.counts[k] for k in KINDS}
-            keep = _drop_filled_empties(keep, staging, totals)
-            had = {e["kind"] for e in keep}
-            written += [run.empty_file(k) for k in KINDS if not totals[k] and k not in had]
-            heads_entry = await asyncio.to_thread(_write_heads, out_dir, heads, seq_range[1], tag)
-        except BaseException:
-            run.abort()
-            _clean(out_dir, previous)
-            raise
-        identity = previous["stream_identity"] if continuing else _identity(state, run)
-        manifest = _manifest(stream, previous, continuing, seq_range, run.counts, totals,
-                             keep + [w.entry() for w in written], heads_entry, unit, identity, tag)
-        if previous is not None and not continuing and _same_export(manifest, previous):
-            _clean(out_dir, previous)
-            return previous  # a full rerun of an unchanged stream: keep the bytes
-        if signer is not None:
-            from .signing import sign_manifest
-
-            manifest = sign_manifest(manifest, signer)
-        await asyncio.to_thread(_sync_run, out_dir, staging)
-        _stop_at("before_manifest")
-        write_atomic(out_dir / MANIFEST, manifest_bytes(manifest))  # the commit point
-        _stop_at("after_manifest")
-        publish(out_dir, manifest)
-        return manifest
 
 
 def _drop_filled_empties(keep: list[dict[str, Any]], staging: dict[str, Path],
@@ -973,7 +885,7 @@ def _drop_filled_empties(keep: list[dict[str, Any]], staging: dict[str, Path],
     return out
 
 
-def _sync_run(out_dir: Path, staging: dict[str, Path]) -> None:
+def sync_run(out_dir: Path, staging: dict[str, Path]) -> None:
     """Every byte of the run on disk before the manifest names it: one
     ``syncfs`` of the file system (thousands of per-file fsyncs cost more
     than the writing when there are many actor types). It writes back the
@@ -1001,7 +913,7 @@ def _unit(previous: dict[str, Any] | None, continuing: bool, wanted: str | None,
     return unit
 
 
-def _manifest(stream: str, previous: dict[str, Any] | None, continuing: bool, seq_range: tuple[int, int],
+def build_manifest(stream: str, previous: dict[str, Any] | None, continuing: bool, seq_range: tuple[int, int],
               counts: dict[str, int], totals: dict[str, int], files: list[dict[str, Any]],
               heads_entry: dict[str, Any], unit: str, identity: dict[str, Any], tag: str) -> dict[str, Any]:
     run = {"first_seq": seq_range[0], "last_seq": seq_range[1], **counts,
@@ -1025,7 +937,7 @@ def _manifest(stream: str, previous: dict[str, Any] | None, continuing: bool, se
     }
 
 
-async def _consume(batches: AsyncIterator[DecodedBatch], run: Any) -> None:
+async def consume(batches: AsyncIterator[DecodedBatch], run: Any) -> None:
     """Feed the scan to the writer, one batch in a worker thread while the
     next is read: Parquet encoding and zstd release the GIL, so writing
     overlaps the socket reads (one batch in flight keeps memory bounded)."""
@@ -1043,3 +955,75 @@ async def _consume(batches: AsyncIterator[DecodedBatch], run: Any) -> None:
             # caller removes the files it is writing.
             await asyncio.wait([writing])
 
+
+# --- the sinks ------------------------------------------------------------------------
+
+
+@runtime_checkable
+class Sink(Protocol):
+    """One export format: how the staged Parquet files of a run become the
+    format's tables. ``export.run.export_stream`` does everything else, the
+    same for every format: lock, plan, chain, stage, write, manifest, sign,
+    and the commit point (the manifest written atomically); a sink's methods
+    are called in this order:
+
+    1. ``open``: check ``out_dir`` holds this format's export (or nothing),
+       recover what a killed run left, and return the timestamp unit;
+    2. ``kept``: the previous export's file entries the run builds on;
+    3. ``finish`` (rows written, before the commit point): the manifest's
+       file entries and the format's own manifest fields;
+    4. ``sync`` then, after the commit point, ``publish``.
+
+    ``keeps_unchanged``: a full rerun that would write the same export
+    keeps the old one (possible only where nothing was committed yet).
+    """
+
+    format: str
+    keeps_unchanged: bool
+
+    def open(self, out_dir: Path, previous: dict[str, Any] | None, stream: str, *, continuing: bool,
+             timestamp_unit: str | None) -> str: ...
+
+    def kept(self, previous: dict[str, Any] | None, continuing: bool) -> list[dict[str, Any]]: ...
+
+    def finish(self, out_dir: Path, run: RunWriter, written: list[_Written], staging: dict[str, Path],
+               keep: list[dict[str, Any]], totals: dict[str, int], *, continuing: bool,
+               last_seq: int) -> tuple[list[dict[str, Any]], dict[str, Any]]: ...
+
+    def sync(self, out_dir: Path, staging: dict[str, Path]) -> None: ...
+
+    def publish(self, out_dir: Path, manifest: dict[str, Any]) -> None: ...
+
+
+class ParquetSink:
+    """Parquet files under ``DIR/<kind>/``, published by swapping each
+    table's staging directory in (the module's commit protocol)."""
+
+    format = "parquet"
+    keeps_unchanged = True
+
+    def open(self, out_dir: Path, previous: dict[str, Any] | None, stream: str, *, continuing: bool,
+             timestamp_unit: str | None) -> str:
+        _check_dir(out_dir, previous, stream)
+        if previous is not None:
+            publish(out_dir, previous, stops=False)  # finish a commit a killed run left half done
+        else:
+            clean(out_dir, None)
+        return _unit(previous, continuing, timestamp_unit, out_dir)
+
+    def kept(self, previous: dict[str, Any] | None, continuing: bool) -> list[dict[str, Any]]:
+        return list(previous["files"]) if continuing and previous is not None else []
+
+    def finish(self, out_dir: Path, run: RunWriter, written: list[_Written], staging: dict[str, Path],
+               keep: list[dict[str, Any]], totals: dict[str, int], *, continuing: bool,
+               last_seq: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        keep = _drop_filled_empties(keep, staging, totals)
+        had = {e["kind"] for e in keep}
+        written = written + [run.empty_file(k) for k in KINDS if not totals[k] and k not in had]
+        return keep + [w.entry() for w in written], {}
+
+    def sync(self, out_dir: Path, staging: dict[str, Path]) -> None:
+        sync_run(out_dir, staging)
+
+    def publish(self, out_dir: Path, manifest: dict[str, Any]) -> None:
+        publish(out_dir, manifest)

@@ -33,7 +33,7 @@ from ..nats.connection import (
     until_available,
 )
 from ..model.errors import InvalidEventError, JetStreamAPIError, StreamNotFound, VersionConflictError
-from ..export.pipeline import export_stream
+from ..export.run import export_stream
 from ..read.reader import Head, StreamReader
 from ..model.records import ActorSnapshot, Event, JetStreamConfig
 from ..audit.run import audit_stream
