@@ -5,7 +5,7 @@ For every payload each fast path (``_fastdecode`` in Python, and its C twin
 judges it) or returns exactly what the exact decoder returns. Generated
 payloads: what the Go store writes (``encode_event``, the seed's layout),
 the same with one thing changed (key case, order, duplicates, whitespace,
-escapes, numbers, timestamps), and the fuzz corpus (``tests/test_fuzz.py``).
+escapes, numbers, timestamps), and the fuzz corpus (``tests/model/test_fuzz.py``).
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ twice). Any error or stderr output (warnings included) fails the test.
 
 The committed notebooks carry their outputs (so they read on a code host),
 small, with no absolute path or secret, written by running this file:
-``.venv/bin/python tests/test_notebooks.py``.
+``.venv/bin/python tests/present/test_notebooks.py``.
 """
 
 from __future__ import annotations
@@ -104,7 +104,7 @@ def test_notebook_is_committed_executed_small_and_clean(path: Path):
     nbformat.validate(notebook)
     code = [cell for cell in notebook.cells if cell.cell_type == "code"]
     assert [cell.execution_count for cell in code] == list(range(1, len(code) + 1)), \
-        f"{path.name}: commit it executed top to bottom (python tests/test_notebooks.py)"
+        f"{path.name}: commit it executed top to bottom (python tests/present/test_notebooks.py)"
     assert sum(len(cell.outputs) for cell in code) >= len(code) - 1
     assert not problems_in(notebook)
     assert path.stat().st_size < MAX_NOTEBOOK_BYTES, path.stat().st_size
