@@ -177,7 +177,7 @@ def _print_json(value: Any) -> None:
 
 
 def _print_findings(report: Any) -> None:
-    """The headline, then the findings grouped by code with where each is (``_text``)."""
+    """The headline, then the findings grouped by code with where each is (``present.text``)."""
     from .present.text import findings_text
 
     print(escape(str(report).splitlines()[0]))

@@ -4,7 +4,7 @@
 pending snapshots), the stream's identity and what was read; the exact
 event-ID and version structures live beside it in ``FILE.keys/`` as
 immutable segment files the checkpoint names (with their sizes). The file
-is written atomically (``_files.write_atomic``) after the segments it
+is written atomically (``model.files.write_atomic``) after the segments it
 names, so a crash leaves the old checkpoint or the new one, whole.
 
 Layout: a magic line, an 8-byte header length, the JSON header, the Arrow

@@ -265,7 +265,7 @@ def _stream_of(subjects: pa.Array, kind: str) -> pa.Array:
 
 
 def subjects_of(frame: pd.DataFrame, kind: str, suffixes: dict[str, str] | None = None) -> _Subjects:
-    """``_wire.event_subject`` / ``snapshot_subject`` of every row's actor.
+    """``model.wire.event_subject`` / ``snapshot_subject`` of every row's actor.
 
     The actor part is built once per distinct actor; the stream part is the
     first row's stream, and only rows stored under another stream (frames
@@ -305,7 +305,7 @@ CHECKED_COLUMNS = ["stream_seq", "stored_at", "subject", "actor_id", "version", 
 @dataclass(frozen=True)
 class BatchView:
     """One batch of the stream as the per-batch checks see it, with what the
-    engine (``_engine.AuditEngine``) carried over from the batches before.
+    engine (``audit.engine.AuditEngine``) carried over from the batches before.
 
     Frames are in stream order with a unique index. Per ``history`` row:
     ``prev_max`` is the highest version of its actor before it (0 for its
@@ -707,7 +707,7 @@ def final_retention_expiry(parts: Sequence[pd.DataFrame], end: EndView, options:
 
 def history_rewritten(state: StreamState, *, expected: str, found: str, why: str, seq: int | None) -> pd.DataFrame:
     """The one ``history_rewritten`` finding (raised by the checkpoint's
-    comparison with the stream, ``_checkpoint``): what the checkpoint
+    comparison with the stream, ``audit.checkpoint``): what the checkpoint
     vouched for against what the stream holds now."""
     return findings([{
         "code": "history_rewritten",

@@ -1,4 +1,4 @@
-"""The streaming audit engine: every check of ``_checks.CHECKS`` over a
+"""The streaming audit engine: every check of ``audit.checks.CHECKS`` over a
 stream fed batch by batch, with memory that grows with actors, not events.
 
 What it carries between batches, per actor (arrays indexed by an actor
@@ -7,12 +7,12 @@ per subject the actors using it (subject collisions); the snapshots that
 may still turn out ahead or orphaned (only those above their actor's
 highest version so far: rare); the runs of missing sequences; the findings
 so far. Event IDs and actor versions, which need an exact "stored before?"
-over the whole stream, go to ``_keys.KeyStore`` (spills to disk).
+over the whole stream, go to ``audit.keys.KeyStore`` (spills to disk).
 
 A *run* reads a range of the stream (``begin_run``, ``feed``...,
 ``settle``); an incremental audit is several runs over one engine, its
 state saved in between (``to_state`` / ``from_state``, see
-``_checkpoint``). ``findings`` composes the checks' output at any point
+``audit.checkpoint``). ``findings`` composes the checks' output at any point
 after ``settle``, without changing the engine (``watch`` asks after every poll).
 """
 

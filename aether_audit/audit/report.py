@@ -1,7 +1,7 @@
 """The audit report: the findings of the checks, presented.
 
-``audit_frames`` runs the checks of ``_checks`` over frames (an export read
-back) through the same streaming engine as a live audit (``_audit``);
+``audit_frames`` runs the checks of ``audit.checks`` over frames (an export read
+back) through the same streaming engine as a live audit (``audit.run``);
 ``AuditReport`` holds the findings (a DataFrame in the SPEC §2 shape), the
 frames they came from when they were kept (to drill in from a notebook), a
 summary, counts, JSON (the ``check --json`` object of SPEC §4), an HTML

@@ -8,7 +8,7 @@ created, changed or deleted.
 
 ``audit_stream`` reads the whole stream, or with a checkpoint only what is
 newer than it, and reports the cumulative findings. ``IncrementalAudit``
-is the step both it and ``watch_stream`` (``_watch``) repeat: compare the
+is the step both it and ``watch_stream`` (``audit.watch``) repeat: compare the
 stream with what the checkpoint vouched for, read the new range, settle.
 """
 

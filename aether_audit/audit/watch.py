@@ -1,7 +1,7 @@
 """Continuous verification: follow a stream and yield each finding once, as
 soon as it is certain.
 
-``watch_stream`` repeats ``_audit.IncrementalAudit.step`` every
+``watch_stream`` repeats ``audit.run.IncrementalAudit.step`` every
 ``interval`` seconds (reading ``last_done+1 .. last_seq``, nothing new is
 asked of the reader) and yields the findings not yielded before. A finding
 is known by ``(code, actor_id, stream_seq, subject, expected)``: its found

@@ -18,8 +18,8 @@ Timestamps: with ``timestamp_unit="us"`` (the default) ``timestamp`` and
 values; with ``"ns"`` the timestamps are nanosecond and there are no ``_ns``
 columns. Readers here accept both.
 
-This module does no writing; the writer is ``_export``, the readers
-``_export_read`` and ``_verify``.
+This module does no writing; the writer is ``export.pipeline``, the readers
+``export.read`` and ``export.verify``.
 """
 
 from __future__ import annotations

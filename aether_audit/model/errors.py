@@ -2,7 +2,7 @@
 
 Every error the package raises on purpose derives from ``AuditError``; errors
 from nats-py and from the raw protocol are translated at the one boundary
-(``_connection``: ``translate_errors``, ``server_error``, ``api_error``) with
+(``nats.connection``: ``translate_errors``, ``server_error``, ``api_error``) with
 ``raise ... from exc`` so callers never need to import nats.
 
     AuditError

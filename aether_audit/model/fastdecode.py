@@ -5,7 +5,7 @@ keys once each, in field order, no whitespace. For such a payload one typed
 ``msgspec`` decode reads the envelope's strings and version without a dict,
 and keeps ``data`` (``state``) as its raw JSON bytes. The payload is then
 *proven* to be in that layout, so that this path gives exactly what the exact
-decoder (``_wire.decode_event``) gives:
+decoder (``model.wire.decode_event``) gives:
 
 - no key outside the struct, names matched exactly (``msgspec`` refuses the
   rest), and msgspec's compact encoding of the decoded struct (``data`` as
@@ -90,7 +90,7 @@ def _object_text(raw: msgspec.Raw) -> bytes | str | None | bool:
 
 
 def event_fields(payload: bytes) -> tuple | None:
-    """``_wire.decode_event(payload)`` for a payload in the Go store's layout
+    """``model.wire.decode_event(payload)`` for a payload in the Go store's layout
     (``data`` as UTF-8 bytes when they are already canonical, which Arrow
     takes as text), else None.
 
@@ -126,7 +126,7 @@ def _command_extra(command: str) -> str:
 
 
 def snapshot_fields(payload: bytes) -> tuple | None:
-    """``_wire.decode_snapshot(payload)`` for a payload in the Go store's layout, else None.
+    """``model.wire.decode_snapshot(payload)`` for a payload in the Go store's layout, else None.
 
     Example:
         >>> snapshot_fields(b'{"actorId":"a-1","version":3,"state":null,"timestamp":"0001-01-01T00:00:00Z"}')
@@ -158,7 +158,7 @@ def go_events(subjects: Sequence[str], payloads: Sequence[bytes],
     extra), each as long as ``payloads``. A message whose subject starts with
     ``snapshot_prefix``, or an event not proven to be in the Go store's
     layout, is in ``todo`` and holds None in every column; every other row
-    holds exactly ``_wire.decode_event(payload)`` (``data`` may be its UTF-8
+    holds exactly ``model.wire.decode_event(payload)`` (``data`` may be its UTF-8
     bytes). The two may differ only in which messages they leave in ``todo``.
 
     Example:

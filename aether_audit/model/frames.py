@@ -122,7 +122,7 @@ def decode_messages(
 
     A subject starting with ``snapshot_prefix`` holds a snapshot; every other
     message is read as an event, as the Go reader would. Which rows belong to
-    an actor is the reader's question (``_reader.ActorSet``), not this one's.
+    an actor is the reader's question (``read.reader.ActorSet``), not this one's.
     """
     # Events go straight into columns (no row objects for the collector to
     # walk): the fast path fills them for every message in the Go store's

@@ -1,6 +1,6 @@
 """Plain records: the Python side of the Go store's types.
 
-They hold values only; encoding them on the wire lives in ``_wire``.
+They hold values only; encoding them on the wire lives in ``model.wire``.
 Timestamps are tz-aware ``pandas.Timestamp`` values in UTC because they keep
 the nanoseconds Go writes (``datetime`` would round them to microseconds).
 """

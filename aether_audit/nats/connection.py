@@ -1,7 +1,7 @@
 """The one boundary to NATS: how to log in, and what the server's errors mean.
 
 Two clients speak to the server: nats-py (writes and the broadcaster) and
-the raw-protocol ``StreamScanner`` (``_scan``, every read). Everything they
+the raw-protocol ``StreamScanner`` (``nats.scan``, every read). Everything they
 share lives here, once:
 
 - ``ConnectOptions``: the URL and credentials, as nats-py keyword arguments

@@ -6,10 +6,10 @@ writes: auditing, exporting and watching need nothing else. It owns
 - the scanners (a small pool, so a look-up made while a scan is suspended in
   a ``for batch in iter_batches()`` loop gets a connection of its own instead
   of waiting for that scan forever);
-- decoding (``_frames.decode_messages``, the one place a message is judged);
+- decoding (``model.frames.decode_messages``, the one place a message is judged);
 - the row filters, and which rows belong to an actor (``ActorSet``), judged
   the same way for every per-actor operation;
-- the subject index (``_index``) and how a per-actor read uses it.
+- the subject index (``read.index``) and how a per-actor read uses it.
 
 The per-actor read (``read_actors``) is what ``history``, ``load(actor_ids=...)``,
 ``get_events``, ``get_events_with_errors``, the latest version and the latest
@@ -486,7 +486,7 @@ class StreamReader:
 
         Per-actor reads build it by themselves in the background; call this
         to have it ready before the first one. One headers-only pass, or a
-        cache file of an earlier session (``_index``) once checked.
+        cache file of an earlier session (``read.index``) once checked.
         """
         async with self._index_lock:
             state = await self.stream_state()

@@ -1,6 +1,6 @@
 """The store: a ``StreamReader`` that also writes, exactly as the Go store does.
 
-``AsyncEventStore`` adds to the reader (``_reader``) what only a writer
+``AsyncEventStore`` adds to the reader (``read.reader``) what only a writer
 needs: the Go store's save operations with the server-side append guard,
 stream creation, and the few raw writes a scenario plants (``publish_raw``,
 ``delete_message``, ``create_stream``). Writes go through nats-py; every read
@@ -281,7 +281,7 @@ class AsyncEventStore(StreamReader):
         the checks.
 
         ``checkpoint``: a file; reads only what is newer than it and reports
-        the cumulative findings (``_audit.audit_stream``). ``keep_frames``
+        the cumulative findings (``audit.run.audit_stream``). ``keep_frames``
         (default: yes, unless a checkpoint is given) keeps what was read as
         ``report.frames`` for plots and drilling in; pass False for memory
         that does not grow with the stream.
@@ -293,7 +293,7 @@ class AsyncEventStore(StreamReader):
         self, checks: Sequence[str] | None = None, *, checkpoint: str | Path | None = None, **options: Any,
     ) -> AsyncIterator[dict[str, Any]]:
         """Follow the stream and yield each finding (a dict) once, as soon as
-        it is certain (``_watch.watch_stream``; options: ``interval``,
+        it is certain (``audit.watch.watch_stream``; options: ``interval``,
         ``settle``, ``stop``, ``on_notice`` and the checks')."""
         return watch_stream(self, checks, checkpoint=checkpoint, **options)
 

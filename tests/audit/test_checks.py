@@ -1,4 +1,4 @@
-"""Unit tests of the checks (``_checks``) and the report (``_report``) on
+"""Unit tests of the checks (``audit.checks``) and the report (``audit.report``) on
 hand-built frames: no server, fast."""
 
 from __future__ import annotations

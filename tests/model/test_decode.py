@@ -1,6 +1,6 @@
-"""The fast decoders agree with the exact one (``_wire``) byte for byte.
+"""The fast decoders agree with the exact one (``model.wire``) byte for byte.
 
-For every payload each fast path (``_fastdecode`` in Python, and its C twin
+For every payload each fast path (``model.fastdecode`` in Python, and its C twin
 ``_cfast.go_events`` where it is built) either declines (the exact decoder
 judges it) or returns exactly what the exact decoder returns. Generated
 payloads: what the Go store writes (``encode_event``, the seed's layout),
@@ -48,7 +48,7 @@ def as_text(fields: tuple) -> tuple:
     return tuple(value.decode() if isinstance(value, bytes) else value for value in fields)
 
 
-# Every implementation of the batch contract (``_fastdecode.go_events``), run on one payload.
+# Every implementation of the batch contract (``model.fastdecode.go_events``), run on one payload.
 GO_EVENTS = [_fastdecode.go_events] + ([cfast.go_events] if cfast else [])
 
 

@@ -1,6 +1,6 @@
 """Bad input never crashes a scan and is never silently dropped.
 
-Pure fuzzing of the decoder (``_wire``, ``_frames``), then, against a real
+Pure fuzzing of the decoder (``model.wire``, ``model.frames``), then, against a real
 server, bytes published raw into a stream and loaded back, and actor IDs and
 namespaces sent through the append API.
 

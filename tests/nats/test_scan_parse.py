@@ -1,4 +1,4 @@
-"""The delivery parsers (``_scan._deliveries`` and its C twin ``_cfast.deliveries``) agree.
+"""The delivery parsers (``nats.scan._deliveries`` and its C twin ``_cfast.deliveries``) agree.
 
 Both take the MSG/HMSG frames of one consumer out of a socket buffer. The
 contract lets them differ only in where they stop; so each is driven here
