@@ -28,7 +28,7 @@ from .model.errors import (
     StreamNotFound,
     VersionConflictError,
 )
-from .export.read import read_export
+from .export.readback import read_export
 from .export.verify import VerifyResult, verify_export, verify_exports
 from .model.frames import StreamFrames
 from .model.records import (

@@ -19,7 +19,7 @@ values; with ``"ns"`` the timestamps are nanosecond and there are no ``_ns``
 columns. Readers here accept both.
 
 This module does no writing; the writer is ``export.pipeline``, the readers
-``export.read`` and ``export.verify``.
+``export.readback`` and ``export.verify``.
 """
 
 from __future__ import annotations

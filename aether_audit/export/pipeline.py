@@ -6,7 +6,7 @@ staging directories (``RunWriter``); a ``Sink`` turns those into the
 format's tables and commits them: ``ParquetSink`` (here) publishes the files
 themselves, ``export.delta.DeltaSink`` commits them as Delta tables. The
 layout and the manifest are described in ``export.layout``, the hash chain
-in ``export.chain``; reading back is ``export.read``, checking is
+in ``export.chain``; reading back is ``export.readback``, checking is
 ``export.verify``.
 
 Commit protocol (why no reader ever sees an uncommitted file). A run writes

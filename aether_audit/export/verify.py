@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 
 from .chain import chain_hashes, content_hashes
 from ..model.errors import ExportError
-from .read import read_kind, require_manifest
+from .readback import read_kind, require_manifest
 from .layout import (
     CHAIN_COLUMN,
     HEADS_SCHEMA,

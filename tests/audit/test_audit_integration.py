@@ -299,7 +299,7 @@ def test_every_sample_seeds_to_its_declared_counts(nats_url, stream_name, sample
 
 
 def test_offline_frames_give_the_same_findings_but_the_stream_wide_ones(store, tmp_path):
-    from aether_audit.export.read import read_export
+    from aether_audit.export.readback import read_export
 
     run_sync(seed_scenario(store.core, "anomalies"))
     live = store.audit()

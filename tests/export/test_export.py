@@ -28,7 +28,7 @@ from aether_audit import ActorSnapshot, Event, ExportError, connect
 from aether_audit.export import pipeline as _export
 from aether_audit.export.chain import chain_hashes
 from aether_audit.export.layout import partition_dir, read_manifest
-from aether_audit.export.read import read_export
+from aether_audit.export.readback import read_export
 from aether_audit.export.verify import verify_export, verify_exports
 from aether_audit.model.frames import EVENT_SCHEMA, to_pandas
 from aether_audit.store.sync import run_sync

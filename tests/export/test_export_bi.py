@@ -19,7 +19,7 @@ import pytest
 
 from aether_audit import Event, connect
 from aether_audit.demo import run_demo
-from aether_audit.export.read import read_export
+from aether_audit.export.readback import read_export
 from aether_audit.nats.server import NatsServer
 from aether_audit.export.verify import verify_export
 

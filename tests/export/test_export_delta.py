@@ -16,7 +16,7 @@ import pytest
 
 from aether_audit import ExportError
 from aether_audit.export.pipeline import STOP_ENV
-from aether_audit.export.read import read_export
+from aether_audit.export.readback import read_export
 from aether_audit.export.verify import verify_export
 
 deltalake = pytest.importorskip("deltalake")

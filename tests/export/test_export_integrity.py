@@ -23,7 +23,7 @@ import pytest
 
 from aether_audit import Event, ExportError, connect
 from aether_audit.export.pipeline import STOP_ENV
-from aether_audit.export.read import read_export
+from aether_audit.export.readback import read_export
 from aether_audit.store.sync import run_sync
 from aether_audit.export.verify import verify_export
 

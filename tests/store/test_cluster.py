@@ -26,7 +26,7 @@ import pytest
 from _support import Fault
 
 from aether_audit import ActorSnapshot, ConnectionFailed, Event, JetStreamConfig, NatsServer, VersionConflictError, connect
-from aether_audit.export.read import read_export
+from aether_audit.export.readback import read_export
 
 pytestmark = pytest.mark.slow
 

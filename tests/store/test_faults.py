@@ -20,7 +20,7 @@ import pytest
 from _support import Fault
 
 from aether_audit import AuditError, ConnectionFailed, Event, InvalidEventError, NatsServer, connect
-from aether_audit.export.read import read_export
+from aether_audit.export.readback import read_export
 from aether_audit.export.verify import verify_exports
 
 N_EVENTS = 30_000  # > 2 x 10k load batch: after the first batch the server holds >= 10k unsent
