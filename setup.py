@@ -1,10 +1,10 @@
-"""Builds the optional C speedups (aether_audit/_cfast.c, _cparquet.c); pyproject.toml holds the rest.
+"""Builds the optional C speedup (aether_audit/model/_cfast.c); pyproject.toml holds the rest.
 
-Without a C compiler the build skips the modules (``optional=True``) and
-their twins run instead (see aether_audit/_speedups.py).
+Without a C compiler the build skips the module (``optional=True``) and
+its twins run instead (see aether_audit/model/speedups.py).
 """
 
 from setuptools import Extension, setup
 
-setup(ext_modules=[Extension(f"aether_audit.{name}", [f"aether_audit/{name}.c"], optional=True,
-                             extra_compile_args=["-O2"]) for name in ("_cfast", "_cparquet")])
+setup(ext_modules=[Extension("aether_audit.model._cfast", ["aether_audit/model/_cfast.c"], optional=True,
+                             extra_compile_args=["-O2"])])

@@ -7,10 +7,10 @@ Example:
     >>> store.history("order-1")                    # doctest: +SKIP
 """
 
-from ._broadcast import EventBroadcaster, InMemoryBroadcaster, NatsBroadcaster
-from ._checks import CHECKS, CheckOptions
-from ._connection import ConnectOptions, redact_url
-from ._errors import (
+from .store.broadcast import EventBroadcaster, InMemoryBroadcaster, NatsBroadcaster
+from .audit.checks import CHECKS, CheckOptions
+from .nats.connection import ConnectOptions, redact_url
+from .model.errors import (
     AuditError,
     AuditFailed,
     AuthenticationFailed,
@@ -29,10 +29,10 @@ from ._errors import (
     StreamNotFound,
     VersionConflictError,
 )
-from ._export_read import read_export
-from ._verify import VerifyResult, verify_export, verify_exports
-from ._frames import StreamFrames
-from ._records import (
+from .export.readback import read_export
+from .export.verify import VerifyResult, verify_export, verify_exports
+from .model.frames import StreamFrames
+from .model.records import (
     ActorSnapshot,
     Event,
     JetStreamConfig,
@@ -40,11 +40,12 @@ from ._records import (
     ReplayResult,
     StreamState,
 )
-from ._report import AuditReport, audit_frames
-from ._server import NatsServer
-from ._store import AsyncEventStore, connect_async
-from ._sync import EventStore, connect
-from ._wire import actor_type, event_subject, sanitize, snapshot_subject, stream_name
+from .audit.report import AuditReport, audit_frames
+from .nats.server import NatsServer
+from .store.store import AsyncEventStore, connect_async
+from .store.sync import EventStore, connect
+from .model.wire import actor_type, event_subject, sanitize, snapshot_subject, stream_name
+from .present import html as _html  # noqa: F401 (registers the report's HTML: see audit.report.register_html)
 
 __version__ = "0.1.0"
 

@@ -148,7 +148,7 @@ def main() -> None:
     if args.url:
         results = measure(args.url, dict(zip(args.events, args.streams or [f"audit_bench_{n}" for n in args.events])), args.runs)
     else:
-        from aether_audit._server import NatsServer
+        from aether_audit.nats.server import NatsServer
 
         with NatsServer() as server:
             streams = {}

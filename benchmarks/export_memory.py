@@ -104,7 +104,7 @@ def main() -> None:
     if args.url:
         print(json.dumps({"stream": args.stream, **run_export_child(args.url, args.stream)}))
         return
-    from aether_audit._server import NatsServer
+    from aether_audit.nats.server import NatsServer
 
     results = []
     with NatsServer() as server:

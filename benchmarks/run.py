@@ -52,13 +52,13 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import pyarrow as pa  # noqa: E402
 
 from aether_audit import Event, NatsServer, connect_async  # noqa: E402
-from aether_audit._connection import ConnectOptions  # noqa: E402
-from aether_audit._fastdecode import GO_EVENTS, event_fields, snapshot_fields  # noqa: E402
-from aether_audit._frames import EVENT_SCHEMA, decode_messages, to_pandas  # noqa: E402
-from aether_audit._report import audit_frames  # noqa: E402
-from aether_audit._scan import StreamScanner  # noqa: E402
-from aether_audit._speedups import cfast  # noqa: E402
-from aether_audit._wire import encode_event, event_subject  # noqa: E402
+from aether_audit.nats.connection import ConnectOptions  # noqa: E402
+from aether_audit.model.fastdecode import GO_EVENTS, event_fields, snapshot_fields  # noqa: E402
+from aether_audit.model.frames import EVENT_SCHEMA, decode_messages, to_pandas  # noqa: E402
+from aether_audit.audit.report import audit_frames  # noqa: E402
+from aether_audit.nats.scan import StreamScanner  # noqa: E402
+from aether_audit.model.speedups import cfast  # noqa: E402
+from aether_audit.model.wire import encode_event, event_subject  # noqa: E402
 from seeding import actor_ids, seed_stream  # noqa: E402
 
 SEED_FETCH_BATCH = 100  # the Go store's Fetch(100, MaxWait(time.Second))

@@ -24,10 +24,11 @@ import tempfile
 import time
 from unittest import mock
 
-from aether_audit import _frames, connect_async
-from aether_audit._connection import ConnectOptions
-from aether_audit._scan import StreamScanner
-from aether_audit._server import NatsServer
+from aether_audit.model import frames as _frames
+from aether_audit import connect_async
+from aether_audit.nats.connection import ConnectOptions
+from aether_audit.nats.scan import StreamScanner
+from aether_audit.nats.server import NatsServer
 from seeding import seed_stream
 
 async def time_scans(url: str, stream: str, runs: int, batch_size: int,

@@ -23,7 +23,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from aether_audit import ActorSnapshot, Event  # noqa: E402
-from aether_audit._wire import encode_event, encode_snapshot, event_subject, snapshot_subject  # noqa: E402
+from aether_audit.model.wire import encode_event, encode_snapshot, event_subject, snapshot_subject  # noqa: E402
 
 WINDOW = 20_000  # messages written before checking the server kept up
 

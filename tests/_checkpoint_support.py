@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from aether_audit._checkpoint import MAGIC
+from aether_audit.audit.checkpoint import MAGIC
 
 
 def split(data: bytes) -> tuple[dict[str, Any], dict[str, bytes]]:

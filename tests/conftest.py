@@ -7,13 +7,20 @@ the server without seeing each other's data.
 from __future__ import annotations
 
 import itertools
+import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from aether_audit._server import NatsServer
+from aether_audit.nats.server import NatsServer
+
+# The tests sit in folders by subpackage (tests/model/, tests/export/, ...) and
+# import the helpers here (``_support``) by name: tests/ on the path makes that
+# work from any folder, whatever pytest's import mode.
+if str(Path(__file__).parent) not in sys.path:
+    sys.path.insert(0, str(Path(__file__).parent))
 
 _counter = itertools.count()
 

@@ -21,7 +21,8 @@ def test_the_spec_names_are_public():
 
 def test_importing_the_core_does_not_import_the_cli_matplotlib_or_widgets():
     code = ("import sys, aether_audit; "
-            "print([m for m in ('matplotlib', 'ipywidgets', 'aether_audit._cli', 'aether_audit.widgets') if m in sys.modules])")
+            "print([m for m in ('matplotlib', 'ipywidgets', 'aether_audit.cli', 'aether_audit.widgets', "
+            "'aether_audit.present.widgets', 'aether_audit.present.plots') if m in sys.modules])")
     output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert output.stdout.strip() == "[]"
 

@@ -220,7 +220,7 @@ def test_verify_of_exports_of_two_streams_says_so_in_one_line(nats_url, tmp_path
 
 
 def test_no_progress_bar_frames_when_stderr_is_not_a_terminal():
-    probe = "from aether_audit._progress import progress_bar; print(type(progress_bar(10**6, None, 'x')).__name__)"
+    probe = "from aether_audit.model.progress import progress_bar; print(type(progress_bar(10**6, None, 'x')).__name__)"
     piped = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
     assert piped.stdout.strip() == "_NoBar" and piped.stderr == ""
 

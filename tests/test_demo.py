@@ -19,12 +19,12 @@ import pandas as pd
 import pytest
 
 from aether_audit import NatsServer, ScenarioError
-from aether_audit._checks import CHECKS
+from aether_audit.audit.checks import CHECKS
 
 # Every code a scenario can plant (history_rewritten needs a checkpoint of an older history).
 PLANTABLE = [code for code in CHECKS if code != "history_rewritten"]
-from aether_audit._demo import run_demo
-from aether_audit._scenario import read_scenario
+from aether_audit.demo import run_demo
+from aether_audit.store.scenario import read_scenario
 
 
 def scenario_sizes(*names: str) -> tuple[int, int, int]:

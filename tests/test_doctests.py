@@ -11,7 +11,11 @@ import pytest
 
 import aether_audit
 
-MODULES = sorted(info.name for info in pkgutil.iter_modules(aether_audit.__path__) if info.name != "__main__")
+# Every module of every subpackage (walk_packages imports the packages to
+# look inside them), by its name under aether_audit.
+MODULES = sorted(info.name.removeprefix("aether_audit.")
+                 for info in pkgutil.walk_packages(aether_audit.__path__, prefix="aether_audit.")
+                 if not info.name.endswith("__main__"))
 
 
 @pytest.mark.parametrize("name", MODULES)

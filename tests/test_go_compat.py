@@ -5,7 +5,7 @@ file at test time) against a stub of the ``aether`` package, into a small
 driver, ``aethercompat`` (``tests/go/``, see its README). The driver writes
 with the seed's ``SaveEvent``/``SaveSnapshot``, reads with its
 ``GetEventsWithErrors``/``GetLatestVersion``/``GetLatestSnapshot`` and prints
-Go's ``json.Marshal`` bytes, so every claim of ``_wire`` is checked against Go
+Go's ``json.Marshal`` bytes, so every claim of ``model.wire`` is checked against Go
 itself rather than against our reading of it.
 
 Without Go (Debian's ``golang-go``, ``golang-github-nats-io-go-nats-dev``,
@@ -46,7 +46,7 @@ from aether_audit import (
     VersionConflictError,
     connect,
 )
-from aether_audit._wire import encode_event, encode_snapshot, event_subject
+from aether_audit.model.wire import encode_event, encode_snapshot, event_subject
 
 HERE = Path(__file__).parent
 GO_DIR = HERE / "go"
@@ -177,7 +177,7 @@ def unique_stream() -> str:
 
 
 def go_event(event: Event) -> dict[str, Any]:
-    """An Event as the driver's input, written with the stdlib, not ``_wire``."""
+    """An Event as the driver's input, written with the stdlib, not ``model.wire``."""
     document = {
         "id": event.id, "eventType": event.event_type, "actorId": event.actor_id,
         "version": event.version, "data": event.data, "timestamp": event.timestamp.isoformat(),

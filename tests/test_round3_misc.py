@@ -24,9 +24,9 @@ from test_watch import Watcher
 
 import aether_audit
 from aether_audit import Event, NatsServer
-from aether_audit._errors import EmbeddedServerError
-from aether_audit._server import BINARY_ENV, find_nats_server, script_directories
-from aether_audit._wire import event_subject, snapshot_subject
+from aether_audit.model.errors import EmbeddedServerError
+from aether_audit.nats.server import BINARY_ENV, find_nats_server, script_directories
+from aether_audit.model.wire import event_subject, snapshot_subject
 
 # --- a timestamp that names no real time ------------------------------------------------------------
 
@@ -201,7 +201,7 @@ def test_with_no_binary_anywhere_the_error_names_where_it_looked(only_in):
 def test_the_user_scheme_follows_pythonuserbase(tmp_path):
     """No patching: the interpreter itself says where ``pip install --user`` puts scripts."""
     env = {**os.environ, "PYTHONUSERBASE": str(tmp_path)}
-    code = "import json; from aether_audit._server import script_directories; print(json.dumps(script_directories()))"
+    code = "import json; from aether_audit.nats.server import script_directories; print(json.dumps(script_directories()))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert result.returncode == 0, result.stderr
     expected = sysconfig.get_path("scripts", sysconfig.get_preferred_scheme("user"), vars={"userbase": str(tmp_path)})

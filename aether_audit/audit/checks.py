@@ -1,0 +1,794 @@
+"""The integrity checks: one small pure function per finding code (SPEC §3).
+
+Each check returns rows in the one findings shape (``FINDING_COLUMNS``:
+``code, severity, actor_id, stream_seq, subject, expected, found,
+message``), one row per anomalous message, pointing at the offending
+message. ``CHECKS`` declares them in report order: code, severity,
+description, where in the streaming audit the check runs (per batch, once
+a run is read, or over the stream as a whole), whether it is stream-wide and
+how plots mark it. The engine that feeds them (``engine.AuditEngine``, which also runs them
+over whole frames: ``engine.run_checks``)
+carries per-actor state between batches, so a check sees one batch plus
+what it needs of the past, and memory does not grow with the stream.
+
+The checks work on streams read live (a stream state known) and on frames
+read back from an export (state None). Without a state the checks of the
+stream's configuration (``immutability_not_enforced``, ``retention_expiry``)
+return nothing and ``deleted_sequence`` only sees holes between the smallest
+and the largest sequence present.
+
+An actor's *history* is what ``get_events`` replays: its events stored on its
+own subject with a version of at least 1. The per-actor checks (versions,
+timestamp order, snapshots) read the history only, so one bad message gives
+one finding of the code that names its fault: an event with an empty actor
+or a version below 1 is a ``missing_field``, an event on another actor's
+subject an ``actor_mismatch``, and neither is reported again as a gap.
+
+Everything is vectorised per batch (groupby, shift, Arrow compute): Python
+only touches findings and each actor's first appearance.
+
+Example:
+    >>> findings([]).columns.tolist()
+    ['code', 'severity', 'actor_id', 'stream_seq', 'subject', 'expected', 'found', 'message']
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ..model.frames import (
+    ERROR_SCHEMA,
+    EVENT_SCHEMA,
+    FINDING_SCHEMA,
+    SNAPSHOT_SCHEMA,
+    StreamFrames,
+    _string_mapper,
+)
+from ..model.records import StreamState
+from ..model.records import now as utc_now
+from ..model.records import to_timestamp
+from ..model.wire import actor_type, sanitize
+
+__all__ = [
+    "BatchView",
+    "CHECKS",
+    "Check",
+    "CheckOptions",
+    "EndView",
+    "FINDING_COLUMNS",
+    "SEVERITIES",
+    "STREAM_WIDE",
+    "SettledView",
+    "check_names",
+    "duration_text",
+    "errors_frame",
+    "events_frame",
+    "findings",
+    "history_rewritten",
+    "snapshots_frame",
+]
+
+FINDING_COLUMNS = tuple(FINDING_SCHEMA.names)
+# Most severe first: the order reports sort and compare by.
+SEVERITIES = ("error", "warning", "info")
+
+
+@dataclass(frozen=True)
+class CheckOptions:
+    """Parameters of the checks.
+
+    ``clock_skew``: how far an event's own timestamp may be from JetStream's
+    stored time. ``now``: the reference time of ``retention_expiry``.
+
+    Example:
+        >>> CheckOptions.of(clock_skew=60).clock_skew
+        datetime.timedelta(seconds=60)
+    """
+
+    clock_skew: timedelta = timedelta(minutes=5)
+    now: pd.Timestamp = field(default_factory=utc_now)
+
+    @classmethod
+    def of(cls, **options: Any) -> CheckOptions:
+        """Options from keywords: ``clock_skew`` as a timedelta or seconds,
+        ``now`` as anything ``pandas.Timestamp`` reads. Unknown names raise."""
+        unknown = set(options) - {"clock_skew", "now"}
+        if unknown:
+            raise TypeError(f"unknown check option(s): {', '.join(sorted(unknown))}; known: clock_skew, now")
+        values: dict[str, Any] = {}
+        if options.get("clock_skew") is not None:
+            skew = options["clock_skew"]
+            values["clock_skew"] = skew if isinstance(skew, timedelta) else timedelta(seconds=float(skew))
+            if values["clock_skew"] < timedelta(0):
+                raise ValueError("clock_skew must not be negative")
+        if options.get("now") is not None:
+            values["now"] = to_timestamp(options["now"])
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class Check:
+    """One registered check: its finding code, usual severity, a one-line
+    description, and where in the streaming audit it runs.
+
+    ``batch(view, options)`` runs on every batch (``BatchView``);
+    ``settle(view, options)`` once a run's reads are done (``SettledView``:
+    what needed the whole run, e.g. repeated event IDs); ``final(parts,
+    end, options)`` turns what the other two kept (one frame per part, in
+    stream order) into the findings, given the stream as a whole
+    (``EndView``); without it the kept rows are the findings. A check
+    returning a tuple keeps one part per element (e.g. events, snapshots).
+    ``stream_wide``: its findings are about the stream, not a message
+    (counted once when scenarios add up). ``marker``: how a version
+    timeline marks it (marker, colour, legend label), None for not at all.
+    """
+
+    code: str
+    severity: str
+    description: str
+    batch: Callable[..., Any] | None = None
+    settle: Callable[..., Any] | None = None
+    final: Callable[..., pd.DataFrame] | None = None
+    stream_wide: bool = False
+    marker: tuple[str, str, str] | None = None
+
+
+# --- the findings shape ------------------------------------------------------------
+
+
+def _mapper(arrow_type: pa.DataType) -> Any:
+    # stream_seq is nullable (stream-wide findings have none): Int64, not float.
+    if pa.types.is_integer(arrow_type):
+        return pd.Int64Dtype()
+    return _string_mapper(arrow_type)
+
+
+def _text_array(values: Any, length: int) -> pa.Array:
+    """A column of text (numbers become their decimal text; NaN/None null)."""
+    if values is None or np.isscalar(values):
+        return pa.array([None if values is None else str(values)] * length, pa.string())
+    series = values if isinstance(values, pd.Series) else pd.Series(list(values), dtype=object)
+    missing = series.isna().to_numpy()
+    if not pd.api.types.is_string_dtype(series.dtype) or series.dtype == object:
+        series = series.astype(str)
+    return pa.array(series.to_numpy(dtype=object), pa.string(), mask=missing)
+
+
+def _seq_array(values: Any, length: int) -> pa.Array:
+    if values is None or np.isscalar(values):
+        return pa.array([values] * length, pa.int64())
+    series = values if isinstance(values, pd.Series) else pd.Series(list(values), dtype=object)
+    return pa.array(series.astype("Int64"), pa.int64())
+
+
+def findings(rows: pd.DataFrame | Iterable[Mapping[str, Any]] | None = None) -> pd.DataFrame:
+    """Rows in the one findings shape: exactly ``FINDING_COLUMNS``, text as
+    pandas strings, ``stream_seq`` a nullable ``Int64``; missing columns are null.
+
+    Example:
+        >>> f = findings([{"code": "version_gap", "severity": "error", "stream_seq": 7, "expected": 2}])
+        >>> f.loc[0, "expected"], f["stream_seq"].dtype
+        ('2', Int64Dtype())
+    """
+    if rows is None:
+        return _EMPTY.copy()
+    if isinstance(rows, pd.DataFrame):
+        frame = rows
+    else:
+        frame = pd.DataFrame(list(rows))
+    length = len(frame)
+    arrays = [
+        (_seq_array if name == "stream_seq" else _text_array)(frame.get(name), length)
+        for name in FINDING_COLUMNS
+    ]
+    table = pa.Table.from_arrays(arrays, schema=FINDING_SCHEMA)
+    return table.to_pandas(types_mapper=_mapper)
+
+
+_EMPTY = findings([])
+
+
+def _emit(
+    code: str,
+    rows: pd.DataFrame,
+    *,
+    message: Any,
+    expected: Any = None,
+    found: Any = None,
+    severity: Any = None,
+) -> pd.DataFrame:
+    """Findings of ``code`` for ``rows`` (a slice of a frame: its actor_id,
+    stream_seq and subject are taken); the other columns are scalars or
+    Series aligned on ``rows``."""
+    if rows.empty:
+        return findings()
+    columns = {
+        "code": code,
+        "severity": severity if severity is not None else CHECKS[code].severity,
+        "actor_id": rows.get("actor_id"),
+        "stream_seq": rows.get("stream_seq"),
+        "subject": rows.get("subject"),
+        "expected": expected,
+        "found": found,
+        "message": message,
+    }
+    # Scalars broadcast; Series align on the rows' index.
+    return findings(pd.DataFrame(columns, index=rows.index))
+
+
+# --- shared, vectorised building blocks -------------------------------------------------
+
+
+def in_stream_order(frame: pd.DataFrame) -> pd.DataFrame:
+    """The frame sorted by stream_seq, with a unique index (a no-op for frames
+    loaded from the stream or an export)."""
+    if not frame.index.is_unique:  # hand-made frames: findings align on the index
+        frame = frame.reset_index(drop=True)
+    if frame["stream_seq"].is_monotonic_increasing:
+        return frame
+    return frame.sort_values("stream_seq", kind="stable")
+
+
+TEXT = pa.large_string()  # what pandas' Arrow-backed strings hold
+
+
+def _arrow(series: pd.Series) -> pa.Array:
+    return pa.array(series, from_pandas=True)
+
+
+@dataclass(frozen=True)
+class _Subjects:
+    """For each row: the subject its payload's actor maps to, whether that is
+    the subject it is stored on, and the actor as an integer code."""
+
+    expected: pa.Array
+    own: np.ndarray
+    actor_of_row: np.ndarray  # factorized actor_id, reused as a group key
+    actors: Any = ()  # the distinct actor IDs actor_of_row indexes ("" for none)
+
+    def expected_rows(self, mask: np.ndarray) -> np.ndarray:
+        return self.expected.filter(pa.array(mask)).to_numpy(zero_copy_only=False)
+
+
+def _stream_of(subjects: pa.Array, kind: str) -> pa.Array:
+    # The stream is the stored subject's part before ".{kind}." (a namespace
+    # is part of the stream name).
+    return pc.replace_substring_regex(subjects, pattern=rf"\.{kind}\..*$", replacement="", max_replacements=1)
+
+
+def subjects_of(frame: pd.DataFrame, kind: str, suffixes: dict[str, str] | None = None) -> _Subjects:
+    """``model.wire.event_subject`` / ``snapshot_subject`` of every row's actor.
+
+    The actor part is built once per distinct actor; the stream part is the
+    first row's stream, and only rows stored under another stream (frames
+    concatenated from several) get theirs by a slower per-row regex.
+    """
+    ids = pc.fill_null(pa.array(frame["actor_id"], from_pandas=True).cast(TEXT), "")
+    encoded = (ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids).dictionary_encode()
+    actor_codes = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    actors = encoded.dictionary.to_pylist()  # distinct actors, in order of appearance
+    # The wire's own naming rules, once per distinct actor (not per row).
+    memo = {} if suffixes is None else suffixes  # an engine's: each actor's suffix built once per stream
+    suffix = pa.array([memo.get(a) or memo.setdefault(a, f"{sanitize(actor_type(a))}.{sanitize(a)}") for a in actors], TEXT)
+    suffix = suffix.take(pa.array(actor_codes))
+    subjects = pa.array(frame["subject"], from_pandas=True).cast(TEXT)
+    if len(subjects) == 0:
+        return _Subjects(subjects, np.zeros(0, dtype=bool), actor_codes, actors)
+    prefix = _stream_of(subjects.slice(0, 1), kind)[0].as_py() + f".{kind}."
+    expected = pc.binary_join_element_wise(pa.scalar(prefix, TEXT), suffix, pa.scalar("", TEXT))
+    elsewhere = pc.invert(pc.starts_with(subjects, prefix))
+    if pc.any(elsewhere).as_py():
+        streams = pc.binary_join_element_wise(_stream_of(subjects, kind), pa.scalar(kind, TEXT), pa.scalar(".", TEXT))
+        expected = pc.if_else(elsewhere, pc.binary_join_element_wise(streams, suffix, pa.scalar(".", TEXT)), expected)
+    own = pc.equal(expected, subjects).to_numpy(zero_copy_only=False)
+    return _Subjects(expected, own, actor_codes, actors)
+
+
+def has_actor(frame: pd.DataFrame) -> np.ndarray:
+    return (frame["actor_id"].fillna("") != "").to_numpy()
+
+
+# --- what a check sees -----------------------------------------------------------------
+
+# The event columns the checks read (the payload's data/extra are never copied).
+CHECKED_COLUMNS = ["stream_seq", "stored_at", "subject", "actor_id", "version", "event_type", "event_id", "timestamp"]
+
+
+@dataclass(frozen=True)
+class BatchView:
+    """One batch of the stream as the per-batch checks see it, with what the
+    engine (``audit.engine.AuditEngine``) carried over from the batches before.
+
+    Frames are in stream order with a unique index. Per ``history`` row:
+    ``prev_max`` is the highest version of its actor before it (0 for its
+    first), ``is_first`` marks the actor's first replayable event,
+    ``prev_ts`` the timestamp of the actor's previous one (NaT for none).
+    ``collisions`` are the history rows and own snapshots that were the
+    first message of an actor on a subject another actor already used.
+    """
+
+    events: pd.DataFrame
+    event_subjects: _Subjects
+    history: pd.DataFrame
+    prev_max: pd.Series
+    is_first: pd.Series
+    prev_ts: pd.Series
+    snapshots: pd.DataFrame
+    snapshot_subjects: _Subjects
+    errors: pd.DataFrame
+    collisions: tuple[pd.DataFrame, pd.DataFrame]
+
+
+@dataclass(frozen=True)
+class SettledView:
+    """What is known once a run's reads are done: ``versions``, the history
+    rows whose version was not above their actor's highest (columns
+    ``actor_id, stream_seq, subject, version, prev_max, first_seq``:
+    where that version was first stored, null when it never was), and
+    ``ids``, the events whose ID was stored before (``first_seq``)."""
+
+    versions: pd.DataFrame
+    ids: pd.DataFrame
+
+
+@dataclass(frozen=True)
+class EndView:
+    """The stream as a whole: its state (None offline), whether its start
+    was cut (``expired``), the runs of missing sequences, the snapshots
+    that may be ahead or orphaned (``pending``) with their actors' highest
+    event version (``latest``: NA for an actor without events), and the
+    actors sharing each subject (``groups``: events, snapshots)."""
+
+    state: StreamState | None
+    expired: bool
+    runs: list[tuple[int, int]]
+    pending: pd.DataFrame
+    latest: pd.Series
+    groups: tuple[Mapping[str, Sequence[str]], Mapping[str, Sequence[str]]]
+
+
+def _iso(values: pd.Series) -> pd.Series:
+    """RFC 3339 text of UTC timestamps, fraction trimmed as Go writes it."""
+    text = pc.strftime(_arrow(values), format="%Y-%m-%dT%H:%M:%SZ")
+    text = pc.replace_substring_regex(text, pattern=r"\.?0+Z$", replacement="Z")
+    return pd.Series(text.to_numpy(zero_copy_only=False), index=values.index, dtype=object)
+
+
+def _iso_one(stamp: pd.Timestamp) -> str:
+    return str(_iso(pd.Series([stamp], dtype="datetime64[ns, UTC]")).iloc[0])
+
+
+def duration_text(value: timedelta | pd.Timedelta) -> str:
+    """A duration in the largest whole units: ``365d``, ``5m``, ``1h30m``, ``2.5s``.
+
+    Example:
+        >>> duration_text(timedelta(days=365)), duration_text(timedelta(seconds=90))
+        ('365d', '1m30s')
+    """
+    nanos = pd.Timedelta(value).value
+    sign, nanos = ("-" if nanos < 0 else ""), abs(nanos)
+    parts = []
+    for unit, size in (("d", 86_400 * 10**9), ("h", 3_600 * 10**9), ("m", 60 * 10**9)):
+        count, nanos = divmod(nanos, size)
+        if count:
+            parts.append(f"{count}{unit}")
+    if nanos or not parts:
+        parts.append(f"{nanos / 1e9:g}s")
+    return sign + "".join(parts)
+
+
+# --- the checks ------------------------------------------------------------------
+# Per batch (BatchView), once a run's reads are done (SettledView), or over
+# the stream as a whole (a final step given what the earlier steps kept).
+
+
+def _malformed(view: BatchView, code: str, what: str) -> pd.DataFrame:
+    errors = view.errors
+    rows = errors[(errors["code"] == code).to_numpy()]
+    return _emit(
+        code, rows,
+        expected=f"{what} JSON object",
+        found=rows["message"],
+        message=f"message does not decode as {what}: " + rows["message"].fillna("").astype(str),
+    )
+
+
+def check_malformed_payload(view: BatchView, options: CheckOptions) -> pd.DataFrame:
+    """Event messages whose bytes the Go reader cannot decode."""
+    return _malformed(view, "malformed_payload", "an event")
+
+
+def check_malformed_snapshot(view: BatchView, options: CheckOptions) -> pd.DataFrame:
+    """Snapshot messages that do not decode."""
+    return _malformed(view, "malformed_snapshot", "a snapshot")
+
+
+def check_missing_field(view: BatchView, options: CheckOptions) -> pd.DataFrame:
+    """Events that decode with an empty id, actorId or eventType, no
+    timestamp, or a version below 1: one finding per event listing them."""
+    events = view.events
+    if events.empty:
+        return findings()
+    problems = {
+        "id": events["event_id"].fillna("") == "",
+        "actorId": events["actor_id"].fillna("") == "",
+        "eventType": events["event_type"].fillna("") == "",
+        "timestamp": events["timestamp"].isna(),
+        "version": events["version"] < 1,
+    }
+    any_problem = np.logical_or.reduce([mask.to_numpy() for mask in problems.values()])
+    rows = events[any_problem]
+    if rows.empty:
+        return findings()
+    listed = pd.Series("", index=rows.index, dtype=object)
+    for name, mask in problems.items():
+        label = ("version=" + rows["version"].astype(str)) if name == "version" else name
+        listed = listed.where(~mask[rows.index], listed + ", " + label)
+    listed = listed.str.slice(2)
+    return _emit(
+        "missing_field", rows,
+        expected="id, actorId, eventType and timestamp set; version >= 1",
+        found=listed,
+        message="event lacks: " + listed,
+    )
+
+
+def check_actor_mismatch(view: BatchView, options: CheckOptions) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Events and snapshots stored on a subject their payload's actor does not
+    map to (``get_events`` of that actor never sees them). Events first,
+    then snapshots."""
+    parts = []
+    for kind, frame, subjects in (("events", view.events, view.event_subjects),
+                                  ("snapshots", view.snapshots, view.snapshot_subjects)):
+        # An empty actor is a missing_field, not a second finding here.
+        wrong = has_actor(frame) & ~subjects.own
+        rows = frame[wrong]
+        want = pd.Series(subjects.expected_rows(wrong), index=rows.index, dtype=object)
+        parts.append(_emit(
+            "actor_mismatch", rows, expected=want, found=rows["subject"],
+            message=f"{kind[:-1]} of actor " + rows["actor_id"].astype(str) + " stored on " + rows["subject"].astype(str)
+            + ", not on its own subject " + want,
+        ))
+    return parts[0], parts[1]
+
+
+def check_subject_collision(view: BatchView, options: CheckOptions) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Subjects that carry two or more distinct actor IDs (``acct.1`` and
+    ``acct_1`` sanitise alike): one finding per actor beyond the first,
+    at that actor's first message on the subject (events, then snapshots).
+    Which actors share the subject is filled in at the end."""
+    events, snapshots = view.collisions
+    return (_emit("subject_collision", events, expected="one actor ID per subject", message=None),
+            _emit("subject_collision", snapshots, expected="one actor ID per subject", message=None))
+
+
+def final_subject_collision(parts: Sequence[pd.DataFrame], end: EndView, options: CheckOptions) -> pd.DataFrame:
+    out = []
+    for part, groups in zip(parts, end.groups):
+        if part.empty:
+            continue
+        found = part["subject"].map(lambda subject: ", ".join(groups[subject])).astype(object)
+        part = part.assign(found=found, message="subject " + part["subject"].astype(str) + " carries actors " + found
+                           + ": the Go reader replays them as one history")
+        out.append(findings(part))
+    return concat_findings(out)
+
+
+def check_version_gap(view: BatchView, options: CheckOptions) -> pd.DataFrame:
+    """Versions that skip numbers. An actor's first version is expected to be
+    1; when older messages may have expired (the stream starts after
+    sequence 1) a later start is only ``info`` (decided at the end)."""
+    history = view.history
+    expected = view.prev_max + 1
+    gap = history["version"] > expected  # a duplicate is never above the highest
+    rows = history[gap.to_numpy()]
+    if rows.empty:
+        return findings()
+    expected = expected[gap]
+    message = (
+        "actor " + rows["actor_id"].astype(str) + ": version " + rows["version"].astype(str)
+        + " follows " + view.prev_max[gap].astype(str) + "; versions " + expected.astype(str)
+        + ".." + (rows["version"] - 1).astype(str) + " are missing"
+    )
+    found = _emit("version_gap", rows, expected=expected, found=rows["version"], message=message)
+    return found.assign(first=view.is_first[gap].to_numpy(dtype=bool))
+
+
+def final_version_gap(parts: Sequence[pd.DataFrame], end: EndView, options: CheckOptions) -> pd.DataFrame:
+    found = concat_findings(parts)
+    if found.empty:
+        return findings()
+    if end.expired:
+        first = found["first"].to_numpy(dtype=bool)
+        found.loc[first, "severity"] = "info"
+        found.loc[first, "message"] = found.loc[first, "message"] + " (the stream's start was cut: they may have expired)"
+    return findings(found)
+
+
+def check_version_duplicate(settled: SettledView, options: CheckOptions) -> pd.DataFrame:
+    """A version an actor already stored (e.g. two processes both wrote it):
+    one finding per later copy."""
+    rows = settled.versions[settled.versions["first_seq"].notna().to_numpy()]
+    return _emit(
+        "version_duplicate", rows,
+        expected=rows["prev_max"] + 1,
+        found=rows["version"],
+        message="actor " + rows["actor_id"].astype(str) + ": version " + rows["version"].astype(str)
+        + " stored again (first at stream sequence " + rows["first_seq"].astype("int64").astype(str) + ")",
+    )
+
+
+def check_version_regression(settled: SettledView, options: CheckOptions) -> pd.DataFrame:
+    """A version below one the actor already reached, in stream order (and
+    not a duplicate, which has its own code)."""
+    rows = settled.versions[settled.versions["first_seq"].isna().to_numpy()]
+    return _emit(
+        "version_regression", rows,
+        expected=rows["prev_max"] + 1,
+        found=rows["version"],
+        message="actor " + rows["actor_id"].astype(str) + ": version " + rows["version"].astype(str)
+        + " after version " + rows["prev_max"].astype(str),
+    )
+
+
+def check_duplicate_event_id(settled: SettledView, options: CheckOptions) -> pd.DataFrame:
+    """One event ID stored at two or more sequences: each later copy."""
+    rows = settled.ids
+    return _emit(
+        "duplicate_event_id", rows,
+        expected="an event ID not stored before",
+        found=rows["event_id"],
+        message="event ID " + rows["event_id"].astype(str) + " already stored at stream sequence "
+        + rows["first_seq"].astype("int64").astype(str),
+    )
+
+
+def sorted_unique(values: np.ndarray) -> np.ndarray:
+    # Sequences arrive almost sorted: a sort and a diff beat a hash unique.
+    values = np.sort(values)
+    if len(values) < 2:
+        return values
+    return values[np.concatenate(([True], values[1:] != values[:-1]))]
+
+
+def hole_runs(present: np.ndarray, low: int, high: int) -> list[tuple[int, int]]:
+    """Runs ``(a, b)`` of sequences in ``low..high`` missing from the sorted,
+    unique ``present`` (consecutive holes collapse into one run)."""
+    inside = present[(present >= low) & (present <= high)]
+    bounds = np.concatenate(([low - 1], inside, [high + 1]))
+    step = np.diff(bounds)
+    at = np.nonzero(step > 1)[0]
+    return [(int(bounds[i] + 1), int(bounds[i + 1] - 1)) for i in at]
+
+
+def merge_runs(runs: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+    merged: list[tuple[int, int]] = []
+    for a, b in sorted(runs):
+        if merged and a <= merged[-1][1] + 1:
+            merged[-1] = (merged[-1][0], max(b, merged[-1][1]))
+        else:
+            merged.append((a, b))
+    return merged
+
+
+def final_deleted_sequence(parts: Sequence[pd.DataFrame], end: EndView, options: CheckOptions) -> pd.DataFrame:
+    """Holes in the stream's sequence numbers between its first and last
+    message: deleted messages. Consecutive holes are one finding, ``a..b``."""
+    return findings(
+        {
+            "code": "deleted_sequence",
+            "severity": CHECKS["deleted_sequence"].severity,
+            "stream_seq": a,
+            "expected": f"{a}..{b}" if b > a else str(a),
+            "found": "missing",
+            "message": (f"stream sequences {a}..{b} are missing ({b - a + 1} messages deleted)" if b > a
+                        else f"stream sequence {a} is missing (a message was deleted)"),
+        }
+        for a, b in end.runs
+    )
+
+
+def check_timestamp_regression(view: BatchView, options: CheckOptions) -> pd.DataFrame:
+    """An event's timestamp earlier than the previous event of its actor."""
+    history = view.history
+    back = (history["timestamp"] < view.prev_ts).to_numpy()
+    rows = history[back]
+    before = view.prev_ts[back]
+    found = _iso(rows["timestamp"])
+    return _emit(
+        "timestamp_regression", rows,
+        expected=">= " + _iso(before),
+        found=found,
+        message="actor " + rows["actor_id"].astype(str) + ": timestamp " + found
+        + " is earlier than the previous event's " + _iso(before),
+    )
+
+
+def check_clock_skew(view: BatchView, options: CheckOptions) -> pd.DataFrame:
+    """Events whose own timestamp is further than ``options.clock_skew`` from
+    the time JetStream stored them (a writer's clock is off, or the event
+    was back-dated or imported)."""
+    events = view.events
+    drift = events["timestamp"] - events["stored_at"]
+    limit = pd.Timedelta(options.clock_skew)
+    off = (drift.abs() > limit).to_numpy()
+    rows = events[off]
+    if rows.empty:
+        return findings()
+    seconds = drift[off].dt.total_seconds()
+    found = _iso(rows["timestamp"])
+    direction = pd.Series(np.where(seconds > 0, " ahead of ", " behind "), index=rows.index)
+    return _emit(
+        "clock_skew", rows,
+        expected="within " + duration_text(limit) + " of " + _iso(rows["stored_at"]),
+        found=found,
+        message="timestamp " + found + " is " + seconds.abs().round(3).astype(str) + " s"
+        + direction + "JetStream's stored time " + _iso(rows["stored_at"]),
+    )
+
+
+def final_snapshot_ahead(parts: Sequence[pd.DataFrame], end: EndView, options: CheckOptions) -> pd.DataFrame:
+    """Snapshots whose version is beyond the actor's latest event version."""
+    snapshots, latest = end.pending, end.latest
+    ahead = (snapshots["version"] > latest).fillna(False).to_numpy(dtype=bool)
+    rows = snapshots[ahead]
+    top = latest[ahead].astype("int64")
+    return _emit(
+        "snapshot_ahead", rows,
+        expected="<= " + top.astype(str),
+        found=rows["version"],
+        message="actor " + rows["actor_id"].astype(str) + ": snapshot at version " + rows["version"].astype(str)
+        + " but its latest event is version " + top.astype(str),
+    )
+
+
+def final_snapshot_orphan(parts: Sequence[pd.DataFrame], end: EndView, options: CheckOptions) -> pd.DataFrame:
+    """Snapshots of an actor that has no events."""
+    rows = end.pending[end.latest.isna().to_numpy()]
+    return _emit(
+        "snapshot_orphan", rows,
+        expected="events of the actor",
+        found="none",
+        message="snapshot of actor " + rows["actor_id"].astype(str) + " (version " + rows["version"].astype(str)
+        + ") but the actor has no events",
+    )
+
+
+def final_immutability_not_enforced(parts: Sequence[pd.DataFrame], end: EndView, options: CheckOptions) -> pd.DataFrame:
+    """The stream lets anyone with JetStream API rights delete or purge
+    messages (``deny_delete`` / ``deny_purge`` unset): one stream-wide finding."""
+    state = end.state
+    if state is None or (state.deny_delete and state.deny_purge):
+        return findings()
+    allowed = " and ".join(name for name, denied in (("delete", state.deny_delete), ("purge", state.deny_purge)) if not denied)
+    return findings([{
+        "code": "immutability_not_enforced",
+        "severity": CHECKS["immutability_not_enforced"].severity,
+        "subject": None,
+        "expected": "deny_delete=true, deny_purge=true",
+        "found": f"deny_delete={str(state.deny_delete).lower()}, deny_purge={str(state.deny_purge).lower()}",
+        "message": f"stream {state.name} allows message {allowed}: its history can be changed without a trace",
+    }])
+
+
+def final_retention_expiry(parts: Sequence[pd.DataFrame], end: EndView, options: CheckOptions) -> pd.DataFrame:
+    """The stream's ``max_age`` will remove events: when the oldest goes."""
+    state = end.state
+    if state is None or state.max_age is None:
+        return findings()
+    age = duration_text(state.max_age)
+    if state.first_ts is None or state.messages == 0:
+        seq, found = None, None
+        message = f"stream {state.name} removes every message {age} after it is stored"
+    else:
+        expires = state.first_ts + pd.Timedelta(state.max_age)
+        left = expires - options.now
+        when = f"in {duration_text(left)}" if left >= pd.Timedelta(0) else f"{duration_text(-left)} ago"
+        seq, found = state.first_seq, _iso_one(expires)
+        message = (f"stream {state.name} keeps messages for {age}: the oldest (stream sequence "
+                   f"{seq}, stored {_iso_one(state.first_ts)}) expires at {found} ({when})")
+    return findings([{
+        "code": "retention_expiry",
+        "severity": CHECKS["retention_expiry"].severity,
+        "stream_seq": seq,
+        "expected": f"max_age {age}",
+        "found": found,
+        "message": message,
+    }])
+
+
+def history_rewritten(state: StreamState, *, expected: str, found: str, why: str, seq: int | None) -> pd.DataFrame:
+    """The one ``history_rewritten`` finding (raised by the checkpoint's
+    comparison with the stream, ``audit.checkpoint``): what the checkpoint
+    vouched for against what the stream holds now."""
+    return findings([{
+        "code": "history_rewritten",
+        "severity": CHECKS["history_rewritten"].severity,
+        "stream_seq": seq,
+        "expected": expected,
+        "found": found,
+        "message": f"stream {state.name} {why} since the checkpoint: the history it vouched for is gone or different",
+    }])
+
+
+# --- registry ----------------------------------------------------------------------------
+
+
+def _registry(*checks: Check) -> dict[str, Check]:
+    return {check.code: check for check in checks}
+
+
+CHECKS: dict[str, Check] = _registry(
+    Check("malformed_payload", "error", "bytes that do not decode as an event", batch=check_malformed_payload),
+    Check("malformed_snapshot", "error", "a snapshot message that does not decode", batch=check_malformed_snapshot),
+    Check("missing_field", "error", "an event without id, actorId, eventType or timestamp, or version < 1", batch=check_missing_field),
+    Check("actor_mismatch", "error", "the payload's actor does not map to the subject it is stored under", batch=check_actor_mismatch),
+    Check("subject_collision", "error", "two or more actor IDs share one subject",
+          batch=check_subject_collision, final=final_subject_collision),
+    Check("version_gap", "error", "an actor's versions skip numbers (info when retention may explain it)",
+          batch=check_version_gap, final=final_version_gap, marker=("X", "#c0392b", "version gap")),
+    Check("version_duplicate", "error", "an actor has two events with the same version",
+          settle=check_version_duplicate, marker=("D", "#8e44ad", "duplicate version")),
+    Check("version_regression", "error", "a version lower than an earlier one of the same actor",
+          settle=check_version_regression, marker=("v", "#e67e22", "version regression")),
+    Check("duplicate_event_id", "error", "one event ID stored at two stream sequences", settle=check_duplicate_event_id),
+    Check("deleted_sequence", "error", "a hole in the stream's sequence numbers: a message was deleted",
+          final=final_deleted_sequence),
+    Check("timestamp_regression", "warning", "an event's timestamp is earlier than the actor's previous event", batch=check_timestamp_regression),
+    Check("clock_skew", "warning", "an event's timestamp is far from JetStream's stored time", batch=check_clock_skew),
+    Check("snapshot_ahead", "error", "a snapshot's version is beyond the actor's latest event", final=final_snapshot_ahead),
+    Check("snapshot_orphan", "warning", "a snapshot of an actor with no events", final=final_snapshot_orphan),
+    Check("immutability_not_enforced", "warning", "the stream allows message delete or purge",
+          final=final_immutability_not_enforced, stream_wide=True),
+    Check("retention_expiry", "info", "the stream's max age will expire events", final=final_retention_expiry, stream_wide=True),
+    Check("history_rewritten", "error", "since the checkpoint the stream was purged, recreated or cut: its history changed",
+          stream_wide=True),
+)
+STREAM_WIDE = frozenset(code for code, check in CHECKS.items() if check.stream_wide)
+
+
+def concat_findings(parts: Sequence[pd.DataFrame]) -> pd.DataFrame:
+    parts = [part for part in parts if len(part)]
+    if not parts:
+        return findings()
+    return pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0].reset_index(drop=True)
+
+
+def check_names(checks: Sequence[str] | None) -> list[str]:
+    """The codes to run, in order (all by default); unknown names raise ``ValueError``."""
+    names = list(CHECKS) if checks is None else list(dict.fromkeys(checks))
+    unknown = [name for name in names if name not in CHECKS]
+    if unknown:
+        raise ValueError(f"unknown check(s): {', '.join(unknown)}; known: {', '.join(CHECKS)}")
+    return names
+
+
+# --- building frames by hand (tests, docs, notebooks) ----------------------------------------
+
+
+def _frame_of(schema: pa.Schema, rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    table = pa.Table.from_pylist([{name: row.get(name) for name in schema.names} for row in rows], schema=schema)
+    return table.to_pandas(types_mapper=_string_mapper)
+
+
+def events_frame(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    """An events frame (SPEC §2 columns) from dicts; absent keys are null."""
+    return _frame_of(EVENT_SCHEMA, rows)
+
+
+def snapshots_frame(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    """A snapshots frame from dicts."""
+    return _frame_of(SNAPSHOT_SCHEMA, rows)
+
+
+def errors_frame(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    """A replay-errors frame from dicts."""
+    return _frame_of(ERROR_SCHEMA, rows)

@@ -1,0 +1,189 @@
+"""Continuous verification: follow a stream and yield each finding once, as
+soon as it is certain.
+
+``watch_stream`` repeats ``audit.run.IncrementalAudit.step`` every
+``interval`` seconds (reading ``last_done+1 .. last_seq``, nothing new is
+asked of the reader) and yields the findings not yielded before. A finding
+is known by ``(code, actor_id, stream_seq, subject, expected)``: its found
+and message texts may still grow (a third actor on a collided subject, the
+retention countdown), it is not yielded again for that. Snapshot findings
+are held until the snapshot has been stored for ``settle`` seconds (its
+actor's events may still be on their way).
+
+The checkpoint (a temporary one when none is given) is written after every
+poll that yielded findings and at least every ``save_every`` seconds while
+reading, with the keys of everything yielded, so a restart neither repeats
+nor loses a finding (up to a kill in the milliseconds between yielding and
+writing). A failure of the server (``ConnectionFailed`` once the reader's
+reconnect window is over), a missing stream or an API error ends nothing:
+the poll is dropped (the engine goes back to the last checkpoint), a notice
+goes to ``on_notice`` (stderr by default) and it is tried again with backoff.
+A checkpoint that cannot be used (damaged, of another stream, locked by
+another run) ends the watch at once with ``CheckpointError``: no retry
+would change it. The checkpoint stays locked for the whole watch
+(``_audit.CheckpointLock``), across the audits rebuilt after a failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from .run import CheckpointLock, IncrementalAudit
+from .checks import CheckOptions, check_names
+from ..model.errors import CheckpointError, ConnectionFailed, JetStreamAPIError, StreamNotFound
+from ..model.records import now as utc_now
+from ..model.signing import signer_of
+from ..read.protocol import Reader
+from .report import _plain
+
+__all__ = ["watch_stream"]
+
+_IDENTITY = ["code", "actor_id", "stream_seq", "subject", "expected"]
+_HELD = ("snapshot_ahead", "snapshot_orphan")
+
+
+def _notice_to_stderr(text: str) -> None:
+    print(f"aether-audit watch: {text}", file=sys.stderr, flush=True)
+
+
+def _identity(record: dict[str, Any]) -> tuple:
+    return tuple(record[name] for name in _IDENTITY)
+
+
+async def watch_stream(
+    reader: Reader,
+    checks: Sequence[str] | None = None,
+    *,
+    checkpoint: str | Path | None = None,
+    interval: float = 0.5,
+    settle: float = 30.0,
+    save_every: float = 5.0,
+    stop: asyncio.Event | None = None,
+    on_notice: Callable[[str], None] | None = _notice_to_stderr,
+    reopen: Callable[[], Awaitable[Reader]] | None = None,
+    sign: Any = None,
+    **options: Any,
+) -> AsyncIterator[dict[str, Any]]:
+    """Yield findings (dicts with the finding columns) as the stream grows,
+    until ``stop`` is set (or the consumer stops iterating). ``reopen``: an
+    awaitable factory of a new reader, used when a server stayed away
+    longer than the reader's reconnect window (its connection is closed).
+    ``sign``: a seed file or key pair the checkpoint is signed and checked
+    with (``audit_stream``).
+
+    Example:
+        >>> async for finding in watch_stream(store, checkpoint="watch.ckpt"):  # doctest: +SKIP
+        ...     print(finding["code"], finding["message"])
+    """
+    names = check_names(checks)
+    base = CheckOptions.of(**options)
+    scratch = None
+    if checkpoint is None:
+        scratch = tempfile.TemporaryDirectory(prefix="aether-audit-watch-")
+        checkpoint = Path(scratch.name) / "watch.ckpt"
+    path = Path(checkpoint)
+    stop = stop or asyncio.Event()
+    notice = on_notice or (lambda text: None)
+    signer = signer_of(sign, CheckpointError)
+    # One lock for the whole watch: the audits it rebuilds after a failure
+    # must not let another run in between (it would prune our segments).
+    # A checkpoint that is locked or unreadable ends the watch at once: no
+    # retry makes it readable (only the server's failures are retried).
+    lock = CheckpointLock(path)
+    audit = None
+    try:
+        audit = IncrementalAudit(reader, base, path, sign=signer, lock=lock)
+        emitted = _emitted(audit.extra.get("emitted", []), path)
+    except BaseException:
+        if audit is not None:
+            audit.close()
+        lock.release()
+        if scratch is not None:
+            scratch.cleanup()
+        raise
+    last_save, dirty, backoff, failing = time.monotonic(), False, interval, False
+    try:
+        while not stop.is_set():
+            audit.options = audit.engine.options = CheckOptions(clock_skew=base.clock_skew, now=utc_now())
+            try:
+                state = await audit.step(progress=False)
+            except (ConnectionFailed, StreamNotFound, JetStreamAPIError) as exc:
+                notice(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}; retrying in {backoff:g} s")
+                failing = True
+                audit.close()
+                if reopen is not None and isinstance(exc, ConnectionFailed):
+                    try:
+                        reader = await reopen()
+                    except ConnectionFailed:
+                        pass
+                audit = IncrementalAudit(reader, base, path, sign=signer, lock=lock)  # back to the last checkpoint
+                await _sleep(stop, backoff)
+                backoff = min(backoff * 2, 10.0)
+                continue
+            if failing:
+                notice(f"stream {state.name} readable again at sequence {state.last_seq}")
+                failing, backoff = False, interval
+            dirty = dirty or audit.read["from_seq"] is not None
+            fresh = _new_findings(audit, names, emitted, settle)
+            for record in fresh:
+                yield record
+            if fresh:
+                emitted.update(_identity(record) for record in fresh)
+            if fresh or (dirty and time.monotonic() - last_save >= save_every):
+                audit.extra["emitted"] = sorted(map(list, emitted), key=str)
+                audit.save()
+                last_save, dirty = time.monotonic(), False
+            await _sleep(stop, interval)
+        if dirty:
+            audit.extra["emitted"] = sorted(map(list, emitted), key=str)
+            audit.save()
+    finally:
+        audit.close()
+        lock.release()
+        if scratch is not None:
+            scratch.cleanup()
+
+
+def _emitted(keys: Any, path: Path) -> set[tuple]:
+    """The identities a checkpoint says were yielded: a list of
+    ``[code, actor_id, stream_seq, subject, expected]`` (scalars)."""
+    scalar = (str, int, float, type(None))
+    if not isinstance(keys, list) or not all(
+            isinstance(key, list) and len(key) == len(_IDENTITY) and all(isinstance(v, scalar) for v in key)
+            for key in keys):
+        raise CheckpointError(f"checkpoint {path} cannot be read: its list of findings yielded is malformed")
+    return {tuple(key) for key in keys}
+
+
+def _new_findings(audit: IncrementalAudit, names: Sequence[str], emitted: set[tuple], settle: float) -> list[dict[str, Any]]:
+    found = audit.findings(names)
+    if found.empty:
+        return []
+    pending = audit.engine.end_view(audit.state).pending
+    young = set()
+    if len(pending):
+        cutoff = utc_now() - pd.Timedelta(seconds=settle)
+        young = set(pending.loc[(pending["stored_at"] > cutoff).to_numpy(dtype=bool), "stream_seq"].astype(int))
+    out = []
+    for row in found.astype(object).to_dict("records"):
+        record = {name: _plain(value) for name, value in row.items()}
+        if record["code"] in _HELD and record["stream_seq"] in young:
+            continue
+        if _identity(record) not in emitted:
+            out.append(record)
+    return out
+
+
+async def _sleep(stop: asyncio.Event, seconds: float) -> None:
+    try:
+        await asyncio.wait_for(stop.wait(), timeout=seconds)
+    except asyncio.TimeoutError:
+        pass

@@ -1,0 +1,1 @@
+"""Exporting: the layout, the hash chain, the pipeline and its sinks (Parquet, Delta), reading back, verifying, signing."""

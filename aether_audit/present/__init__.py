@@ -1,0 +1,1 @@
+"""Presenting: the HTML report (its CSS and JS as package data), plots, widgets, text."""

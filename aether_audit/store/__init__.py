@@ -1,0 +1,1 @@
+"""The store: the async store, its sync facade, broadcasting, scenarios."""

@@ -1,0 +1,138 @@
+"""The disk-spilling key store: the same answers in memory and spilled."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from aether_audit.audit.keys import KeyStore, partition_of
+
+
+def _fill(store: KeyStore, keys: list[str], start: int = 0) -> None:
+    for i in range(0, len(keys), 7):
+        chunk = keys[i:i + 7]
+        ords = np.arange(start + i, start + i + len(chunk))
+        store.add(pa.array(chunk), ords * 10, ords, {"actor_id": pa.array(chunk)})
+
+
+@pytest.mark.parametrize("spill_rows", [3, 50, 10_000])
+def test_repeats_are_exact_whether_spilled_or_not(tmp_path, spill_rows):
+    rng = random.Random(spill_rows)
+    keys = [f"id-{rng.randrange(120)}" for _ in range(400)]
+    store = KeyStore(tmp_path, extra=("actor_id",), spill_rows=spill_rows)
+    _fill(store, keys[:250])
+    first = store.repeats(0)
+    store.flush()
+    # A later run: only rows from ord 250 on, against everything before.
+    reopened = KeyStore(tmp_path, store.segments, extra=("actor_id",), spill_rows=spill_rows)
+    _fill(reopened, keys[250:], start=250)
+    second = reopened.repeats(250)
+    seen: dict[str, int] = {}
+    expected = []
+    for ord_, key in enumerate(keys):
+        if key in seen:
+            expected.append((ord_, seen[key] * 10))
+        else:
+            seen[key] = ord_
+    got = [(int(o), int(f)) for o, f in zip(first["ord"], first["first_seq"])]
+    got += [(int(o), int(f)) for o, f in zip(second["ord"], second["first_seq"])]
+    assert got == expected
+    reopened.prune()
+    assert {p.name for p in tmp_path.glob("keys-*.arrow")} == {s["file"] for s in reopened.segments}
+
+
+def test_a_missing_segment_is_an_error(tmp_path):
+    store = KeyStore(tmp_path, spill_rows=2)
+    _fill(store, ["a", "b", "c"])
+    store.flush()
+    for path in tmp_path.glob("keys-*.arrow"):
+        path.unlink()
+    with pytest.raises(FileNotFoundError):
+        KeyStore(tmp_path, store.segments)
+
+
+def test_partitions_are_stable_across_arrays():
+    keys = pa.array([f"event-{i}" for i in range(1000)])
+    assert (partition_of(keys.slice(500, 10)) == partition_of(keys)[500:510]).all()
+    assert partition_of(pa.array(["event-3"]))[0] == partition_of(keys)[3]
+
+
+def _expected(keys: list[str], since: int, min_ord: int = 0) -> list[tuple[int, int]]:
+    """(ord, first_seq) of each row from ``since`` on whose key came before
+    (rows below ``min_ord`` ignored), by brute force."""
+    seen: dict[str, int] = {}
+    out = []
+    for ord_, key in enumerate(keys):
+        if ord_ < min_ord:
+            continue
+        if key in seen:
+            if ord_ >= since:
+                out.append((ord_, seen[key] * 10))
+        else:
+            seen[key] = ord_
+    return out
+
+
+@pytest.mark.parametrize("hashes", ["real", "colliding"])
+@pytest.mark.parametrize("min_ord", [0, 700])
+def test_a_few_new_keys_are_looked_up_through_the_indexes(tmp_path, monkeypatch, hashes, min_ord):
+    """An incremental run (few new keys against many stored, spilled ones)
+    goes through the segments' hash indexes, and stays exact even when every
+    hash collides with many others."""
+    import aether_audit.audit.keys as keys_module
+
+    if hashes == "colliding":
+        real = keys_module.key_hashes
+        monkeypatch.setattr(keys_module, "key_hashes", lambda keys: real(keys) % np.uint64(5))
+    rng = random.Random(min_ord)
+    keys = [f"id-{i}" for i in range(2000)] + [f"id-{rng.randrange(2200)}" for _ in range(60)]
+    store = KeyStore(tmp_path, extra=("actor_id",), spill_rows=300)
+    _fill(store, keys[:2000])
+    assert store.repeats(0).empty
+    store.flush()
+    reopened = KeyStore(tmp_path, store.segments, extra=("actor_id",), spill_rows=300)
+    _fill(reopened, keys[2000:], start=2000)
+    lookups = []
+    original = KeyStore._repeats_of
+    monkeypatch.setattr(KeyStore, "_repeats_of", lambda self, *a: lookups.append(1) or original(self, *a))
+    got = reopened.repeats(2000, min_seq=min_ord * 10)
+    assert lookups, "the indexed path was not taken"
+    assert [(int(o), int(f)) for o, f in zip(got["ord"], got["first_seq"])] == _expected(keys, 2000, min_ord)
+    assert list(got.columns) == ["key", "seq", "ord", "actor_id", "first_seq"]
+    assert (got["actor_id"] == got["key"]).all()
+
+
+def test_indexes_are_named_pruned_and_rebuilt(tmp_path):
+    store = KeyStore(tmp_path, spill_rows=50)
+    keys = [f"k{i % 170}" for i in range(360)]  # 60 new keys against 300: the indexed path
+    _fill(store, keys[:300])
+    store.repeats(0)
+    store.flush()
+    names = {s["file"] for s in store.segments} | {s["index"] for s in store.segments}
+    (tmp_path / "keys-0123456789abcdef.hash.npy").write_bytes(b"left over")
+    store.prune()
+    assert {p.name for p in tmp_path.iterdir()} == names
+    # A checkpoint older than indexes (none named), a missing and a truncated index: rebuilt.
+    segments = [dict(s) for s in store.segments]
+    segments[0].pop("index")
+    (tmp_path / segments[1]["index"]).unlink()
+    if len(segments) > 2:
+        (tmp_path / segments[2]["index"]).write_bytes((tmp_path / segments[2]["index"]).read_bytes()[:-8])
+    reopened = KeyStore(tmp_path, segments)
+    _fill(reopened, keys[300:], start=300)
+    got = reopened.repeats(300)
+    assert [(int(o), int(f)) for o, f in zip(got["ord"], got["first_seq"])] == _expected(keys, 300)
+    assert all((tmp_path / s["index"]).is_file() for s in reopened.segments)
+
+
+def test_hash_counts_match_a_plain_count():
+    from aether_audit.audit.keys import _counts
+
+    rng = np.random.default_rng(1)
+    for _ in range(200):
+        stored = np.sort(rng.integers(0, 30, rng.integers(0, 40)).astype(np.uint64))
+        wanted = np.sort(rng.integers(0, 35, rng.integers(0, 20)).astype(np.uint64))
+        assert _counts(stored, wanted).tolist() == [int((stored == w).sum()) for w in wanted]

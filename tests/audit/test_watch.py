@@ -1,0 +1,236 @@
+"""``aether-audit watch`` and ``store.watch``: findings as the stream is
+written, once each, across a server restart and a SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import aether_audit
+from aether_audit import Event
+from aether_audit.store.sync import run_sync
+
+WAIT = 60.0  # generous: the machine is shared; nothing asserts on timings
+
+
+class Watcher:
+    """``aether-audit watch --json`` in a subprocess, its lines in a queue."""
+
+    def __init__(self, url: str, stream: str, checkpoint: Path) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "aether_audit", "watch", "--server", url, "--stream", stream,
+             "--checkpoint", str(checkpoint), "--json", "--interval", "0.2", "--no-progress"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        self.lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        for line in self.process.stdout:
+            self.lines.put(line)
+
+    def until(self, code: str, seq: int | None = None) -> list[dict]:
+        """Findings printed until one of ``code`` (at ``seq``) appears."""
+        seen = []
+        deadline = time.monotonic() + WAIT
+        while time.monotonic() < deadline:
+            try:
+                finding = json.loads(self.lines.get(timeout=0.5))
+            except queue.Empty:
+                assert self.process.poll() is None, self.process.stderr.read()
+                continue
+            seen.append(finding)
+            if finding["code"] == code and (seq is None or finding["stream_seq"] == seq):
+                return seen
+        raise AssertionError(f"no {code} at {seq} within {WAIT} s; saw {seen}")
+
+    def rest(self) -> list[dict]:
+        out = []
+        while True:
+            try:
+                out.append(json.loads(self.lines.get_nowait()))
+            except queue.Empty:
+                return out
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        self.process.send_signal(sig)
+        code = self.process.wait(timeout=WAIT)
+        time.sleep(0.2)  # let the pump drain
+        return code
+
+
+def save(store, actor: str, *versions: int) -> int:
+    for version in versions:
+        store.save_event(Event.new(actor, "Happened", version, {"n": version}))
+    return store.stream_state().last_seq
+
+
+def test_watch_reports_a_gap_once_and_exits_cleanly(nats_url, stream_name, tmp_path):
+    checkpoint = tmp_path / "watch.ckpt"
+    with aether_audit.connect(nats_url, stream=stream_name) as store:
+        save(store, "order-1", 1, 2)
+        watcher = Watcher(nats_url, stream_name, checkpoint)
+        try:
+            first = watcher.until("immutability_not_enforced")
+            seq = save(store, "order-1", 5)
+            gap = watcher.until("version_gap", seq)[-1]
+            assert gap["expected"] == "3" and gap["found"] == "5" and gap["severity"] == "error"
+            save(store, "order-1", 6)
+        finally:
+            assert watcher.stop(signal.SIGINT) == 0
+    printed = first + [gap] + watcher.rest()
+    keys = [(f["code"], f["stream_seq"]) for f in printed]
+    assert len(keys) == len(set(keys))
+    assert checkpoint.exists()
+
+
+def test_watch_survives_a_server_restart(server_factory, stream_name, tmp_path):
+    server = server_factory()
+    url, port, store_dir = server.url, server.port, server.store_dir
+    with aether_audit.connect(url, stream=stream_name) as store:
+        save(store, "order-1", 1)
+    watcher = Watcher(url, stream_name, tmp_path / "watch.ckpt")
+    try:
+        watcher.until("immutability_not_enforced")
+        server.kill()
+        time.sleep(1.0)
+        server = server_factory(store_dir=store_dir, port=port)
+        with aether_audit.connect(url, stream=stream_name) as store:
+            seq = save(store, "order-1", 4)
+        watcher.until("version_gap", seq)
+    finally:
+        assert watcher.stop() == 0
+
+
+def test_watch_resumes_after_sigkill_without_repeating_or_losing(nats_url, stream_name, tmp_path):
+    checkpoint = tmp_path / "watch.ckpt"
+    with aether_audit.connect(nats_url, stream=stream_name) as store:
+        save(store, "order-1", 1)
+        watcher = Watcher(nats_url, stream_name, checkpoint)
+        first_gap = save(store, "order-1", 3)
+        before = watcher.until("version_gap", first_gap)
+        # Printed, then saved: kill once the checkpoint holds it (the few
+        # milliseconds between the two are the one window that would repeat).
+        deadline = time.monotonic() + WAIT
+        while not (checkpoint.exists() and b'"version_gap"' in checkpoint.read_bytes()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        watcher.process.kill()  # SIGKILL: no chance to save
+        watcher.process.wait(timeout=WAIT)
+        before += watcher.rest()
+        second_gap = save(store, "order-2", 2)
+        watcher = Watcher(nats_url, stream_name, checkpoint)
+        after = watcher.until("version_gap", second_gap)
+        assert watcher.stop() == 0
+        after += watcher.rest()
+    keys_before = {(f["code"], f["stream_seq"]) for f in before}
+    keys_after = [(f["code"], f["stream_seq"]) for f in after]
+    assert not keys_before & set(keys_after), "repeated after the restart"
+    assert ("version_gap", first_gap) in keys_before and ("version_gap", second_gap) in keys_after
+    # Together, exactly what one audit of the stream finds.
+    with aether_audit.connect(nats_url, stream=stream_name) as store:
+        report = store.audit(keep_frames=False)
+    assert sorted(keys_before | set(keys_after), key=str) == sorted(
+        {(r["code"], r["stream_seq"]) for r in report.findings_records()}, key=str)
+
+
+def test_store_watch_yields_findings_in_a_notebook_loop(nats_url, stream_name):
+    with aether_audit.connect(nats_url, stream=stream_name) as store:
+        save(store, "order-1", 1, 3)
+        found = []
+        for finding in store.watch(interval=0.1):
+            found.append(finding)
+            if finding["code"] == "version_gap":
+                break
+        assert found[-1]["stream_seq"] == 2
+        assert os.environ.get("NATS_URL") is None
+
+
+def check_json(url: str, stream: str, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "aether_audit", "check", "--server", url, "--stream", stream,
+                           "--json", "--no-progress", *extra], capture_output=True, text=True, timeout=WAIT)
+
+
+def same_findings(result: subprocess.CompletedProcess) -> list[tuple]:
+    """A ``check --json``'s findings, sorted, each whole (but the retention
+    countdown, which moves with the clock)."""
+    assert result.returncode in (0, 1), result.stderr
+    out = []
+    for f in json.loads(result.stdout)["findings"]:
+        timeless = f["code"] != "retention_expiry"
+        out.append((f["code"], f["severity"], f["actor_id"], f["stream_seq"], f["subject"], f["expected"],
+                    f["found"] if timeless else "", f["message"] if timeless else ""))
+    return sorted(out, key=str)
+
+
+def test_a_second_watch_on_one_checkpoint_is_refused_and_the_first_resumes_exactly(nats_url, stream_name, tmp_path):
+    checkpoint = tmp_path / "watch.ckpt"
+    with aether_audit.connect(nats_url, stream=stream_name) as store:
+        save(store, "order-1", 1, 2)
+        first = Watcher(nats_url, stream_name, checkpoint)
+        try:
+            first.until("immutability_not_enforced")
+            started = time.monotonic()
+            second = Watcher(nats_url, stream_name, checkpoint)
+            assert second.process.wait(timeout=WAIT) == 2
+            refused_in = time.monotonic() - started
+            err = second.process.stderr.read().strip().splitlines()
+            assert len(err) == 1 and "in use by another run" in err[0] and str(checkpoint) in err[0], err
+            assert "Traceback" not in err[0]
+            assert refused_in < 20.0  # at once: the interpreter's start, no retry (generous: a shared machine)
+            # The first goes on: a gap, a deleted vouched message (a reread), more keys.
+            seq = save(store, "order-1", 5)
+            printed = first.until("version_gap", seq)
+            assert run_sync(store.core._js.delete_msg(stream_name, 2))  # order-1 v2, read and vouched
+            seq = save(store, "order-2", 1, 2, 4)
+            printed += first.until("version_gap", seq)
+        finally:
+            assert first.stop() == 0
+    printed += first.rest()
+    # The gap the deletion left, with its actor, printed as soon as seen (versions 2..4 missing now).
+    assert ("order-1", 3, "2", "5") in {(f["actor_id"], f["stream_seq"], f["expected"], f["found"])
+                                        for f in printed if f["code"] == "version_gap"}
+    # The checkpoint it leaves resumes exactly: an incremental check equals a full one.
+    incremental = check_json(nats_url, stream_name, "--checkpoint", str(checkpoint))
+    assert same_findings(incremental) == same_findings(check_json(nats_url, stream_name))
+    gaps = [f for f in json.loads(incremental.stdout)["findings"] if f["code"] == "version_gap"]
+    assert ("order-1", 3, "2", "5") in {(f["actor_id"], f["stream_seq"], f["expected"], f["found"]) for f in gaps}
+
+
+def _bad_checkpoints(nats_url: str, stream_name: str, tmp_path: Path) -> dict[str, Path]:
+    """A garbage file, another stream's checkpoint, one missing a key segment."""
+    garbage = tmp_path / "garbage.ckpt"
+    garbage.write_bytes(b"not a checkpoint\n")
+    other = tmp_path / "other.ckpt"
+    with aether_audit.connect(nats_url, stream=stream_name + "_other") as store:
+        save(store, "order-1", 1)
+    assert check_json(nats_url, stream_name + "_other", "--checkpoint", str(other)).returncode in (0, 1)
+    missing = tmp_path / "missing.ckpt"
+    assert check_json(nats_url, stream_name, "--checkpoint", str(missing)).returncode in (0, 1)
+    next((tmp_path / "missing.ckpt.keys").glob("ids-*.arrow")).unlink()
+    return {"garbage": garbage, "another stream's": other, "missing a segment": missing}
+
+
+def test_watch_with_a_bad_checkpoint_exits_2_at_once(nats_url, stream_name, tmp_path):
+    with aether_audit.connect(nats_url, stream=stream_name) as store:
+        save(store, "order-1", 1, 2)
+    for kind, path in _bad_checkpoints(nats_url, stream_name, tmp_path).items():
+        started = time.monotonic()
+        result = subprocess.run(
+            [sys.executable, "-m", "aether_audit", "watch", "--server", nats_url, "--stream", stream_name,
+             "--checkpoint", str(path), "--json", "--interval", "0.2", "--no-progress"],
+            capture_output=True, text=True, timeout=WAIT)
+        took = time.monotonic() - started
+        assert result.returncode == 2, (kind, result.stderr)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and "checkpoint" in lines[0] and "retrying" not in lines[0], (kind, lines)
+        assert [json.loads(line).get("exit_code") for line in result.stdout.splitlines()] == [2]  # --json: the error only
+        assert took < 20.0, (kind, took)  # no retry: the interpreter's start alone (generous)

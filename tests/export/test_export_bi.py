@@ -1,0 +1,180 @@
+"""The demo's export as BI engines read it: pyarrow, DuckDB, polars and PySpark,
+both timestamp layouts and the Delta format, empty tables, and the examples
+of docs/bi.md executed as written."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+import polars as pl
+import pyarrow.dataset as ds
+import pytest
+
+from aether_audit import Event, connect
+from aether_audit.demo import run_demo
+from aether_audit.export.readback import read_export
+from aether_audit.nats.server import NatsServer
+from aether_audit.export.verify import verify_export
+
+KINDS = ("events", "snapshots", "replay_errors")
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "bi.md"
+EPOCH = dt.datetime(1970, 1, 1)
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    """The demo's exports (default layout), plus the same streams exported in
+    the ns layout and as Delta tables; the loaded events of each stream."""
+    root = tmp_path_factory.mktemp("bi")
+    server = NatsServer(root / "nats").start()
+    try:
+        summary = run_demo(root / "demo", url=server.url)
+        exports, loaded = {}, {}
+        for stream, info in summary["streams"].items():
+            exports[("us", stream)] = Path(info["export"])
+            with connect(server.url, stream=stream) as store:
+                exports[("ns", stream)] = root / "ns" / stream
+                store.export_parquet(exports[("ns", stream)], timestamp_unit="ns", progress=False)
+                exports[("delta", stream)] = root / "delta" / stream
+                store.export_parquet(exports[("delta", stream)], format="delta", progress=False)
+                loaded[stream] = store.load()
+        empty = root / "empty"
+        with connect(server.url, stream="only_events") as store:
+            store.save_event(Event.new("order-1", "Placed", 1))
+            store.export_parquet(empty, progress=False)
+        yield {"exports": exports, "loaded": loaded, "empty": empty}
+    finally:
+        server.cleanup()
+
+
+def manifest(path: Path) -> dict:
+    return json.loads((path / "manifest.json").read_text())
+
+
+def test_pyarrow_duckdb_and_polars_count_the_manifests_rows_in_every_layout(demo):
+    for (layout, stream), path in demo["exports"].items():
+        expected = manifest(path)
+        for kind in KINDS:
+            if layout == "delta":
+                import deltalake
+
+                arrow = deltalake.DeltaTable(str(path / kind)).to_pyarrow_table().num_rows
+                polars = pl.read_delta(str(path / kind)).height
+                files = [str(path / e["path"]) for e in expected["files"] if e["kind"] == kind]
+                duck = duckdb.sql(f"SELECT count(*) FROM read_parquet({files!r})").fetchall()[0][0] if files else 0
+            else:
+                arrow = ds.dataset(path / kind, format="parquet", partitioning="hive").count_rows()
+                duck = duckdb.sql(f"SELECT count(*) FROM read_parquet('{path}/{kind}/**/*.parquet')").fetchall()[0][0]
+                polars = pl.read_parquet(f"{path}/{kind}/**/*.parquet").height
+            assert arrow == duck == polars == expected[kind], (layout, stream, kind)
+        frames = read_export(path)
+        pd.testing.assert_frame_equal(frames.events.drop(columns="chain_hash"), demo["loaded"][stream])
+        assert verify_export(path).ok
+
+
+def test_the_default_layout_has_micros_and_the_exact_nanoseconds(demo):
+    for stream, loaded in demo["loaded"].items():
+        path = demo["exports"][("us", stream)]
+        con = duckdb.connect()
+        con.execute("SET TimeZone = 'UTC'")
+        frame = con.sql(f"SELECT stream_seq, epoch_us(timestamp) AS us, timestamp_ns FROM "
+                        f"read_parquet('{path}/events/**/*.parquet') ORDER BY stream_seq").df()
+        exact = loaded["timestamp"].astype("int64").tolist()
+        assert frame["timestamp_ns"].tolist() == exact
+        assert frame["us"].tolist() == [n // 1000 for n in exact]
+        polars = pl.read_parquet(f"{path}/events/**/*.parquet").sort("stream_seq")
+        assert polars["timestamp"].dtype == pl.Datetime("us", "UTC")
+        assert polars["timestamp_ns"].cast(pl.Datetime("ns", "UTC")).cast(pl.Int64).to_list() == exact
+
+
+def test_empty_tables_read_as_zero_rows(demo):
+    path = demo["empty"]
+    for kind in ("snapshots", "replay_errors"):
+        assert duckdb.sql(f"SELECT count(*) FROM read_parquet('{path}/{kind}/*.parquet')").fetchall()[0][0] == 0
+        assert pl.read_parquet(f"{path}/{kind}/").height == 0
+        assert ds.dataset(path / kind, format="parquet").count_rows() == 0
+        assert pd.read_parquet(path / kind).empty
+
+
+def examples() -> dict[str, str]:
+    text = DOCS.read_text()
+    return dict(re.findall(r"<!-- example: (\w+) -->\n```python\n(.*?)```", text, re.S))
+
+
+def run_example(engine: str, export: Path) -> dict:
+    code = examples()[engine].replace('EXPORT = "aether-audit-demo/export/demo"', f"EXPORT = {str(export)!r}")
+    scope: dict = {}
+    exec(compile(code, f"docs/bi.md ({engine})", "exec"), scope)
+    return scope["result"]
+
+
+@pytest.mark.parametrize("engine", ["pyarrow", "duckdb", "polars"])
+def test_the_docs_examples_run_and_count_the_manifests_rows(demo, engine):
+    for stream in demo["loaded"]:
+        path = demo["exports"][("us", stream)]
+        result = run_example(engine, path)
+        expected = manifest(path)
+        assert result["rows"] == expected["events"]
+        assert result["types"] == demo["loaded"][stream]["actor_type"].nunique()
+        if "replay_errors" in result:
+            assert result["replay_errors"] == expected["replay_errors"]
+
+
+# --- Spark: one JVM for the module ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def spark():
+    try:
+        from pyspark.sql import SparkSession
+    except ImportError:
+        if os.environ.get("AETHER_AUDIT_REQUIRE_SPARK"):
+            raise
+        pytest.skip("pyspark is not installed")
+    if not shutil.which("java") and not os.environ.get("JAVA_HOME"):
+        if os.environ.get("AETHER_AUDIT_REQUIRE_SPARK"):
+            pytest.fail("no Java runtime for Spark (apt-get install default-jre-headless)")
+        pytest.skip("no Java runtime")
+    session = (SparkSession.builder.master("local[1]").appName("aether-audit-tests")
+               .config("spark.sql.session.timeZone", "UTC").config("spark.ui.enabled", "false")
+               .config("spark.driver.bindAddress", "127.0.0.1").config("spark.driver.host", "127.0.0.1")
+               .config("spark.sql.shuffle.partitions", "1").getOrCreate())
+    session.sparkContext.setLogLevel("ERROR")
+    yield session
+    session.stop()
+
+
+def test_spark_reads_the_default_layout_to_the_microsecond_and_exact_ns(demo, spark):
+    for stream, loaded in demo["loaded"].items():
+        path = demo["exports"][("us", stream)]
+        expected = manifest(path)
+        for kind in KINDS:
+            assert spark.read.parquet(str(path / kind)).count() == expected[kind], (stream, kind)
+        rows = spark.read.parquet(str(path / "events")).orderBy("stream_seq") \
+            .select("stream_seq", "timestamp", "stored_at", "timestamp_ns", "stored_at_ns", "actor_type").collect()
+        exact = loaded["timestamp"].astype("int64").tolist()
+        assert [r.timestamp_ns for r in rows] == exact
+        assert [(r.timestamp - EPOCH) // dt.timedelta(microseconds=1) for r in rows] == [n // 1000 for n in exact]
+        assert [(r.stored_at - EPOCH) // dt.timedelta(microseconds=1) for r in rows] == [
+            n // 1000 for n in loaded["stored_at"].astype("int64")]
+        assert [r.actor_type for r in rows] == loaded["actor_type"].tolist()
+    empty = demo["empty"]
+    assert spark.read.parquet(str(empty / "snapshots")).count() == 0
+    assert spark.read.parquet(str(empty / "replay_errors")).count() == 0
+    assert spark.read.parquet(str(empty / "events")).count() == 1
+
+
+def test_the_docs_spark_example_runs(demo, spark):
+    for stream in demo["loaded"]:
+        path = demo["exports"][("us", stream)]
+        result = run_example("spark", path)
+        expected = manifest(path)
+        assert (result["rows"], result["replay_errors"]) == (expected["events"], expected["replay_errors"])
+        assert result["types"] == demo["loaded"][stream]["actor_type"].nunique()
