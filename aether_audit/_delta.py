@@ -91,7 +91,12 @@ def read_table(root: Path, kind: str, version: int | None = None) -> pa.Table:
     table = _table(root, kind, version)
     if table is None:
         raise ExportError(f"{root / kind} is not a Delta table")
-    return table.to_pyarrow_table()
+    try:
+        data = table.to_pyarrow_table()
+        data.validate(full=True)  # Arrow read from files is checked in full before use
+    except (OSError, pa.ArrowException) as exc:
+        raise ExportError(f"cannot read the Delta table {root / kind}: {str(exc).strip()[:300]}") from exc
+    return data
 
 
 def _check_dir(out_dir: Path, previous: dict[str, Any] | None, stream: str) -> None:

@@ -421,6 +421,16 @@ def _validate(manifest: Any, root: Path) -> None:
             raise _Invalid(f"{where} begins (first_seq {entry['first_seq']}) after it ends (last_seq {entry['last_seq']})")
         if "actor_type" in entry and kind != "events":
             raise _Invalid(f"{where} has an actor_type but is not an events file")
+        if kind == "events" and "/" in rest and "actor_type" in entry:
+            # read_export takes an actor type from the entry, hive readers from the
+            # directory: the two must name the same one.
+            folder = rest.split("/", 1)[0]
+            value = entry["actor_type"]
+            same = (folder == NULL_PARTITION if value is None else
+                    folder == partition_dir(value) or (delta and folder == "actor_type=" + urllib.parse.quote(value)))
+            if not same:
+                raise _Invalid(f"{where}.actor_type {_shown(value)} is not the actor type of its directory "
+                               f"{folder[:200]!r}")
     heads = manifest.get("chain_heads")
     if heads is not None:
         _check_object(heads, _HEADS, "chain_heads")
@@ -441,6 +451,7 @@ def read_heads(path: Path) -> dict[str, tuple[str, int, int]]:
     """
     try:
         table = pq.read_table(path)
+        table.validate(full=True)
     except (OSError, pa.ArrowException) as exc:
         raise ExportError(f"cannot read {path}: {_first_line(exc)}") from exc
     if [(f.name, f.type) for f in table.schema] != [(f.name, f.type) for f in HEADS_SCHEMA]:
