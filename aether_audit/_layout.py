@@ -391,6 +391,9 @@ def _validate(manifest: Any, root: Path) -> None:
     runs = manifest.get("runs", [])
     if type(runs) is not list:
         raise _Invalid(f"runs is {_shown(runs)}, not a list")
+    modern = manifest.get("format_version", 1) >= 2  # format 2 writes every key of an entry, and one run at least
+    if modern and not runs:
+        raise _Invalid("runs is empty")
     for number, run in enumerate(runs):
         _check_object(run, _RUN, f"runs[{number}]")
         if run["first_seq"] > run["last_seq"] + 1:
@@ -403,6 +406,8 @@ def _validate(manifest: Any, root: Path) -> None:
     for number, entry in enumerate(files):
         where = f"files[{number}]"
         _check_object(entry, _ENTRY, where)
+        if modern and ("kind" not in entry or "bytes" not in entry):
+            raise _Invalid(f"{where} has no {'kind' if 'kind' not in entry else 'bytes'!r}")
         relative = entry["path"]
         _check_path(root, relative, f"{where}.path")
         kind, _, rest = relative.partition("/")

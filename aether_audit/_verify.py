@@ -33,6 +33,8 @@ from ._layout import (
     HEADS_SCHEMA,
     KINDS,
     META_PREFIX,
+    NS_SUFFIX,
+    TIMESTAMP_COLUMNS,
     entries,
     file_schema,
     locate,
@@ -282,6 +284,9 @@ def _recheck_file(path: Path, heads: dict[str, tuple[str, int, int]], problems: 
     """One events file's rows against the chain recomputed from their values (streaming)."""
     for batch in pq.ParquetFile(path).iter_batches(batch_size=50_000):
         batch.validate(full=True)  # a page that decodes may still hold invalid UTF-8 or offsets: never trusted
+        why = _derived_problem(batch)
+        if why:
+            raise pa.ArrowInvalid(why)
         computed = chain_hashes(batch, heads)
         bad = pc.not_equal(computed, batch.column(CHAIN_COLUMN))
         if not pc.any(bad).as_py():
@@ -305,10 +310,34 @@ def _undecodable(root: Path, manifest: dict[str, Any], damaged: set[str]) -> lis
             if entry["path"] in damaged:
                 continue  # named already
             try:
-                pq.read_table(locate(root, manifest, entry)).validate(full=True)  # UTF-8 and offsets too
+                table = pq.read_table(locate(root, manifest, entry))
+                table.validate(full=True)  # UTF-8 and offsets too
+                why = _derived_problem(table)
+                if why:
+                    raise pa.ArrowInvalid(why)
             except (OSError, pa.ArrowException) as exc:
                 out.append(_file_problem("changed", f"{entry['path']} cannot be read: {_one_line(exc)}"))
     return out
+
+
+def _derived_problem(batch: pa.RecordBatch | pa.Table) -> str | None:
+    """Why a microsecond column is not its ``_ns`` column floored (None if it is).
+
+    The chain covers ``timestamp_ns`` but not ``stored_at_ns`` nor the
+    microsecond columns hive readers see; this ties each pair together, so a
+    change to one alone is seen (a change to both needs a signature to see)."""
+    for name in TIMESTAMP_COLUMNS:
+        if name + NS_SUFFIX not in batch.schema.names or name not in batch.schema.names:
+            continue
+        exact, shown = batch.column(name + NS_SUFFIX), batch.column(name)
+        try:  # as the writer makes it (_export._file_columns)
+            floored = pc.cast(pc.floor_temporal(pc.cast(exact, pa.timestamp("ns", tz="UTC")), unit="microsecond"),
+                              shown.type)
+        except pa.ArrowException:
+            return f"its {name + NS_SUFFIX} column is not of epoch nanoseconds"
+        if exact.null_count != shown.null_count or pc.all(pc.equal(floored, shown)).as_py() is False:
+            return f"its {name} column is not {name + NS_SUFFIX} floored to microseconds"
+    return None
 
 
 def _one_line(exc: BaseException) -> str:

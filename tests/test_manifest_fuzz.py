@@ -289,8 +289,11 @@ def check_answer(base: Base, command: str, export: Path, what: str) -> None:
 
 
 def _frames(export: Path) -> list:
+    """What a reader gets, but for what no unsigned export vouches for: an
+    event's ``subject`` is in neither the hash chain nor any other check."""
     frames = read_export(export)
-    return [frame.astype(str).to_dict("records") for frame in (frames.events, frames.snapshots, frames.replay_errors)]
+    events = frames.events.drop(columns=["subject"])
+    return [frame.astype(str).to_dict("records") for frame in (events, frames.snapshots, frames.replay_errors)]
 
 
 def _fuzz(base: Base, tmp: Path, data, commands=("verify", "export")) -> None:
