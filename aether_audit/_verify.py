@@ -591,8 +591,12 @@ def verify_exports(
         _check_files(new_root, new_manifest)
     problems = []
     if deep:
-        problems += (_recheck_chain(old_root, old_manifest, with_heads=False)
-                     + _recheck_chain(new_root, new_manifest, with_heads=False))
+        for root, manifest in ((old_root, old_manifest), (new_root, new_manifest)):
+            found = _recheck_chain(root, manifest, with_heads=False)
+            unreadable = [p for p in found if p["actor_id"] is None]  # a file, not an event: the export is damaged
+            if unreadable:
+                raise ExportError(f"export {root} is damaged: {unreadable[0]['message']}")
+            problems += found
     diverging = _diverging_actors(_Histories.read(old_root, old_manifest), _Histories.read(new_root, new_manifest))
     if diverging:  # only these actors' rows are read in full
         old_rows = _by_actor(_actor_rows(old_root, old_manifest, diverging))
@@ -605,7 +609,7 @@ def verify_exports(
             problems += found
         _moved_elsewhere(problems, new_root, new_manifest)
     frame = pd.DataFrame(problems, columns=PROBLEM_COLUMNS)
-    frame = frame.astype({"stream_seq": "int64", "version": "int64"}).sort_values(
+    frame = frame.astype({"stream_seq": "Int64", "version": "Int64"}).sort_values(  # nullable: rows of a forged file
         ["stream_seq", "kind"], kind="stable").reset_index(drop=True)
     return _result(frame, old_root, old_manifest, new_root, new_manifest)
 
