@@ -232,7 +232,8 @@ def read_manifest(out_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
         # orjson, not json: it stops at 1024 levels of nesting with an
         # error (json recurses and dies with RecursionError at ~1000 or
         # overflows the C stack), refuses NaN/Infinity, reads an integer
-        # beyond 64 bits as a float (refused below), never recurses in Python.
+        # beyond 64 bits as a float (refused below as "a number, not an
+        # integer"), never recurses in Python.
         manifest = orjson.loads(text)
     except (orjson.JSONDecodeError, RecursionError) as exc:
         raise ExportError(f"cannot read {path}: not JSON ({_first_line(exc)})") from exc
@@ -281,7 +282,7 @@ def _first_line(exc: BaseException) -> str:
 
 def _shown(value: Any) -> str:
     """A value as an error shows it: its JSON type, and short values themselves."""
-    kind = {bool: "a boolean", int: "an integer", float: "a number that is not a 64-bit integer", str: "a string",
+    kind = {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
             list: "a list", dict: "an object", type(None): "null"}.get(type(value), type(value).__name__)
     if isinstance(value, (bool, int, float)) or (isinstance(value, str) and len(value) <= 40):
         return f"{kind} ({value!r})" if not isinstance(value, int) or abs(value) < 10**40 else f"{kind} (too large)"
@@ -296,7 +297,7 @@ def _check_value(value: Any, shape: str, where: str) -> None:
         shape = shape[:-1]
     if shape in ("seq", "count", "version"):
         if type(value) is not int:  # bool is an int to Python, never to a manifest
-            raise _Invalid(f"{where} is {_shown(value)}, not an integer")
+            raise _Invalid(f"{where} is {_shown(value)}, not an integer (of at most 64 bits)")
         low, high = (1, FORMAT_VERSION) if shape == "version" else (0, MAX_SEQ)
         if not low <= value <= high:
             if shape == "version" and value > high:
@@ -434,7 +435,7 @@ def _validate(manifest: Any, root: Path) -> None:
             same = (folder == NULL_PARTITION if value is None else
                     folder == partition_dir(value) or (delta and folder == "actor_type=" + urllib.parse.quote(value)))
             if not same:
-                raise _Invalid(f"{where}.actor_type {_shown(value)} is not the actor type of its directory "
+                raise _Invalid(f"{where}.actor_type {str(value)[:200]!r} is not the actor type of its directory "
                                f"{folder[:200]!r}")
     heads = manifest.get("chain_heads")
     if heads is not None:
