@@ -55,7 +55,8 @@ def _table(root: Path, kind: str, version: int | None = None) -> Any:
             table.load_as_version(version)
     except Exception as exc:  # deltalake's own error types (DeltaError, ...), not ours: one line
         at = f" at version {version}" if version is not None else ""
-        raise ExportError(f"cannot read the Delta table {uri}{at}: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__}") from exc
+        why = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        raise ExportError(f"cannot read the Delta table {uri}{at}: {why}") from exc
     return table
 
 

@@ -250,9 +250,9 @@ MAX_SEQ = (1 << 63) - 1  # stream_seq is int64 in every file (JetStream's uint64
 MAX_PATH_BYTES = 4096  # PATH_MAX on Linux
 HEX64 = re.compile(r"[0-9a-f]{64}")
 GENERATION = re.compile(r"[0-9a-f]{8}")  # secrets.token_hex(4), also part of staging names
-_COUNTS = {kind: "count" for kind in KINDS}
-# key: (type, required). Types: "seq"/"count" are ints (never bool) in
-# 0..MAX_SEQ, "str?" a string or null; dict values name a nested shape.
+# key: (shape, required). Scalar shapes (_SCALARS) are checked by
+# _check_value: "seq"/"count" are ints (never bool) in 0..MAX_SEQ, "str?" a
+# string or null; the others (files, runs, heads, ...) by _validate.
 _TOP: dict[str, tuple[str, bool]] = {
     "format_version": ("version", False), "format": ("format", False), "stream": ("name", True),
     "stream_identity": ("identity", False), "first_seq": ("seq", True), "last_seq": ("seq", True),
@@ -310,7 +310,8 @@ def _check_value(value: Any, shape: str, where: str) -> None:
         if type(value) is not str:
             raise _Invalid(f"{where} is {_shown(value)}, not a string")
         allowed = {"unit": UNITS, "format": ("parquet", "delta"), "kind": KINDS}.get(shape)
-        if ((shape == "hex64" and not HEX64.fullmatch(value)) or (shape == "generation" and not GENERATION.fullmatch(value))
+        if ((shape == "hex64" and not HEX64.fullmatch(value))
+                or (shape == "generation" and not GENERATION.fullmatch(value))
                 or (shape == "name" and not value) or (allowed is not None and value not in allowed)):
             raise _Invalid(f"{where} is {_shown(value)}, not a valid {where.rsplit('.', 1)[-1]}")
     else:
@@ -424,7 +425,8 @@ def _validate(manifest: Any, root: Path) -> None:
         if ("first_seq" in entry) != ("last_seq" in entry):
             raise _Invalid(f"{where} has a first_seq or a last_seq without the other")
         if "first_seq" in entry and entry["first_seq"] > entry["last_seq"]:
-            raise _Invalid(f"{where} begins (first_seq {entry['first_seq']}) after it ends (last_seq {entry['last_seq']})")
+            raise _Invalid(f"{where} begins (first_seq {entry['first_seq']}) after it ends "
+                           f"(last_seq {entry['last_seq']})")
         if "actor_type" in entry and kind != "events":
             raise _Invalid(f"{where} has an actor_type but is not an events file")
         if kind == "events" and "/" in rest and "actor_type" in entry:

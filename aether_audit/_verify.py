@@ -30,7 +30,6 @@ from ._errors import ExportError
 from ._export_read import read_kind, require_manifest
 from ._layout import (
     CHAIN_COLUMN,
-    HEADS_SCHEMA,
     KINDS,
     META_PREFIX,
     NS_SUFFIX,
