@@ -14,8 +14,9 @@ on stderr, a ``NOT OK`` verdict (exit 1), or, for a mutation the tools do
 not see, exactly the unmutated run's output.
 
 pyarrow and deltalake open files in C++/Rust, which no audit hook sees;
-every path they are given comes from ``_layout.safe_path`` (checked here by
-the path mutations and in ``test_export_integrity``).
+so the paths handed to ``pyarrow.parquet`` (``read_table``, ``read_schema``,
+``read_metadata``, ``ParquetFile``) are recorded too; Delta tables are
+opened by directory (``DIR/events`` ...), never by a listed path.
 """
 
 from __future__ import annotations
@@ -31,7 +32,9 @@ import shutil
 import signal
 import sys
 from pathlib import Path
+from unittest import mock
 
+import pyarrow.parquet as pq
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -60,6 +63,15 @@ def _audit(event: str, args: tuple) -> None:
 sys.addaudithook(_audit)  # hooks cannot be removed; this one records only while _RECORDING is a list
 
 
+def _recorded(function):
+    """``function`` that first records the path it is given (pyarrow opens files in C++, unaudited)."""
+    def call(source, *args, **kwargs):
+        if _RECORDING is not None and isinstance(source, (str, os.PathLike)):
+            _RECORDING.append(os.path.abspath(os.fspath(source)))
+        return function(source, *args, **kwargs)
+    return call
+
+
 def run_cli(*argv: str) -> tuple[int, str, str, list[str]]:
     """``main(argv)`` in this process: exit code, stdout, stderr, the paths it touched."""
     global _RECORDING
@@ -67,7 +79,11 @@ def run_cli(*argv: str) -> tuple[int, str, str, list[str]]:
     handler = signal.getsignal(signal.SIGINT)  # cmd_export ignores SIGINT once committed
     _RECORDING = []
     try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        with contextlib.ExitStack() as stack:
+            for name in ("read_table", "read_schema", "read_metadata", "ParquetFile"):
+                stack.enter_context(mock.patch.object(pq, name, _recorded(getattr(pq, name))))
+            stack.enter_context(contextlib.redirect_stdout(out))
+            stack.enter_context(contextlib.redirect_stderr(err))
             code = main(list(argv))
     finally:
         touched, _RECORDING = _RECORDING, None
@@ -293,9 +309,12 @@ def check_answer(base: Base, command: str, export: Path, what: str) -> None:
 
 def _frames(export: Path) -> list:
     """What a reader gets, but for what no unsigned export vouches for: an
-    event's ``subject`` is in neither the hash chain nor any other check."""
+    event's ``subject`` and ``stored_at`` are not in the hash chain;
+    ``stored_at`` is tied to the microsecond column hive readers see, so only
+    its nanoseconds within the microsecond can change unseen."""
     frames = read_export(export)
     events = frames.events.drop(columns=["subject"])
+    events["stored_at"] = events["stored_at"].dt.floor("us")
     return [frame.astype(str).to_dict("records") for frame in (events, frames.snapshots, frames.replay_errors)]
 
 
