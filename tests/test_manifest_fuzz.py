@@ -452,3 +452,19 @@ def test_a_sample_in_a_real_process_exits_2_with_one_line_and_no_signal(bases, t
             lines = result.stderr.strip().splitlines()
             assert result.returncode == 2 and len(lines) == 1 and "Traceback" not in result.stderr, (name, result)
             assert "manifest.json" in lines[0], (name, lines)
+
+
+def test_a_format_1_manifest_still_validates(bases, tmp_path):
+    """The keys the first writer wrote (no format, identity, unit, generation;
+    entries of path, rows, sha256 and range) are still a manifest."""
+    from aether_audit._layout import read_manifest
+
+    base = bases["parquet"]
+    export = base.copy(tmp_path / "v1")
+    keep = ("stream", "first_seq", "last_seq", "events", "snapshots", "replay_errors", "chain_heads", "hash",
+            "exported_at", "runs")
+    old = {"format_version": 1, **{k: base.manifest[k] for k in keep},
+           "files": [{k: e[k] for k in ("path", "rows", "sha256", "first_seq", "last_seq") if k in e}
+                     for e in base.manifest["files"]]}
+    (export / MANIFEST).write_text(json.dumps(old))
+    assert read_manifest(export) == old
