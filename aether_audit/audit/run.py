@@ -67,7 +67,7 @@ class CheckpointLock:
         >>> lock = CheckpointLock(Path("audit.ckpt"))  # doctest: +SKIP
         >>> CheckpointLock(Path("audit.ckpt"))         # doctest: +SKIP
         Traceback (most recent call last):
-        aether_audit._errors.CheckpointInUse: checkpoint audit.ckpt is in use by another run (pid 4242) ...
+        aether_audit.model.errors.CheckpointInUse: checkpoint audit.ckpt is in use by another run (pid 4242) ...
         >>> lock.release()                             # doctest: +SKIP
     """
 

@@ -47,9 +47,14 @@ def _table(root: Path, kind: str, version: int | None = None) -> Any:
     uri = str(root / kind)
     if not deltalake.DeltaTable.is_deltatable(uri):
         return None
-    table = deltalake.DeltaTable(uri)
-    if version is not None:
-        table.load_as_version(version)
+    try:
+        table = deltalake.DeltaTable(uri)
+        if version is not None:
+            table.load_as_version(version)
+    except Exception as exc:  # deltalake's own error types (DeltaError, ...), not ours: one line
+        at = f" at version {version}" if version is not None else ""
+        why = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        raise ExportError(f"cannot read the Delta table {uri}{at}: {why}") from exc
     return table
 
 
@@ -85,7 +90,12 @@ def read_table(root: Path, kind: str, version: int | None = None) -> pa.Table:
     table = _table(root, kind, version)
     if table is None:
         raise ExportError(f"{root / kind} is not a Delta table")
-    return table.to_pyarrow_table()
+    try:
+        data = table.to_pyarrow_table()
+        data.validate(full=True)  # Arrow read from files is checked in full before use
+    except (OSError, pa.ArrowException) as exc:
+        raise ExportError(f"cannot read the Delta table {root / kind}: {str(exc).strip()[:300]}") from exc
+    return data
 
 
 def _check_dir(out_dir: Path, previous: dict[str, Any] | None, stream: str) -> None:

@@ -35,6 +35,7 @@ from typing import Any
 
 import orjson
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from ..model.errors import ExportError
 from ..model.frames import ERROR_SCHEMA, EVENT_SCHEMA, SNAPSHOT_SCHEMA
@@ -46,8 +47,10 @@ __all__ = [
     "MANIFEST",
     "file_schema",
     "partition_dir",
+    "read_heads",
     "read_manifest",
     "sha256_file",
+    "validate_manifest",
 ]
 
 FORMAT_VERSION = 2  # 2: microsecond timestamps + _ns columns by default, stream identity
@@ -188,10 +191,13 @@ def entries(manifest: dict[str, Any], kind: str) -> list[dict[str, Any]]:
 
 
 def read_manifest(out_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
-    """The manifest of an export directory; None when there is none yet.
+    """The manifest of an export directory, validated in full; None when there
+    is none yet.
 
-    ``ExportError`` when it cannot be read, is not an aether-audit manifest,
-    or names a path outside the directory.
+    ``ExportError`` (one line) when it cannot be read, is not an aether-audit
+    manifest (``validate_manifest`` says why), or names a path outside the
+    directory. Nothing else reads a manifest, so every reader (``verify``,
+    ``export --incremental``, ``read_export``) only ever sees a valid one.
 
     Example:
         >>> read_manifest("exports/orders")["last_seq"]  # doctest: +SKIP
@@ -200,25 +206,268 @@ def read_manifest(out_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
     root = Path(out_dir)
     path = root / MANIFEST
     try:
-        if os.path.islink(path):
-            raise ExportError(f"{path} is a symbolic link: an export never follows links")
-        manifest = json.loads(path.read_bytes())
+        # O_NONBLOCK: a FIFO named manifest.json must not hang the open; it
+        # is then refused as not a regular file.
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except FileNotFoundError:
         return None
-    except (OSError, ValueError) as exc:
-        raise ExportError(f"cannot read {path}: {exc}") from exc
-    required = ("stream", "first_seq", "last_seq", *KINDS, "files")
-    if not isinstance(manifest, dict) or any(key not in manifest for key in required):
-        raise ExportError(f"{path} is not an aether-audit export manifest")
-    if not isinstance(manifest["files"], list) or not all(isinstance(e, dict) and "path" in e for e in manifest["files"]):
-        raise ExportError(f"{path} is not an aether-audit export manifest")
-    if manifest.get("format_version", FORMAT_VERSION) > FORMAT_VERSION:
-        raise ExportError(f"{path} has format_version {manifest['format_version']}; this version reads {FORMAT_VERSION}")
-    for entry in manifest["files"] + ([manifest["chain_heads"]] if manifest.get("chain_heads") else []):
-        safe_path(root, str(entry.get("path", "")))
-        if entry is not manifest.get("chain_heads") and entry["path"].split("/", 1)[0] not in KINDS:
-            raise ExportError(f"{path} lists {entry['path']!r}, which is in no table of the export")
+    except OSError as exc:
+        if os.path.islink(path):
+            raise ExportError(f"{path} is a symbolic link: an export never follows links") from exc
+        raise ExportError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    with os.fdopen(fd, "rb") as handle:
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise ExportError(f"{path} is not a regular file")
+            if info.st_size > MANIFEST_MAX_BYTES:
+                raise ExportError(f"{path} has {info.st_size} bytes, more than a manifest may have "
+                                  f"({MANIFEST_MAX_BYTES})")
+            text = handle.read(MANIFEST_MAX_BYTES + 1)
+        except OSError as exc:
+            raise ExportError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    if len(text) > MANIFEST_MAX_BYTES:
+        raise ExportError(f"{path} has more bytes than a manifest may have ({MANIFEST_MAX_BYTES})")
+    try:
+        # orjson, not json: it stops at 1024 levels of nesting with an
+        # error (json recurses and dies with RecursionError at ~1000 or
+        # overflows the C stack), refuses NaN/Infinity, reads an integer
+        # beyond 64 bits as a float (refused below as "a number, not an
+        # integer"), never recurses in Python.
+        manifest = orjson.loads(text)
+    except (orjson.JSONDecodeError, RecursionError) as exc:
+        raise ExportError(f"cannot read {path}: not JSON ({_first_line(exc)})") from exc
+    validate_manifest(manifest, root)
     return manifest
+
+
+# --- validating a manifest ------------------------------------------------------------------
+
+# 256 MiB: a manifest entry is ~250 bytes, so a million files; parsing that
+# costs ~2 GB of Python objects, past which the file is not a manifest.
+MANIFEST_MAX_BYTES = 256 << 20
+MAX_SEQ = (1 << 63) - 1  # stream_seq is int64 in every file (JetStream's uint64 never gets there)
+MAX_PATH_BYTES = 4096  # PATH_MAX on Linux
+HEX64 = re.compile(r"[0-9a-f]{64}")
+GENERATION = re.compile(r"[0-9a-f]{8}")  # secrets.token_hex(4), also part of staging names
+# key: (shape, required). Scalar shapes (_SCALARS) are checked by
+# _check_value: "seq"/"count" are ints (never bool) in 0..MAX_SEQ, "str?" a
+# string or null; the others (files, runs, heads, ...) by _validate.
+_TOP: dict[str, tuple[str, bool]] = {
+    "format_version": ("version", False), "format": ("format", False), "stream": ("name", True),
+    "stream_identity": ("identity", False), "first_seq": ("seq", True), "last_seq": ("seq", True),
+    **{k: ("count", True) for k in KINDS}, "timestamp_unit": ("unit", False), "files": ("files", True),
+    "chain_heads": ("heads", False), "hash": ("str", False), "generation": ("generation", False),
+    "exported_at": ("str", False), "runs": ("runs", False), "signature": ("signature", False),
+    "delta_versions": ("versions", False),
+}
+_ENTRY = {"path": ("str", True), "kind": ("kind", False), "rows": ("count", True), "bytes": ("count", False),
+          "sha256": ("hex64", True), "first_seq": ("seq", False), "last_seq": ("seq", False),
+          "actor_type": ("str?", False)}
+_HEADS = {"path": ("str", True), "rows": ("count", True), "bytes": ("count", False), "sha256": ("hex64", True)}
+_IDENTITY = {"created": ("str?", True), "first_seq": ("seq", True), "first_message_sha256": ("hex64?", True)}
+_RUN = {"first_seq": ("seq", True), "last_seq": ("seq", True), **{k: ("count", True) for k in KINDS},
+        "incremental": ("bool", True), "exported_at": ("str", True)}
+_SIGNATURE = {"algorithm": ("str", True), "public_key": ("str", True), "value": ("str", True)}
+
+
+class _Invalid(Exception):
+    """Why a manifest is not one (turned into one ``ExportError`` line)."""
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
+
+
+def _shown(value: Any) -> str:
+    """A value as an error shows it: its JSON type, and short values themselves."""
+    kind = {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
+            list: "a list", dict: "an object", type(None): "null"}.get(type(value), type(value).__name__)
+    if isinstance(value, (bool, int, float)) or (isinstance(value, str) and len(value) <= 40):
+        return f"{kind} ({value!r})" if not isinstance(value, int) or abs(value) < 10**40 else f"{kind} (too large)"
+    return kind
+
+
+def _check_value(value: Any, shape: str, where: str) -> None:
+    """One value against its shape; ``_Invalid`` naming ``where`` if it is not."""
+    if shape.endswith("?"):
+        if value is None:
+            return
+        shape = shape[:-1]
+    if shape in ("seq", "count", "version"):
+        if type(value) is not int:  # bool is an int to Python, never to a manifest
+            raise _Invalid(f"{where} is {_shown(value)}, not an integer (of at most 64 bits)")
+        low, high = (1, FORMAT_VERSION) if shape == "version" else (0, MAX_SEQ)
+        if not low <= value <= high:
+            if shape == "version" and value > high:
+                raise _Invalid(f"it has format_version {value}; this version reads {FORMAT_VERSION}")
+            raise _Invalid(f"{where} is {_shown(value)}, outside {low}..{high}")
+    elif shape == "bool":
+        if type(value) is not bool:
+            raise _Invalid(f"{where} is {_shown(value)}, not true or false")
+    elif shape in ("str", "name", "hex64", "generation", "unit", "format", "kind"):
+        if type(value) is not str:
+            raise _Invalid(f"{where} is {_shown(value)}, not a string")
+        allowed = {"unit": UNITS, "format": ("parquet", "delta"), "kind": KINDS}.get(shape)
+        if ((shape == "hex64" and not HEX64.fullmatch(value))
+                or (shape == "generation" and not GENERATION.fullmatch(value))
+                or (shape == "name" and not value) or (allowed is not None and value not in allowed)):
+            raise _Invalid(f"{where} is {_shown(value)}, not a valid {where.rsplit('.', 1)[-1]}")
+    else:
+        raise AssertionError(shape)
+
+
+def _check_object(value: Any, fields: dict[str, tuple[str, bool]], where: str) -> dict[str, Any]:
+    """An object with exactly the known keys (the required ones present), each
+    of its shape; the nested shapes are the caller's."""
+    if type(value) is not dict:
+        raise _Invalid(f"{where} is {_shown(value)}, not an object")
+    unknown = [k for k in value if k not in fields]
+    if unknown:
+        raise _Invalid(f"{where} has an unknown key {unknown[0][:40]!r}")
+    missing = [k for k, (_, required) in fields.items() if required and k not in value]
+    if missing:
+        raise _Invalid(f"{where} has no {missing[0]!r}")
+    for key, (shape, _) in fields.items():
+        if key in value and shape in _SCALARS:
+            _check_value(value[key], shape, f"{where}.{key}" if where != "the manifest" else key)
+    return value
+
+
+_SCALARS = {"seq", "count", "version", "bool", "str", "name", "hex64", "generation", "unit", "format", "kind",
+            "str?", "hex64?"}
+
+
+def _check_path(root: Path, relative: str, where: str) -> None:
+    """A listed path: relative, normalised, short, inside the export through
+    real directories only (``safe_path``)."""
+    if len(relative.encode("utf-8", "surrogatepass")) > MAX_PATH_BYTES or "\0" in relative:
+        raise _Invalid(f"{where} is not a path this export writes")
+    safe_path(root, relative)  # its ExportError says "outside the export" or "symbolic link" itself
+
+
+def validate_manifest(manifest: Any, root: Path) -> None:
+    """Raise ``ExportError`` (one line) unless ``manifest`` is, in shape, one
+    this package writes: exactly the known keys, each of its JSON type (a
+    boolean is not a number), sequences and counts in 0..2**63-1 with
+    ``first_seq <= last_seq + 1``, each file entry's range in order, no path
+    listed twice, and every path relative, normalised and inside ``root``
+    (no ``..``, no absolute path, no symbolic link). Whether the files and
+    the counts agree is ``verify``'s question (a ``NOT OK``), not this one's.
+
+    Example:
+        >>> validate_manifest({"stream": "s"}, Path("x"))
+        Traceback (most recent call last):
+        aether_audit.model.errors.ExportError: x/manifest.json is not a valid export manifest: it has no 'first_seq'
+    """
+    try:
+        _validate(manifest, root)
+    except _Invalid as exc:
+        text = str(exc).replace("\n", " ").replace("\r", " ")
+        raise ExportError(f"{root / MANIFEST} is not a valid export manifest: {text}") from None
+
+
+def _validate(manifest: Any, root: Path) -> None:
+    if type(manifest) is not dict:
+        raise _Invalid(f"it is {_shown(manifest)}, not an object")
+    missing = [k for k, (_, required) in _TOP.items() if required and k not in manifest]
+    if missing:
+        raise _Invalid(f"it has no {missing[0]!r}")
+    _check_object(manifest, _TOP, "the manifest")
+    if manifest.get("format_version", 1) >= 2:  # format 2 writers write every key but these two
+        missing = [k for k in _TOP if k not in manifest and k not in ("signature", "delta_versions")]
+        if missing:
+            raise _Invalid(f"it has format_version {manifest['format_version']} and no {missing[0]!r}")
+    if manifest["first_seq"] > manifest["last_seq"] + 1:
+        raise _Invalid(f"first_seq {manifest['first_seq']} is after last_seq {manifest['last_seq']} + 1")
+    if manifest.get("stream_identity") is not None:
+        _check_object(manifest["stream_identity"], _IDENTITY, "stream_identity")
+    if manifest.get("signature") is not None:
+        _check_object(manifest["signature"], _SIGNATURE, "signature")
+    versions = manifest.get("delta_versions")
+    if versions is not None or manifest.get("format") == "delta":
+        if manifest.get("format") != "delta":
+            raise _Invalid("delta_versions in a manifest whose format is not delta")
+        _check_object(versions, {k: ("count", True) for k in KINDS}, "delta_versions")
+    runs = manifest.get("runs", [])
+    if type(runs) is not list:
+        raise _Invalid(f"runs is {_shown(runs)}, not a list")
+    modern = manifest.get("format_version", 1) >= 2  # format 2 writes every key of an entry, and one run at least
+    if modern and not runs:
+        raise _Invalid("runs is empty")
+    for number, run in enumerate(runs):
+        _check_object(run, _RUN, f"runs[{number}]")
+        if run["first_seq"] > run["last_seq"] + 1:
+            raise _Invalid(f"runs[{number}] begins after it ends")
+    files = manifest["files"]
+    if type(files) is not list:
+        raise _Invalid(f"files is {_shown(files)}, not a list")
+    seen: set[str] = set()
+    delta = manifest.get("format") == "delta"
+    for number, entry in enumerate(files):
+        where = f"files[{number}]"
+        _check_object(entry, _ENTRY, where)
+        if modern and ("kind" not in entry or "bytes" not in entry):
+            raise _Invalid(f"{where} has no {'kind' if 'kind' not in entry else 'bytes'!r}")
+        relative = entry["path"]
+        _check_path(root, relative, f"{where}.path")
+        kind, _, rest = relative.partition("/")
+        if kind not in KINDS or not rest:
+            raise _Invalid(f"it lists {relative[:200]!r}, which is in no table of the export")
+        if not delta and not PART_NAME.fullmatch(rest.rsplit("/", 1)[-1]):
+            raise _Invalid(f"{where}.path {relative[:200]!r} is not a file name this export writes")
+        if entry.get("kind", kind) != kind:
+            raise _Invalid(f"{where} is of kind {entry['kind']!r} but in table {kind}")
+        if relative in seen:
+            raise _Invalid(f"it lists {relative[:200]!r} twice")
+        seen.add(relative)
+        if ("first_seq" in entry) != ("last_seq" in entry):
+            raise _Invalid(f"{where} has a first_seq or a last_seq without the other")
+        if "first_seq" in entry and entry["first_seq"] > entry["last_seq"]:
+            raise _Invalid(f"{where} begins (first_seq {entry['first_seq']}) after it ends "
+                           f"(last_seq {entry['last_seq']})")
+        if "actor_type" in entry and kind != "events":
+            raise _Invalid(f"{where} has an actor_type but is not an events file")
+        if kind == "events" and "/" in rest and "actor_type" in entry:
+            # read_export takes an actor type from the entry, hive readers from the
+            # directory: the two must name the same one.
+            folder = rest.split("/", 1)[0]
+            value = entry["actor_type"]
+            same = (folder == NULL_PARTITION if value is None else
+                    folder == partition_dir(value) or (delta and folder == "actor_type=" + urllib.parse.quote(value)))
+            if not same:
+                raise _Invalid(f"{where}.actor_type {str(value)[:200]!r} is not the actor type of its directory "
+                               f"{folder[:200]!r}")
+    heads = manifest.get("chain_heads")
+    if heads is not None:
+        _check_object(heads, _HEADS, "chain_heads")
+        if not HEADS_NAME.fullmatch(heads["path"]):
+            raise _Invalid(f"chain_heads.path {heads['path'][:200]!r} is not a chain heads file name")
+        _check_path(root, heads["path"], "chain_heads.path")
+
+
+def read_heads(path: Path) -> dict[str, tuple[str, int, int]]:
+    """A chain heads file: actor -> (chain hash, last stream_seq, event count).
+
+    ``ExportError`` when it is not readable or not of ``HEADS_SCHEMA`` with no
+    nulls (its sha256 may match a manifest that was edited to match it).
+
+    Example:
+        >>> read_heads(Path("exports/orders/_chain_heads-000000010440-1a2b3c4d.parquet"))  # doctest: +SKIP
+        {'order-1': ('9f2c...', 10432, 7)}
+    """
+    try:
+        table = pq.read_table(path)
+        table.validate(full=True)
+    except (OSError, pa.ArrowException) as exc:
+        raise ExportError(f"cannot read {path}: {_first_line(exc)}") from exc
+    if [(f.name, f.type) for f in table.schema] != [(f.name, f.type) for f in HEADS_SCHEMA]:
+        raise ExportError(f"{path} is not a chain heads file: its columns are not {', '.join(HEADS_SCHEMA.names)}")
+    if any(table.column(name).null_count for name in HEADS_SCHEMA.names):
+        raise ExportError(f"{path} is not a chain heads file: it holds nulls")
+    columns = [table.column(name).to_pylist() for name in HEADS_SCHEMA.names]
+    return {actor: (digest, seq, count) for actor, digest, seq, count in zip(*columns)}
 
 
 def manifest_bytes(manifest: dict[str, Any]) -> bytes:

@@ -73,6 +73,7 @@ from .layout import (
     file_schema,
     part_name,
     partition_dir,
+    read_heads,
     safe_path,
     sha256_file,
     table_files,
@@ -856,11 +857,9 @@ def load_heads(out_dir: Path, manifest: dict[str, Any]) -> Heads:
     try:
         if sha256_file(path) != entry["sha256"]:
             raise ExportError(f"{path} does not match its sha256 in the manifest: run a full export")
-        table = pq.read_table(path)
     except OSError as exc:
         raise ExportError(f"cannot read {path}: {exc.strerror or exc}") from exc
-    columns = [table.column(name).to_pylist() for name in HEADS_SCHEMA.names]
-    return {actor: (digest, seq, count) for actor, digest, seq, count in zip(*columns)}
+    return read_heads(path)
 
 
 def same_export(a: dict[str, Any], b: dict[str, Any]) -> bool:

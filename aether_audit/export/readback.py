@@ -62,6 +62,7 @@ def read_kind(root: Path, manifest: dict[str, Any], kind: str, columns: list[str
             schema = pq.read_schema(path)
             wanted = None if columns is None else [c for c in columns if c in schema.names]
             table = pq.read_table(path, columns=wanted)
+            table.validate(full=True)  # Arrow read from a file is checked in full (UTF-8, offsets) before use
         except (OSError, pa.ArrowException) as exc:
             raise ExportError(f"cannot read {path}: {exc}") from exc
         if kind == "events" and (columns is None or "actor_type" in columns):

@@ -13,6 +13,7 @@ before it builds on a directory.
 from __future__ import annotations
 
 import os
+import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,16 +30,19 @@ from ..model.errors import ExportError
 from .readback import read_kind, require_manifest
 from .layout import (
     CHAIN_COLUMN,
-    HEADS_SCHEMA,
     KINDS,
     META_PREFIX,
+    NS_SUFFIX,
+    TIMESTAMP_COLUMNS,
     entries,
     file_schema,
     locate,
     partition_of,
+    read_heads,
     safe_path,
     sha256_file,
     table_files,
+    unit_of,
 )
 
 __all__ = ["VerifyResult", "check_base", "verify_export", "verify_exports"]
@@ -257,6 +261,7 @@ def _recheck_chain(root: Path, manifest: dict[str, Any], *, with_heads: bool = T
     differ because of it and are counted in its message.
     """
     problems: dict[str, dict[str, Any]] = {}
+    unreadable: list[dict[str, Any]] = []
     later: dict[str, int] = defaultdict(int)
     heads: dict[str, tuple[str, int, int]] = {}
     by_partition: dict[str | None, list[dict[str, Any]]] = defaultdict(list)
@@ -264,32 +269,90 @@ def _recheck_chain(root: Path, manifest: dict[str, Any], *, with_heads: bool = T
         by_partition[partition_of(entry)].append(entry)
     for files in by_partition.values():  # an actor's events live in one partition
         for entry in files:
-            for batch in pq.ParquetFile(locate(root, manifest, entry)).iter_batches(batch_size=50_000):
-                computed = chain_hashes(batch, heads)
-                bad = pc.not_equal(computed, batch.column(CHAIN_COLUMN))
-                if not pc.any(bad).as_py():
-                    continue
-                for row in batch.filter(pc.fill_null(bad, True)).select(PROBLEM_COLUMNS[1:5]).to_pylist():
-                    if row["actor_id"] in problems:
-                        later[row["actor_id"]] += 1
-                    else:
-                        problems[row["actor_id"]] = _problem(
-                            "changed", row, "its chain_hash is not what the values give: this event, or one "
-                            "before it, was changed, inserted or removed")
+            try:
+                _recheck_file(locate(root, manifest, entry), heads, problems, later)
+            except (OSError, pa.ArrowException) as exc:  # pages that do not decode: named, not a traceback
+                unreadable.append(_file_problem("changed", f"{entry['path']} cannot be read: {_one_line(exc)}"))
     for actor, count in later.items():
         problems[actor]["message"] += f" ({count} later events of the actor differ because of it)"
-    return list(problems.values()) + (_heads_problems(root, manifest, heads) if with_heads else [])
+    return unreadable + list(problems.values()) + (_heads_problems(root, manifest, heads) if with_heads else [])
+
+
+def _recheck_file(path: Path, heads: dict[str, tuple[str, int, int]], problems: dict[str, dict[str, Any]],
+                  later: dict[str, int]) -> None:
+    """One events file's rows against the chain recomputed from their values (streaming)."""
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=50_000):
+        batch.validate(full=True)  # a page that decodes may still hold invalid UTF-8 or offsets: never trusted
+        why = _derived_problem(batch)
+        if why:
+            raise pa.ArrowInvalid(why)
+        computed = chain_hashes(batch, heads)
+        bad = pc.not_equal(computed, batch.column(CHAIN_COLUMN))
+        if not pc.any(bad).as_py():
+            continue
+        for row in batch.filter(pc.fill_null(bad, True)).select(PROBLEM_COLUMNS[1:5]).to_pylist():
+            if row["actor_id"] in problems:
+                later[row["actor_id"]] += 1
+            else:
+                problems[row["actor_id"]] = _problem(
+                    "changed", row, "its chain_hash is not what the values give: this event, or one "
+                    "before it, was changed, inserted or removed")
+
+
+def _undecodable(root: Path, manifest: dict[str, Any], damaged: set[str]) -> list[dict[str, Any]]:
+    """Snapshots and replay-error files whose pages do not decode (events
+    files are decoded by the chain recomputation): "OK" means every listed
+    file reads. Their values are not chained; a signature vouches for them."""
+    out = []
+    for kind in ("snapshots", "replay_errors"):
+        for entry in entries(manifest, kind):
+            if entry["path"] in damaged:
+                continue  # named already
+            try:
+                table = pq.read_table(locate(root, manifest, entry))
+                table.validate(full=True)  # UTF-8 and offsets too
+                why = _derived_problem(table)
+                if why:
+                    raise pa.ArrowInvalid(why)
+            except (OSError, pa.ArrowException) as exc:
+                out.append(_file_problem("changed", f"{entry['path']} cannot be read: {_one_line(exc)}"))
+    return out
+
+
+def _derived_problem(batch: pa.RecordBatch | pa.Table) -> str | None:
+    """Why a microsecond column is not its ``_ns`` column floored (None if it is).
+
+    The chain covers ``timestamp_ns`` but not ``stored_at_ns`` nor the
+    microsecond columns hive readers see; this ties each pair together, so a
+    change to one alone is seen (a change to both needs a signature to see)."""
+    for name in TIMESTAMP_COLUMNS:
+        if name + NS_SUFFIX not in batch.schema.names or name not in batch.schema.names:
+            continue
+        exact, shown = batch.column(name + NS_SUFFIX), batch.column(name)
+        try:  # as the writer makes it (_export._file_columns)
+            floored = pc.cast(pc.floor_temporal(pc.cast(exact, pa.timestamp("ns", tz="UTC")), unit="microsecond"),
+                              shown.type)
+        except pa.ArrowException:
+            return f"its {name + NS_SUFFIX} column is not of epoch nanoseconds"
+        if exact.null_count != shown.null_count or pc.all(pc.equal(floored, shown)).as_py() is False:
+            return f"its {name} column is not {name + NS_SUFFIX} floored to microseconds"
+    return None
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
 def _heads_problems(root: Path, manifest: dict[str, Any], heads: dict[str, tuple[str, int, int]]) -> list[dict[str, Any]]:
     entry = manifest.get("chain_heads")
     if not entry:
         return [_file_problem("manifest", "the manifest names no chain_heads file")] if manifest["events"] else []
+    path = safe_path(root, entry["path"])
     try:
-        table = pq.read_table(safe_path(root, entry["path"]))
-    except (OSError, pa.ArrowException):
-        return []  # file_problems names it
-    stored = {a: (h, s, c) for a, h, s, c in zip(*(table.column(n).to_pylist() for n in HEADS_SCHEMA.names))}
+        stored = read_heads(path)
+    except ExportError as exc:  # a missing file is named by file_problems; one not of the heads schema here
+        return [_file_problem("changed", f"{entry['path']}: {exc}")] if os.path.lexists(path) else []
     if stored == heads:
         return []
     wrong = sorted(a for a in set(stored) | set(heads) if stored.get(a) != heads.get(a))
@@ -331,7 +394,35 @@ def file_problems(root: Path, manifest: dict[str, Any]) -> list[dict[str, Any]]:
         if totals[kind] != manifest[kind]:
             problems.append(_file_problem("manifest", f"the manifest counts {manifest[kind]} {kind}, its files list {totals[kind]}"))
     problems += _unlisted(root, manifest)
-    return problems
+    return problems + _ledger_problems(manifest)
+
+
+def _ledger_problems(manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    """The manifest against its own ledger: the runs follow each other from
+    ``first_seq`` to ``last_seq`` and add up to its counts, and the chain
+    heads file is named after ``last_seq`` and the generation (as the writer
+    names it), so an edited ``last_seq`` is seen without the server."""
+    out = []
+    runs = manifest.get("runs") or []
+    if runs:
+        ends = [manifest["first_seq"] - 1] + [run["last_seq"] for run in runs]
+        for number, (run, end) in enumerate(zip(runs, ends)):
+            if run["first_seq"] != end + 1:
+                out.append(_file_problem("manifest", f"run {number + 1} of the manifest begins at sequence "
+                                                     f"{run['first_seq']}, not at {end + 1}"))
+        if runs[-1]["last_seq"] != manifest["last_seq"]:
+            out.append(_file_problem("manifest", f"the manifest's runs end at sequence {runs[-1]['last_seq']}, "
+                                                 f"its last_seq is {manifest['last_seq']}"))
+        for kind in KINDS:
+            if sum(run[kind] for run in runs) != manifest[kind]:
+                out.append(_file_problem("manifest", f"the manifest's runs add up to {sum(run[kind] for run in runs)} "
+                                                     f"{kind}, it counts {manifest[kind]}"))
+    heads = manifest.get("chain_heads")
+    named = re.fullmatch(r"_chain_heads-(\d+)-([0-9a-f]+)\.parquet", heads["path"]) if heads else None
+    if named and (int(named[1]) != manifest["last_seq"] or named[2] != manifest.get("generation", named[2])):
+        out.append(_file_problem("manifest", f"{heads['path']} is not the chain heads file of last_seq "
+                                             f"{manifest['last_seq']} and generation {manifest.get('generation')}"))
+    return out
 
 
 def _footer_problems(path: Path, entry: dict[str, Any], manifest: dict[str, Any]) -> list[dict[str, Any]]:
@@ -341,11 +432,20 @@ def _footer_problems(path: Path, entry: dict[str, Any], manifest: dict[str, Any]
     except (OSError, pa.ArrowException) as exc:
         return [_file_problem("changed", f"{name} is not a readable Parquet file: {exc}")]
     out = []
+    if manifest.get("format", "parquet") == "parquet" and manifest.get("format_version", 1) >= 2:  # format 1: untested
+        expected = file_schema(entry.get("kind", name.split("/", 1)[0]), unit_of(manifest))
+        found = metadata.schema.to_arrow_schema()
+        if [(f.name, f.type) for f in found] != [(f.name, f.type) for f in expected]:
+            return [_file_problem("changed", f"{name} does not have the columns of an export's "
+                                             f"{entry.get('kind', name.split('/', 1)[0])} file")]
     if metadata.num_rows != entry.get("rows"):
         out.append(_file_problem("manifest", f"{name} holds {metadata.num_rows} rows, the manifest says {entry.get('rows')}"))
-    meta = {k.decode(): v.decode() for k, v in (metadata.metadata or {}).items()}
+    meta = {k.decode(errors="replace"): v.decode(errors="replace") for k, v in (metadata.metadata or {}).items()}
+    if META_PREFIX + "stream" in meta and meta[META_PREFIX + "stream"] != manifest["stream"]:
+        out.append(_file_problem("manifest", f"{name} is of stream {meta[META_PREFIX + 'stream'][:200]!r}, "
+                                             f"the manifest's is {manifest['stream'][:200]!r}"))
     for key in ("first_seq", "last_seq"):
-        if META_PREFIX + key in meta and key in entry and int(meta[META_PREFIX + key]) != entry[key]:
+        if META_PREFIX + key in meta and key in entry and meta[META_PREFIX + key] != str(entry[key]):
             out.append(_file_problem("manifest", f"{name} holds {key} {meta[META_PREFIX + key]}, the manifest says {entry[key]}"))
     if entry.get("rows") and not manifest["first_seq"] <= entry.get("first_seq", 0) <= entry.get("last_seq", 0) <= manifest["last_seq"]:
         out.append(_file_problem("manifest", f"{name} (seq {entry.get('first_seq')}..{entry.get('last_seq')}) is outside the "
@@ -405,8 +505,7 @@ def _stored_heads_problems(root: Path, manifest: dict[str, Any]) -> list[dict[st
     entry = manifest.get("chain_heads")
     if not entry:
         return [_file_problem("manifest", "the manifest names no chain_heads file")] if stored else []
-    heads = pq.read_table(safe_path(root, entry["path"]))
-    recorded = {a: (h, s, c) for a, h, s, c in zip(*(heads.column(n).to_pylist() for n in HEADS_SCHEMA.names))}
+    recorded = read_heads(safe_path(root, entry["path"]))
     if recorded == stored:
         return []
     wrong = sorted(a for a in set(stored) | set(recorded) if stored.get(a) != recorded.get(a))
@@ -433,6 +532,7 @@ def verify_export(export_dir: str | os.PathLike[str], *, signer: str | None = No
     damaged = {p["message"].split(" ", 1)[0] for p in problems if p["kind"] in ("changed", "removed")}
     if not any(e["path"] in damaged for e in entries(manifest, "events")):
         problems += _recheck_chain(root, manifest)
+    problems += _undecodable(root, manifest, damaged)
     note = ""
     if signer is not None:
         from ..model.signing import check_signature
@@ -490,8 +590,12 @@ def verify_exports(
         _check_files(new_root, new_manifest)
     problems = []
     if deep:
-        problems += (_recheck_chain(old_root, old_manifest, with_heads=False)
-                     + _recheck_chain(new_root, new_manifest, with_heads=False))
+        for root, manifest in ((old_root, old_manifest), (new_root, new_manifest)):
+            found = _recheck_chain(root, manifest, with_heads=False)
+            unreadable = [p for p in found if p["actor_id"] is None]  # a file, not an event: the export is damaged
+            if unreadable:
+                raise ExportError(f"export {root} is damaged: {unreadable[0]['message']}")
+            problems += found
     diverging = _diverging_actors(_Histories.read(old_root, old_manifest), _Histories.read(new_root, new_manifest))
     if diverging:  # only these actors' rows are read in full
         old_rows = _by_actor(_actor_rows(old_root, old_manifest, diverging))
@@ -504,7 +608,7 @@ def verify_exports(
             problems += found
         _moved_elsewhere(problems, new_root, new_manifest)
     frame = pd.DataFrame(problems, columns=PROBLEM_COLUMNS)
-    frame = frame.astype({"stream_seq": "int64", "version": "int64"}).sort_values(
+    frame = frame.astype({"stream_seq": "Int64", "version": "Int64"}).sort_values(  # nullable: rows of a forged file
         ["stream_seq", "kind"], kind="stable").reset_index(drop=True)
     return _result(frame, old_root, old_manifest, new_root, new_manifest)
 

@@ -339,3 +339,64 @@ def test_many_actor_types_export_under_a_low_open_files_limit(store, nats_url, t
     if files == "whole":  # one file per actor type and run
         manifest = json.loads((out / "manifest.json").read_bytes())
         assert sum(e["kind"] == "events" for e in manifest["files"]) == 601
+
+
+# --- a careful tamperer: file bytes changed, the manifest made to match ------------------------
+
+
+def _fix_listed(out: Path, relative: str) -> None:
+    """The listed file's sha256 and size recomputed in the manifest."""
+    manifest = manifest_of(out)
+    path = out / relative
+    for listed in manifest["files"] + [manifest["chain_heads"]]:
+        if listed["path"] == relative:
+            listed["sha256"] = __import__("hashlib").sha256(path.read_bytes()).hexdigest()
+            listed["bytes"] = path.stat().st_size
+    (out / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_verify_reads_every_listed_file_in_full_and_ties_each_column_to_its_ns_twin(store, tmp_path):
+    """Values outside the hash chain are still checked: a snapshot file with
+    invalid UTF-8, and stored_at_ns (not chained) nulled, each with the
+    manifest fixed to match, are NOT OK (no traceback)."""
+    write(store, range(1, 3))
+    store.save_snapshot(__import__("aether_audit").ActorSnapshot("order-1", 2, {"total": 2}))
+    out = tmp_path / "export"
+    store.export_parquet(out)
+
+    utf8 = tmp_path / "utf8"
+    shutil.copytree(out, utf8)
+    entry = next(e for e in manifest_of(utf8)["files"] if e["kind"] == "snapshots" and e["rows"])
+    table = pq.read_table(utf8 / entry["path"])
+    column = table.schema.get_field_index("actor_id")
+    broken = pa.Array.from_buffers(pa.string(), 1, [None, pa.py_buffer(b"\0\0\0\0\2\0\0\0"), pa.py_buffer(b"\xff\xfe")])
+    pq.write_table(table.set_column(column, "actor_id", broken), utf8 / entry["path"], compression="none")
+    _fix_listed(utf8, entry["path"])
+    result = cli("verify", str(utf8))
+    assert result.returncode == 1 and "NOT OK" in result.stdout and "cannot be read" in result.stdout, result
+
+    stored = tmp_path / "stored"
+    shutil.copytree(out, stored)
+    entry = next(e for e in manifest_of(stored)["files"] if e["kind"] == "events" and e["rows"])
+    table = pq.read_table(stored / entry["path"])
+    at = table.schema.get_field_index("stored_at_ns")
+    pq.write_table(table.set_column(at, "stored_at_ns", pa.nulls(table.num_rows, pa.int64())),
+                   stored / entry["path"])
+    _fix_listed(stored, entry["path"])
+    result = verify_export(stored)
+    assert not result.ok and "stored_at column is not stored_at_ns floored" in result.summary, result.summary
+
+
+def test_an_entry_names_the_actor_type_of_its_directory(store, tmp_path):
+    """``read_export`` takes an events file's actor type from its entry, hive
+    readers from its directory: a manifest where they differ is refused."""
+    write(store, range(1, 2))
+    out = tmp_path / "export"
+    store.export_parquet(out)
+    manifest = manifest_of(out)
+    entry = next(e for e in manifest["files"] if e.get("actor_type") == "acct")
+    entry["actor_type"] = "order"
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    one_line_error(cli("verify", str(out)), "is not the actor type of its directory")
+    with pytest.raises(ExportError, match="is not the actor type of its directory"):
+        read_export(out)
