@@ -43,7 +43,7 @@ from aether_audit.model.errors import CheckpointError
 from aether_audit.store.scenario import seed_scenario
 from aether_audit.store.sync import run_sync
 
-SAMPLES = Path(__file__).resolve().parent.parent / "data_samples"
+SAMPLES = Path(__file__).resolve().parents[2] / "data_samples"
 PACKAGE = Path(aether_audit.__file__).resolve().parent
 NOW = "2026-12-01T00:00:00Z"
 INT64 = 2**63 - 1
