@@ -386,3 +386,112 @@ def test_arrow_section_bytes_never_kill_the_process(made, tmp_path):
     assert len(outcomes) == 400 and set(outcomes) <= {"refused", "audited"}
     assert outcomes.count("refused") > 200  # most byte changes break an Arrow stream or its schema
     assert not (set(os.listdir(tmp_path)) - {"c", "worker.py"})  # nothing written beside it
+
+
+# --- the key segments in FILE.keys/ and their indexes: input too -----------------------------
+
+KEYS_WORKER = textwrap.dedent("""
+    import json, random, sys
+    from pathlib import Path
+    sys.path.insert(0, sys.argv[4])
+    import numpy as np
+    import pyarrow as pa
+    from test_checkpoint_fuzz import _mutate_bytes
+    from aether_audit.audit.checkpoint import load_checkpoint
+    from aether_audit.audit.checks import CHECKS, CheckOptions
+    from aether_audit.model.errors import CheckpointError
+
+    path, count, seed = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+    keys = path.with_name(path.name + ".keys")
+    original = {p.name: p.read_bytes() for p in sorted(keys.iterdir())}
+    names = [name for name in original if name.endswith((".arrow", ".npy"))]
+    rng = random.Random(seed)
+    options = CheckOptions.of(now="2026-12-01T00:00:00Z")
+
+    def use(engine):
+        # Everything a run reads of a store: a few stored keys added again
+        # (looked up through the indexes), then every partition of every segment.
+        for store in (engine.ids, engine.versions):
+            stored = []
+            for segment in store.segments:
+                reader = pa.ipc.open_file(pa.BufferReader(original[segment["file"]]))
+                stored += [k for p in range(reader.num_record_batches) for k in reader.get_batch(p).column(0).to_pylist()]
+            again = pa.array(stored[:: max(1, len(stored) // 5)][:5], pa.large_string())
+            extra = {name: again for name in store.extra}
+            ords = np.arange(engine.ord, engine.ord + len(again))
+            store.add(again, ords + 10**9, ords, extra)
+            first = store.repeats(engine.ord)
+            store._fresh = None
+            store.add(again, ords + 10**9 + 100, ords + 100, extra)
+            second = store.repeats(engine.ord)
+            assert len(first) == len(again) and len(second) == 2 * len(again), (len(first), len(second))
+        engine.findings(None, list(CHECKS), options)
+
+    for i in range(count):
+        for name, data in original.items():
+            (keys / name).write_bytes(data)
+        name = rng.choice(names)
+        mutated = original[name]
+        for _ in range(rng.randint(1, 3)):
+            mutated = _mutate_bytes(mutated, rng)
+        (keys / name).write_bytes(mutated)
+        print(json.dumps({"i": i, "file": name}), flush=True)
+        try:
+            engine = load_checkpoint(path, options).engine
+            try:
+                use(engine)
+            finally:
+                engine.close()
+        except CheckpointError as exc:
+            assert "\\n" not in str(exc) and str(exc).startswith("checkpoint "), str(exc)
+            print(json.dumps({"i": i, "outcome": "refused", "file": name}), flush=True)
+            continue
+        print(json.dumps({"i": i, "outcome": "audited", "file": name}), flush=True)
+""")
+
+
+def test_key_segment_and_index_bytes_never_kill_the_process(made, tmp_path):
+    """300 byte mutations of the key segments (``.arrow``) and their hash
+    indexes (``.npy``) in ``FILE.keys/``, each then read whole: exit 0, each
+    refused in one line or used whole. A damaged index is rebuilt from its
+    segment (derived data), so most index mutations are "audited"; a
+    segment's are refused (schema, batch count, ``validate(full=True)``,
+    rows), except a change inside a key's bytes that stays valid UTF-8:
+    that changes a key, which the checkpoint does not bind (docs/limits.md)."""
+    store, home, full = made
+    copy = _copy(home, tmp_path / "c")
+    script = tmp_path / "worker.py"
+    script.write_text(KEYS_WORKER)
+    done = subprocess.run([sys.executable, str(script), str(copy / "a.ckpt"), "300", "5", str(Path(__file__).parent)],
+                          capture_output=True, text=True, timeout=400, check=False)
+    lines = [json.loads(line) for line in done.stdout.splitlines()]
+    last = lines[-1] if lines else None
+    assert done.returncode == 0, f"worker ended with {done.returncode} after {last}: {done.stderr[-2000:]}"
+    outcomes = [line for line in lines if "outcome" in line]
+    assert len(outcomes) == 300 and {line["outcome"] for line in outcomes} <= {"refused", "audited"}
+    segments = [line["outcome"] for line in outcomes if line["file"].endswith(".arrow")]
+    assert segments.count("refused") > len(segments) // 2  # most byte changes break a segment
+    assert not (set(os.listdir(tmp_path)) - {"c", "worker.py"})  # nothing written beside it
+    assert not (set(os.listdir(copy)) - {"a.ckpt", "a.ckpt.keys", "a.ckpt.lock"})
+
+
+@FUZZ
+@given(seed=st.integers(0, 2**32 - 1), which=st.integers(0, 1000), count=st.integers(1, 3))
+def test_mutated_key_segments_are_refused_in_one_line_or_audited(made, tmp_path_factory, monkeypatch, seed, which, count):
+    """The same through a real resumed audit: nothing opened outside."""
+    store, home, full = made
+    copy = _copy(home, tmp_path_factory.mktemp("mutated") / "c")
+    files = sorted(p for p in (copy / "a.ckpt.keys").iterdir() if p.suffix in (".arrow", ".npy"))
+    path = files[which % len(files)]
+    rng = random.Random(seed)
+    data = path.read_bytes()
+    for _ in range(count):
+        data = _mutate_bytes(data, rng)
+    path.write_bytes(data)
+    outcome, result, opened = _resume(store, copy, monkeypatch)
+    _assert_clean(outcome, result, opened, copy)
+    if outcome == "audited":
+        # Not always the full audit's findings: a segment's key changed to
+        # another valid string, or an index's hashes changed but still
+        # sorted, is an edit the checkpoint does not bind (docs/limits.md).
+        assert list(result.columns) == list(full.columns)

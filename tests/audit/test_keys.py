@@ -8,6 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from aether_audit.model.errors import CheckpointError
 from aether_audit.audit.keys import KeyStore, partition_of
 
 
@@ -136,3 +137,111 @@ def test_hash_counts_match_a_plain_count():
         stored = np.sort(rng.integers(0, 30, rng.integers(0, 40)).astype(np.uint64))
         wanted = np.sort(rng.integers(0, 35, rng.integers(0, 20)).astype(np.uint64))
         assert _counts(stored, wanted).tolist() == [int((stored == w).sum()) for w in wanted]
+
+
+# --- segments are input: checked, never trusted (issue 21) -------------------------------------
+
+
+def _spilled(tmp_path, rows: int = 600) -> tuple[KeyStore, list[str]]:
+    keys = [f"k{i}" for i in range(rows)]
+    store = KeyStore(tmp_path, extra=("actor_id",), spill_rows=rows // 2)
+    _fill(store, keys)
+    store.flush()
+    return store, keys
+
+
+def _reuse(tmp_path, store: KeyStore, keys: list[str]) -> list[tuple[int, int]]:
+    """Open the segments again, add a few old keys, and ask for repeats
+    through the indexes, then through every partition."""
+    reopened = KeyStore(tmp_path, [dict(s) for s in store.segments], extra=("actor_id",), spill_rows=10_000)
+    _fill(reopened, keys[:5], start=len(keys))
+    indexed = reopened.repeats(len(keys))
+    reopened._fresh = None  # the full pass: every partition of every segment
+    full = reopened.repeats(len(keys))
+    assert indexed.equals(full)
+    return [(int(o), int(f)) for o, f in zip(full["ord"], full["first_seq"])]
+
+
+def _one_line(exc: pytest.ExceptionInfo) -> str:
+    text = str(exc.value)
+    assert "\n" not in text and text.startswith("checkpoint key segment "), text
+    return text
+
+
+def test_a_segment_of_another_schema_or_shape_is_refused_in_one_line(tmp_path):
+    store, keys = _spilled(tmp_path)
+    path = tmp_path / store.segments[0]["file"]
+    wrong = pa.table({"key": pa.array(["a"], pa.large_string()), "seq": [1], "ord": [1], "actor_id": [1]})
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, wrong.schema) as writer:
+        writer.write_table(wrong)
+    with pytest.raises(CheckpointError) as caught:
+        KeyStore(tmp_path, store.segments, extra=("actor_id",))
+    assert "schema" in _one_line(caught)
+    right = pa.table({"key": pa.array(["a"], pa.large_string()), "seq": [1], "ord": [1],
+                      "actor_id": pa.array(["a"], pa.large_string())})
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, right.schema) as writer:
+        writer.write_table(right)  # one batch, not one per partition
+    with pytest.raises(CheckpointError) as caught:
+        KeyStore(tmp_path, store.segments, extra=("actor_id",))
+    assert "record batches" in _one_line(caught)
+    path.write_bytes(b"not arrow at all")
+    with pytest.raises(CheckpointError) as caught:
+        KeyStore(tmp_path, store.segments, extra=("actor_id",))
+    assert "not an Arrow IPC file" in _one_line(caught)
+
+
+def test_a_segment_with_broken_offsets_or_other_rows_is_refused_when_read(tmp_path):
+    store, keys = _spilled(tmp_path)
+    segment = store.segments[0]
+    path = tmp_path / segment["file"]
+    data = path.read_bytes()
+    # A key's bytes made invalid UTF-8 (Arrow reads it; only validate(full=True) sees it).
+    data = data.replace(b"k123", b"\xff\xfe23")
+    path.write_bytes(data)
+    with pytest.raises(CheckpointError) as caught:
+        _reuse(tmp_path, store, keys)
+    assert "batch" in _one_line(caught)
+    path.write_bytes(data.replace(b"\xff\xfe23", b"k123"))  # whole again
+    _reuse(tmp_path, store, keys)
+    segments = [dict(s, rows=s["rows"] - 1) if s is segment else dict(s) for s in store.segments]
+    reopened = KeyStore(tmp_path, segments, extra=("actor_id",))
+    reopened._fresh = None
+    _fill(reopened, keys[:5], start=len(keys))
+    with pytest.raises(CheckpointError) as caught:
+        reopened.repeats(len(keys))
+    assert "rows, not the" in _one_line(caught)
+
+
+@pytest.mark.parametrize("damage", ["pickled", "object", "big-endian", "2-D", "short", "unsorted", "garbage"])
+def test_a_damaged_index_is_never_unpickled_and_is_rebuilt(tmp_path, damage):
+    """The index is derived data: anything but a plain sorted uint64 array of
+    the segment's rows is rebuilt from the (validated) segment, and the
+    answer is exact. ``np.load`` never unpickles (``allow_pickle=False``)."""
+    import io
+    import pickle
+
+    store, keys = _spilled(tmp_path)
+    expected = _reuse(tmp_path, store, keys)
+    segment = store.segments[0]
+    path = tmp_path / segment["index"]
+    hashes = np.load(path, allow_pickle=False)
+    buffer = io.BytesIO()
+    if damage == "pickled":
+        buffer.write(pickle.dumps(hashes))  # a pickle is not a .npy: never loaded
+    elif damage == "object":
+        np.save(buffer, hashes.astype(object), allow_pickle=True)
+    elif damage == "big-endian":
+        np.save(buffer, hashes.astype(">u8"))
+    elif damage == "2-D":
+        np.save(buffer, hashes.reshape(1, -1))
+    elif damage == "short":
+        np.save(buffer, hashes[:-1])
+    elif damage == "unsorted":
+        np.save(buffer, hashes[::-1].copy())
+    else:
+        buffer.write(b"\x93NUMPY\x01\x00\xff\xff{'descr': '<u8', 'shape': (99999999999,)}")
+    path.write_bytes(buffer.getvalue())
+    assert _reuse(tmp_path, store, keys) == expected
+    rebuilt = np.load(path, allow_pickle=False)
+    assert rebuilt.dtype == np.uint64 and (rebuilt == hashes).all()
+
