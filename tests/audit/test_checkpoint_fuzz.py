@@ -329,7 +329,7 @@ def test_the_recorder_sees_a_read_outside(made, tmp_path, monkeypatch):
 WORKER = textwrap.dedent("""
     import json, random, sys
     from pathlib import Path
-    sys.path.insert(0, sys.argv[4])
+    sys.path[:0] = sys.argv[4].split(":")
     from _checkpoint_support import join, split
     from test_checkpoint_fuzz import _mutate_bytes
     from aether_audit.audit.checkpoint import load_checkpoint
@@ -377,7 +377,7 @@ def test_arrow_section_bytes_never_kill_the_process(made, tmp_path):
     copy = _copy(home, tmp_path / "c")
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
-    done = subprocess.run([sys.executable, str(script), str(copy / "a.ckpt"), "400", "3", str(Path(__file__).parent)],
+    done = subprocess.run([sys.executable, str(script), str(copy / "a.ckpt"), "400", "3", f"{Path(__file__).parent}:{Path(__file__).parents[1]}"],
                           capture_output=True, text=True, timeout=240, check=False)
     lines = [json.loads(line) for line in done.stdout.splitlines()]
     last = lines[-1] if lines else None
@@ -393,7 +393,7 @@ def test_arrow_section_bytes_never_kill_the_process(made, tmp_path):
 KEYS_WORKER = textwrap.dedent("""
     import json, random, sys
     from pathlib import Path
-    sys.path.insert(0, sys.argv[4])
+    sys.path[:0] = sys.argv[4].split(":")
     import numpy as np
     import pyarrow as pa
     from test_checkpoint_fuzz import _mutate_bytes
@@ -462,7 +462,7 @@ def test_key_segment_and_index_bytes_never_kill_the_process(made, tmp_path):
     copy = _copy(home, tmp_path / "c")
     script = tmp_path / "worker.py"
     script.write_text(KEYS_WORKER)
-    done = subprocess.run([sys.executable, str(script), str(copy / "a.ckpt"), "300", "5", str(Path(__file__).parent)],
+    done = subprocess.run([sys.executable, str(script), str(copy / "a.ckpt"), "300", "5", f"{Path(__file__).parent}:{Path(__file__).parents[1]}"],
                           capture_output=True, text=True, timeout=400, check=False)
     lines = [json.loads(line) for line in done.stdout.splitlines()]
     last = lines[-1] if lines else None
