@@ -104,7 +104,7 @@ def test_verdict_then_summary_checks_findings_and_plots():
     positions = [page.index(marker) for marker in markers]
     assert positions == sorted(positions)
     # 6 findings: i % 3 == 0 (i = 0, 3) are warnings, the other 4 errors.
-    assert "<b>FAIL</b>4 errors, 2 warnings from 2 checks" in page
+    assert "<b>FAIL</b>4 errors, 2 warnings from 2 of 17 checks" in page
     summary = page[positions[1]:positions[2]]
     assert "<b>4</b>error" in summary and "<b>2</b>warning" in summary and "<b>0</b>info" in summary
     assert "sequences 1&ndash;39" in summary and "<b>38</b>events" in summary
@@ -126,7 +126,7 @@ def test_findings_link_to_their_check_actor_history_and_sequence():
     assert '<a href="#check-version_gap">version_gap</a>' in findings
     assert '<a href="#filter:code=version_gap">' in page  # from the checks table
     # order-1 is the most-affected actor: its history is listed and seq 7 is in it.
-    anchor = re.search(r'<a href="#(actor-\d+)">order-1</a>', findings).group(1)
+    anchor = re.search(r'<a href="#(actor-\d+)">order-<wbr>1</a>', findings).group(1)
     assert f'<details id="{anchor}">' in page and '<a href="#seq-7">7</a>' in findings
     assert '<tr id="seq-7" class=hit>' in page
     # seq 20 is a hole: no message to link to.
