@@ -35,7 +35,7 @@ SPLIT_SCREEN = (800, 900)
 # it is a break a reader expects. Payload JSON cells (td.json) are exempt:
 # compact JSON has no spaces and must wrap somewhere. Each character's box
 # comes from a Range over it; a line starts where a box's top moves down.
-LAYOUT_PROBE = """<script>
+LAYOUT_PROBE = r"""<script>
 (function () {
   document.querySelectorAll("details").forEach(function (d) { d.open = true; });
   var out = {overflow: document.documentElement.scrollWidth - window.innerWidth,

@@ -504,6 +504,26 @@ class ReportFigures:
 MIN_TIME_BUCKETS = 3
 
 
+def _bars_filled(stamps: pd.Series, width: pd.Timedelta) -> int:
+    """How many bars of ``width`` the events fill, counted so that it does
+    not depend on where the bars' edges fall: the events split into runs
+    with no gap of a bar's width; a run fills one bar, plus one for each
+    whole bar's width it lasts. A steady stream over 4 minutes in 5 s bars
+    fills 49; a burst (every event within a second) fills 1, and a burst
+    plus one event two hours earlier fills 2, wherever the edges are.
+
+    Example:
+        >>> t = pd.Series(pd.to_datetime(["2026-01-01 00:00:00", "2026-01-01 00:00:01", "2026-01-01 02:00:00"]))
+        >>> _bars_filled(t, pd.Timedelta("5min"))
+        2
+    """
+    ordered = stamps.sort_values()
+    runs = (ordered.diff() >= width).cumsum().to_numpy()
+    starts = ordered.groupby(runs).min()
+    lasts = ordered.groupby(runs).max() - starts
+    return int(len(starts) + (lasts // width).sum())
+
+
 def report_figures(findings: pd.DataFrame | None, frames: Any = None, *, actors: Sequence[str] | None = None) -> ReportFigures:
     """Choose the plots that show something for this data.
 
@@ -544,9 +564,7 @@ def report_figures(findings: pd.DataFrame | None, frames: Any = None, *, actors:
         span = stamps.max() - stamps.min()
         freq = _auto_freq(span)
         width = pd.Timedelta(freq if freq[0].isdigit() else f"1{freq}") if freq not in ("W", "MS") else pd.Timedelta(days=7)
-        # Runs of events with no gap wider than a bar: unlike counting the
-        # bars they fill, this does not depend on where the bars' edges fall.
-        filled = 1 + int((stamps.sort_values().diff() >= width).sum())
+        filled = _bars_filled(stamps, width)
         if filled < MIN_TIME_BUCKETS:
             out.skipped.append((name, f"all {len(stamps):,} events fall within {human_duration(span)}: "
                                       f"over time they would make {filled} bar{'s' if filled != 1 else ''}"))
