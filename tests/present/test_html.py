@@ -402,3 +402,17 @@ def test_the_layout_probe_sees_a_word_broken_in_two(tmp_path):
     _, seen, _ = open_in_chromium(path, size=SPLIT_SCREEN)
     assert seen["midWord"] and seen["midWord"][0].replace("|", "") == "OrderShipped"
     assert seen["overflow"] > 0
+
+
+def test_report_refuses_an_out_path_in_a_missing_directory(tmp_path):
+    import subprocess
+    import sys
+
+    missing = tmp_path / "no" / "such"
+    done = subprocess.run([sys.executable, "-m", "aether_audit", "report", "--server", "nats://127.0.0.1:1",
+                           "--out", str(missing / "x.html")], capture_output=True, text=True, timeout=60)
+    # Named before connecting (the server given is closed): one line, exit 2, nothing created.
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.strip().splitlines() == [
+        f"aether-audit: error: --out {missing / 'x.html'}: directory {missing} does not exist; create it first"]
+    assert not (tmp_path / "no").exists()
