@@ -37,6 +37,7 @@ __all__ = [
     "sequence_holes",
     "version_marks",
     "version_timeline",
+    "why_not_by_code",
 ]
 
 # Severity colours shared by the plots, the HTML page and the widgets.
@@ -524,6 +525,25 @@ def _bars_filled(stamps: pd.Series, width: pd.Timedelta) -> int:
     return int(len(starts) + (lasts // width).sum())
 
 
+def why_not_by_code(findings: pd.DataFrame | None) -> str | None:
+    """Why a findings-by-code chart would compare nothing (all bars of one
+    length, or none), as the sentence shown instead; None: draw it. The
+    report and the dashboard both ask here.
+
+    Example:
+        >>> why_not_by_code(pd.DataFrame({"code": ["version_gap", "clock_skew"]}))
+        'every code found has 1 finding (2 codes; see the checks table)'
+    """
+    counts = findings["code"].value_counts() if findings is not None and len(findings) else pd.Series(dtype="int64")
+    if counts.empty:
+        return "no findings"
+    if counts.nunique() == 1:
+        n = int(counts.iloc[0])
+        return (f"every code found has {n:,} finding{'s' if n != 1 else ''} "
+                f"({len(counts)} code{'s' if len(counts) != 1 else ''}; see the checks table)")
+    return None
+
+
 def report_figures(findings: pd.DataFrame | None, frames: Any = None, *, actors: Sequence[str] | None = None) -> ReportFigures:
     """Choose the plots that show something for this data.
 
@@ -543,13 +563,9 @@ def report_figures(findings: pd.DataFrame | None, frames: Any = None, *, actors:
     out = ReportFigures()
     findings = findings if findings is not None else pd.DataFrame(columns=["code", "severity"])
     name = "findings by code"
-    counts = findings["code"].value_counts() if len(findings) else pd.Series(dtype="int64")
-    if counts.empty:
-        out.skipped.append((name, "no findings"))
-    elif counts.nunique() == 1:
-        n = int(counts.iloc[0])
-        out.skipped.append((name, f"every code found has {n:,} finding{'s' if n != 1 else ''} "
-                                  f"({len(counts)} code{'s' if len(counts) != 1 else ''}; see the checks table)"))
+    why = why_not_by_code(findings)
+    if why:
+        out.skipped.append((name, why))
     else:
         out.figures.append((name, findings_by_code(findings)))
     events = getattr(frames, "events", None)
