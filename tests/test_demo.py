@@ -106,11 +106,11 @@ def test_reports_are_self_contained_and_name_every_finding(demo):
     # One finding per code (equal bars) in a two-hour span: the hole and the version timeline are drawn.
     assert re.findall(r'<img[^>]*alt="([^"]+)"', page) == ["stream sequence holes",
                                                           "version timeline of the most-affected actors"]
-    assert "<b>FAIL</b>" in page
+    assert ">FAIL</b>" in page
     for code, check in CHECKS.items():
         assert f'<td class="code">{code}</td>' in page and html.escape(check.description) in page
     healthy = (out / "report_orders_and_accounts.html").read_text(encoding="utf-8")
-    assert "aether demo: orders and accounts" in healthy and "<b>PASS with warnings</b>" in healthy
+    assert "aether demo: orders and accounts" in healthy and ">PASS with warnings</b>" in healthy
     assert 'id="findings">Findings (2)</h2>' in healthy
 
 

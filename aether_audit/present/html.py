@@ -88,18 +88,22 @@ def _e(value: Any) -> str:
 # (``demo_anomalies.events.order.|order-11``), never inside a word. The
 # cells themselves never break a word (``overflow-wrap: normal``); a word
 # longer than its cell widens the table, which scrolls in its own box.
+# Only in words longer than 16 characters: a shorter one (``order-1001``,
+# ``2026-12-20``) fits the narrowest ID column whole and stays whole.
 _BREAK_AFTER = re.compile(r"([._-])")
+_LONG_WORD = re.compile(r"[^\s]{17,}")
 
 
 def _breakable(value: Any) -> str:
-    """``_e(value)`` with a ``<wbr>`` after every ``.``, ``-`` and ``_``.
+    """``_e(value)`` with a ``<wbr>`` after every ``.``, ``-`` and ``_`` of
+    its words longer than 16 characters.
 
     Example:
-        >>> _breakable("demo.events.order-1")
-        'demo.<wbr>events.<wbr>order-<wbr>1'
+        >>> _breakable("demo.events.order-1 at 2026-12-20")
+        'demo.<wbr>events.<wbr>order-<wbr>1 at 2026-12-20'
     """
     # Escaping first is safe: no entity html.escape writes holds . - or _.
-    return _BREAK_AFTER.sub(r"\1<wbr>", _e(value))
+    return _LONG_WORD.sub(lambda word: _BREAK_AFTER.sub(r"\1<wbr>", word.group(0)), _e(value))
 
 
 def _boxed(table: str) -> str:
@@ -123,7 +127,11 @@ INLINE = {
     "sev-info": "background-color:#2e86c1",
     "mark-error": "color:#c0392b;font-weight:bold", "mark-warning": "color:#b9770e;font-weight:bold",
     "mark-info": "color:#2e86c1;font-weight:bold", "mark-pass": "color:#1e8449;font-weight:bold",
-    "card": "border:1px solid #ddd;border-radius:6px;padding:10px 16px;min-width:8rem",
+    "verdict-word": "font-size:1.3rem;margin-right:10px", "verdict-why": "display:block;font-size:.85rem",
+    # inline-block: a row of cards even without the sheet's flex box
+    "card": "display:inline-block;vertical-align:top;margin:0 16px 8px 0;border:1px solid #ddd;border-radius:6px;"
+            "padding:10px 16px;min-width:8rem",
+    "card-count": "display:block;font-size:1.4rem",
 }
 
 
@@ -182,7 +190,8 @@ def _verdict_html(findings: pd.DataFrame, run: int | None = None) -> str:
            "warn": "warnings fail only with <code>--fail-on warning</code>",
            "pass": "every check passed"}[kind]
     return (f'<div class="verdict verdict-{kind}" role="status" style="{_style("verdict", "verdict-" + kind)}">'
-            f"<b>{word}</b>{_e(sentence)}<small>{why}</small></div>")
+            f'<b style="{_style("verdict-word")}">{word}</b>{_e(sentence)}'
+            f'<small style="{_style("verdict-why")}">{why}</small></div>')
 
 
 def summary_html(report: Any) -> str:
@@ -203,7 +212,8 @@ def summary_html(report: Any) -> str:
            if info["first_time"] is not None else "")
         + "</p>",
         '<div class="cards">' + "".join(
-            f'<div class="card" style="{_style("card")}"><b>{_e(_count(value))}</b>{_e(label)}</div>' for label, value in cards) + "</div>",
+            f'<div class="card" style="{_style("card")}"><b style="{_style("card-count")}">{_e(_count(value))}</b>'
+            f"{_e(label)}</div>" for label, value in cards) + "</div>",
     ]
     if findings.empty:
         parts.append('<p class="clean">No findings: every check passed.</p>')

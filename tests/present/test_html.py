@@ -103,10 +103,12 @@ def test_verdict_then_summary_checks_findings_and_plots():
     positions = [page.index(marker) for marker in markers]
     assert positions == sorted(positions)
     # 6 findings: i % 3 == 0 (i = 0, 3) are warnings, the other 4 errors.
-    assert "<b>FAIL</b>4 errors, 2 warnings from 2 of 17 checks" in page
+    assert ">FAIL</b>4 errors, 2 warnings from 2 of 17 checks" in page
     summary = page[positions[1]:positions[2]]
-    assert "<b>4</b>error" in summary and "<b>2</b>warning" in summary and "<b>0</b>info" in summary
-    assert "sequences 1&ndash;39" in summary and "<b>38</b>events" in summary
+    cards = dict((label, n) for n, label in re.findall(r"<b[^>]*>([\d,]+)</b>([a-z ]+)<", summary))
+    assert {label: cards[label] for label in ("error", "warning", "info", "events")} == {
+        "error": "4", "warning": "2", "info": "0", "events": "38"}
+    assert "sequences 1&ndash;39" in summary
     assert "2026-03-01 00:01:00 UTC" in summary  # human time, not nanoseconds
     checks = page[positions[2]:positions[3]]
     for code, check in CHECKS.items():
@@ -125,7 +127,7 @@ def test_findings_link_to_their_check_actor_history_and_sequence():
     assert '<a href="#check-version_gap">version_gap</a>' in findings
     assert '<a href="#filter:code=version_gap">' in page  # from the checks table
     # order-1 is the most-affected actor: its history is listed and seq 7 is in it.
-    anchor = re.search(r'<a href="#(actor-\d+)">order-<wbr>1</a>', findings).group(1)
+    anchor = re.search(r'<a href="#(actor-\d+)">order-1</a>', findings).group(1)
     assert f'<details id="{anchor}">' in page and '<a href="#seq-7">7</a>' in findings
     assert '<tr id="seq-7" class=hit>' in page
     # seq 20 is a hole: no message to link to.
@@ -134,9 +136,9 @@ def test_findings_link_to_their_check_actor_history_and_sequence():
 
 def test_a_passing_and_a_warning_verdict():
     clean = make_report(0)
-    assert "<b>PASS</b>no errors or warnings" in render_report_html(clean)
+    assert ">PASS</b>no errors or warnings" in render_report_html(clean)
     warned = make_report(1)  # i = 0: a warning
-    assert "<b>PASS with warnings</b>no errors; 1 warning" in render_report_html(warned)
+    assert ">PASS with warnings</b>no errors; 1 warning" in render_report_html(warned)
 
 
 def test_a_checks_mark_follows_its_severity_info_is_no_failure():
@@ -164,8 +166,8 @@ def test_an_id_or_subject_wraps_only_after_dot_dash_underscore():
 # What JupyterLab keeps of an untrusted notebook's HTML output: no <style>
 # element, and of a style attribute only these properties (its sanitizer's
 # allowedStyles, packages/apputils/src/sanitizer.ts, among others).
-JUPYTERLAB_STYLES = {"background-color", "border", "border-radius", "color", "display", "font-size", "font-weight",
-                     "margin", "min-width", "padding", "white-space"}
+JUPYTERLAB_STYLES = {"background-color", "border", "border-radius", "color", "display", "font-size", "font-weight", "margin-right",
+                     "margin", "min-width", "padding", "vertical-align", "white-space"}
 
 
 def test_without_its_style_element_the_fragment_keeps_its_colours():
@@ -193,7 +195,7 @@ def test_a_clean_empty_stream_renders():
         frames=StreamFrames(frame(EVENT_SCHEMA, []), frame(SNAPSHOT_SCHEMA, []), frame(ERROR_SCHEMA, [])),
     )
     page = render_report_html(empty)
-    assert "No findings" in page and "no findings" in page and "<b>PASS</b>" in page
+    assert "No findings" in page and "no findings" in page and ">PASS</b>" in page
     # Nothing to draw: four sentences, no empty charts.
     assert "data:image/png;base64," not in page
     assert page.count("not drawn") == 4
