@@ -39,7 +39,7 @@ LAYOUT_PROBE = r"""<script>
 (function () {
   document.querySelectorAll("details").forEach(function (d) { d.open = true; });
   var out = {overflow: document.documentElement.scrollWidth - window.innerWidth,
-             midWord: [], codesOnTwoLines: [], actorLines: {}, wideBoxes: 0, cells: 0};
+             midWord: [], codesOnTwoLines: [], actorLines: {}, idLines: 0, wideBoxes: 0, cells: 0};
   function chars(cell) {
     // A space that ends a line has no box: a break after it joins the two
     // characters around it, so each character notes whether one came before.
@@ -77,6 +77,7 @@ LAYOUT_PROBE = r"""<script>
     var shape = lines(seen);
     if (cell.classList.contains("code") && shape.count > 1) out.codesOnTwoLines.push(shape.text);
     if (cell.classList.contains("actor")) out.actorLines[cell.textContent] = shape.count;
+    if (cell.classList.contains("id")) out.idLines = Math.max(out.idLines, shape.count);
   });
   // A table wider than the page must scroll inside its own box, not move the page.
   document.querySelectorAll(".scroll").forEach(function (box) {

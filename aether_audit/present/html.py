@@ -320,14 +320,16 @@ def _cell(column: str, value: Any) -> str:
     if column in ("expected", "found"):
         return f'<td class="val" title="{_e(value)}">{_breakable(humanize(value))}</td>'
     if column in ID_COLUMNS:
-        return f'<td class="id">{_breakable(value)}</td>'
+        wide = " uuid" if column in ("event_id", "id", "msg_id") else ""
+        return f'<td class="id{wide}">{_breakable(value)}</td>'
     if column in ("data", "extra", "state"):
         return f'<td class="json">{_e(value)}</td>'
     return f"<td>{_breakable(value)}</td>"
 
 
 # Columns of identifiers: wrapped only after . - _ and never narrower than
-# report-scoped.css's td.id (an order or account ID on one line, a UUID on two).
+# report-scoped.css's td.id (an order or account ID on one line) or, for
+# event and message IDs (UUIDs mostly), td.uuid (a UUID on two lines).
 ID_COLUMNS = ("actor_id", "event_id", "subject", "id", "msg_id", "stream", "actor_type")
 
 

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
+from _browser import LAYOUT_PROBE, SPLIT_SCREEN, browser, open_in_chromium, with_probe
 
 pytest.importorskip("ipywidgets")
 
@@ -294,3 +295,21 @@ def test_the_time_range_is_written_out_whole_beneath_the_slider(report):
     assert explorer.time_label.value == f"<small>{labels[0]} UTC to {labels[-1]} UTC (all)</small>"
     explorer.time_range.index = (3, 10)
     assert explorer.time_label.value == f"<small>{labels[3]} UTC to {labels[10]} UTC</small>"
+
+
+@browser
+def test_the_explorers_event_ids_wrap_at_dashes_on_two_lines_at_most(tmp_path):
+    import uuid
+
+    frames = build_frames()
+    frames.events["event_id"] = [str(uuid.uuid5(uuid.NAMESPACE_URL, str(seq))) for seq in frames.events["stream_seq"]]
+    explorer = ActorExplorer(audit_frames(frames, checks=["version_gap"]))
+    explorer.select("order-7")
+    # A notebook's output area beside JupyterLab's file browser on a laptop: ~800 px.
+    path = tmp_path / "explorer.html"
+    page = f"<!DOCTYPE html><html><body>{explorer.static_html()}</body></html>"
+    path.write_text(with_probe(page, LAYOUT_PROBE), encoding="utf-8")
+    _, seen, console = open_in_chromium(path, size=SPLIT_SCREEN)
+    assert console == [] and seen["overflow"] <= 0
+    assert seen["midWord"] == [] and seen["codesOnTwoLines"] == []
+    assert 1 <= seen["idLines"] <= 2  # a UUID, once squeezed to 6 lines
