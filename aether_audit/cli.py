@@ -324,6 +324,12 @@ def cmd_seed(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    # Checked before the audit (a whole read of the stream): a mistyped
+    # directory is named, not created, as cp, tar and pandas do.
+    folder = Path(args.out).parent
+    if not folder.is_dir():
+        what = "is not a directory" if folder.exists() else "does not exist"
+        raise UsageError(f"--out {args.out}: directory {folder} {what}; create it first")
     with _store(args) as store:
         report = store.audit(progress=_progress(args))
     page = report.write_html(Path(args.out))

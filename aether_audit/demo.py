@@ -69,8 +69,15 @@ DEMO_STREAMS = (
     DemoStream("demo_anomalies", ("anomalies",), "report_planted_anomalies.html",
                "aether demo: one planted case of every finding", "one planted case of every finding code: FAIL"),
     DemoStream("demo", ("orders", "accounts"), "report_orders_and_accounts.html",
-               "aether demo: orders and accounts", "realistic orders and accounts: what a healthy stream looks like"),
+               "aether demo: orders and accounts (30 simulated days replayed in 4 minutes)",
+               "realistic orders and accounts: what a healthy stream looks like"),
 )
+# Why 4 minutes and not 30 days: JetStream stamps each message with the
+# time it is stored (now, when the demo seeds), and an event whose own
+# timestamp is more than 5 minutes from that is a clock_skew finding. So
+# data_samples/generate.py compresses its 30 days into the last 240 s before
+# seeding, in order: the report's events-over-time plot then shows the
+# simulated month's shape, in 5-second bars.
 # Findings about the stream's configuration: one per stream however many
 # scenarios share it (so expectations combine by max, not by sum).
 STREAM_WIDE = _checks.STREAM_WIDE

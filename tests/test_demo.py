@@ -26,6 +26,8 @@ PLANTABLE = [code for code in CHECKS if code != "history_rewritten"]
 from aether_audit.demo import run_demo
 from aether_audit.store.scenario import read_scenario
 
+from _browser import LAYOUT_PROBE, SPLIT_SCREEN, browser, open_in_chromium, with_probe
+
 
 def scenario_sizes(*names: str) -> tuple[int, int, int]:
     """Events, snapshots and distinct event actors the scenarios write through the API."""
@@ -104,12 +106,39 @@ def test_reports_are_self_contained_and_name_every_finding(demo):
     # One finding per code (equal bars) in a two-hour span: the hole and the version timeline are drawn.
     assert re.findall(r'<img[^>]*alt="([^"]+)"', page) == ["stream sequence holes",
                                                           "version timeline of the most-affected actors"]
-    assert "<b>FAIL</b>" in page
+    assert ">FAIL</b>" in page
     for code, check in CHECKS.items():
         assert f'<td class="code">{code}</td>' in page and html.escape(check.description) in page
     healthy = (out / "report_orders_and_accounts.html").read_text(encoding="utf-8")
-    assert "aether demo: orders and accounts" in healthy and "<b>PASS with warnings</b>" in healthy
+    assert "aether demo: orders and accounts" in healthy and ">PASS with warnings</b>" in healthy
     assert 'id="findings">Findings (2)</h2>' in healthy
+
+
+def test_the_healthy_report_draws_its_plots_and_marks_info_as_no_failure(demo):
+    out, _ = demo
+    healthy = (out / "report_orders_and_accounts.html").read_text(encoding="utf-8")
+    # ~3,450 events over the 4 minutes the samples span, in 5 s bars: drawn.
+    assert re.findall(r'<img[^>]*alt="([^"]+)"', healthy) == ["events over time"]
+    assert "events over time: not drawn" not in healthy
+    # The other three are about damage a healthy stream does not have: each says so.
+    assert "no message was deleted" in healthy and "no actor&#x27;s versions gap" in healthy
+    marks = dict(re.findall(r'<tr id="check-(\w+)"><td class="nowrap"><span class="mark mark-(\w+)"', healthy))
+    assert marks["retention_expiry"] == "info" and marks["immutability_not_enforced"] == "warning"
+    assert set(marks.values()) == {"info", "warning", "pass"}  # no red cross on a healthy stream
+    assert "from 2 of 17 checks" in healthy and "Checks (17 run)" in healthy
+
+
+@browser
+def test_the_planted_report_fits_800_px_with_no_word_broken(demo, tmp_path):
+    out, _ = demo
+    page = (out / "report_planted_anomalies.html").read_text(encoding="utf-8")
+    path = tmp_path / "planted.html"
+    path.write_text(with_probe(page, LAYOUT_PROBE), encoding="utf-8")
+    _, seen, console = open_in_chromium(path, size=SPLIT_SCREEN)
+    assert console == []
+    # It was 1,101 px wide, with demo_anomalies.events.o|rder.order-11 in a cell.
+    assert seen["overflow"] <= 0 and seen["wideBoxes"] == 0
+    assert seen["midWord"] == [] and seen["codesOnTwoLines"] == []
 
 
 def test_summary_is_written_and_printable(demo):

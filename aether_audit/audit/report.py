@@ -59,19 +59,24 @@ def audit_frames(frames: StreamFrames, checks: Sequence[str] | None = None, **op
 Verdict = tuple[Literal["fail", "warn", "pass"], str]
 
 
-def verdict_of(findings: pd.DataFrame) -> Verdict:
+def verdict_of(findings: pd.DataFrame, *, run: int | None = None) -> Verdict:
     """``("fail" | "warn" | "pass", sentence)``: fail on any error (what
     ``aether-audit check`` exits 1 on by default), warn on warnings only.
+    ``run``: how many checks ran, so the sentence says "2 of 17 checks"
+    where a page also lists all 17.
 
     Example:
         >>> verdict_of(pd.DataFrame({"severity": ["warning", "info"], "code": ["clock_skew", "snapshot_ahead"]}))
         ('warn', 'no errors; 1 warning, 1 info from 2 checks')
+        >>> verdict_of(pd.DataFrame({"severity": ["warning"], "code": ["clock_skew"]}), run=17)[1]
+        'no errors; 1 warning from 1 of 17 checks'
     """
     counts = findings["severity"].value_counts() if len(findings) else pd.Series(dtype="int64")
     listed = ", ".join(f"{int(counts[s]):,} {s}{'s' if counts[s] != 1 and s != 'info' else ''}"
                        for s in SEVERITIES if counts.get(s, 0))
     codes = findings["code"].nunique() if len(findings) else 0
-    where = f" from {codes} check{'s' if codes != 1 else ''}" if codes else ""
+    of = f" of {run}" if run is not None and run >= codes else ""
+    where = f" from {codes}{of} check{'s' if codes != 1 or of else ''}" if codes else ""
     if counts.get("error", 0):
         return "fail", f"{listed}{where}"
     if counts.get("warning", 0):
@@ -242,7 +247,7 @@ class AuditReport:
             >>> AuditReport(pd.DataFrame(columns=FINDING_COLUMNS)).verdict
             ('pass', 'no errors or warnings')
         """
-        return verdict_of(self.findings)
+        return verdict_of(self.findings, run=len(self.checks))
 
     def at_least(self, severity: str) -> int:
         """How many findings are at or above ``severity``."""

@@ -28,6 +28,7 @@ import hashlib
 import html
 import numbers
 import os
+import re
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
@@ -83,6 +84,61 @@ def _e(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
+# Where an ID, a subject or a value may wrap: after ``.``, ``-`` and ``_``
+# (``demo_anomalies.events.order.|order-11``), never inside a word. The
+# cells themselves never break a word (``overflow-wrap: normal``); a word
+# longer than its cell widens the table, which scrolls in its own box.
+# Only in words longer than 16 characters: a shorter one (``order-1001``,
+# ``2026-12-20``) fits the narrowest ID column whole and stays whole.
+_BREAK_AFTER = re.compile(r"([._-])")
+_LONG_WORD = re.compile(r"[^\s]{17,}")
+
+
+def _breakable(value: Any) -> str:
+    """``_e(value)`` with a ``<wbr>`` after every ``.``, ``-`` and ``_`` of
+    its words longer than 16 characters.
+
+    Example:
+        >>> _breakable("demo.events.order-1 at 2026-12-20")
+        'demo.<wbr>events.<wbr>order-<wbr>1 at 2026-12-20'
+    """
+    # Escaping first is safe: no entity html.escape writes holds . - or _.
+    return _LONG_WORD.sub(lambda word: _BREAK_AFTER.sub(r"\1<wbr>", word.group(0)), _e(value))
+
+
+def _boxed(table: str) -> str:
+    """A table in a box that scrolls sideways on its own when the table is
+    wider than the page (a split-screen laptop is ~800 px)."""
+    return f'<div class="scroll">{table}</div>'
+
+
+# What must show even where ``<style>`` is removed: JupyterLab sanitizes the
+# saved outputs of a notebook it does not trust (any notebook the reader did
+# not run), dropping ``<style>`` elements but keeping ``style`` attributes of
+# its allowed properties. So the colours that carry a meaning (the verdict,
+# the severities, a check's mark) are inline, here only; report-scoped.css
+# holds the rest of the look.
+INLINE = {
+    "verdict": "border-radius:6px;padding:11px 16px;margin:13px 0;font-size:1.1rem;color:#fff",
+    "verdict-fail": "background-color:#c0392b", "verdict-warn": "background-color:#b9770e",
+    "verdict-pass": "background-color:#1e8449",
+    "sev": "display:inline-block;white-space:nowrap;border-radius:4px;padding:0 6px;color:#fff;font-size:.8rem",
+    "sev-error": "background-color:#c0392b", "sev-warning": "background-color:#b9770e",
+    "sev-info": "background-color:#2e86c1",
+    "mark-error": "color:#c0392b;font-weight:bold", "mark-warning": "color:#b9770e;font-weight:bold",
+    "mark-info": "color:#2e86c1;font-weight:bold", "mark-pass": "color:#1e8449;font-weight:bold",
+    "verdict-word": "font-size:1.3rem;margin-right:10px", "verdict-why": "display:block;font-size:.85rem",
+    # inline-block: a row of cards even without the sheet's flex box
+    "card": "display:inline-block;vertical-align:top;margin:0 16px 8px 0;border:1px solid #ddd;border-radius:6px;"
+            "padding:10px 16px;min-width:8rem",
+    "card-count": "display:block;font-size:1.4rem",
+}
+
+
+def _style(*names: str) -> str:
+    return ";".join(INLINE[name] for name in names if name in INLINE)
+
+
 def scoped(body: str, *, root_id: str | None = None) -> str:
     """``body`` inside a root ``div`` whose id prefixes every CSS rule.
 
@@ -127,14 +183,15 @@ def _stream_range(report: Any) -> dict[str, Any]:
     return out
 
 
-def _verdict_html(findings: pd.DataFrame) -> str:
-    kind, sentence = verdict_of(findings)  # what AuditReport.verdict says; duck-typed reports too
+def _verdict_html(findings: pd.DataFrame, run: int | None = None) -> str:
+    kind, sentence = verdict_of(findings, run=run)  # what AuditReport.verdict says; duck-typed reports too
     word = {"fail": "FAIL", "warn": "PASS with warnings", "pass": "PASS"}[kind]
     why = {"fail": "errors make <code>aether-audit check</code> exit 1",
            "warn": "warnings fail only with <code>--fail-on warning</code>",
            "pass": "every check passed"}[kind]
-    return (f'<div class="verdict verdict-{kind}" role="status"><b>{word}</b>{_e(sentence)}'
-            f"<small>{why}</small></div>")
+    return (f'<div class="verdict verdict-{kind}" role="status" style="{_style("verdict", "verdict-" + kind)}">'
+            f'<b style="{_style("verdict-word")}">{word}</b>{_e(sentence)}'
+            f'<small style="{_style("verdict-why")}">{why}</small></div>')
 
 
 def summary_html(report: Any) -> str:
@@ -155,7 +212,8 @@ def summary_html(report: Any) -> str:
            if info["first_time"] is not None else "")
         + "</p>",
         '<div class="cards">' + "".join(
-            f'<div class="card"><b>{_e(_count(value))}</b>{_e(label)}</div>' for label, value in cards) + "</div>",
+            f'<div class="card" style="{_style("card")}"><b style="{_style("card-count")}">{_e(_count(value))}</b>'
+            f"{_e(label)}</div>" for label, value in cards) + "</div>",
     ]
     if findings.empty:
         parts.append('<p class="clean">No findings: every check passed.</p>')
@@ -183,15 +241,35 @@ def _checks_html(report: Any, *, links: bool) -> str:
         n = int(counts.get(code, 0))
         check = CHECKS.get(code)
         severity = _worst(findings, code) if n else (check.severity if check else "")
-        status = '<span class="fail">&#x2717;</span>' if n else '<span class="pass">&#x2713;</span>'
+        status = _mark(severity if n else "pass")
         total = f"{n:,}"
         if n and links:
             total = f'<a href="#filter:code={_e(code)}">{n:,}</a>'
         rows.append(f'<tr id="check-{_e(code)}"><td class="nowrap">{status}</td><td class="code">{_e(code)}</td>'
                     f'<td class="nowrap">{_severity(severity)}</td>'
                     f'<td>{_e(check.description if check else "")}</td><td class="num">{total}</td></tr>')
-    return ('<table class="aa checks"><thead><tr><th></th><th>check</th><th>severity</th><th>what it means</th>'
-            f'<th>findings</th></tr></thead><tbody>{"".join(rows)}</tbody></table>')
+    return _boxed('<table class="aa checks"><thead><tr><th></th><th>check</th><th>severity</th><th>what it means</th>'
+                  f'<th>findings</th></tr></thead><tbody>{"".join(rows)}</tbody></table>')
+
+
+# A check's mark: only an error fails (what ``check`` exits 1 on); a warning
+# is a caution and an info a note, not failures. U+FE0E asks for the text
+# glyph, not an emoji.
+MARKS = {"error": ("&#x2717;", "failed: errors"), "warning": ("&#x26A0;&#xFE0E;", "warnings"),
+         "info": ("&#x2139;&#xFE0E;", "information only, not a failure"), "pass": ("&#x2713;", "passed")}
+
+
+def _mark(kind: str) -> str:
+    kind = kind if kind in MARKS else "info"
+    glyph, label = MARKS[kind]
+    return (f'<span class="mark mark-{kind}" title="{label}" aria-label="{label}" '
+            f'style="{_style("mark-" + kind)}">{glyph}</span>')
+
+
+def _checks_run(report: Any) -> int:
+    """How many checks ran: the verdict's "from 2 of 17 checks" and the
+    heading's "Checks (17 run)" count the same."""
+    return len(getattr(report, "checks", None) or CHECKS)
 
 
 def _worst(findings: pd.DataFrame, code: str) -> str:
@@ -200,7 +278,8 @@ def _worst(findings: pd.DataFrame, code: str) -> str:
 
 
 def _severity(severity: Any) -> str:
-    return f'<span class="sev sev-{_e(severity)}">{_e(severity)}</span>' if _e(severity) else ""
+    text = _e(severity)
+    return f'<span class="sev sev-{text}" style="{_style("sev", "sev-" + text)}">{text}</span>' if text else ""
 
 
 def frame_table_html(frame: pd.DataFrame, *, max_rows: int = 500, columns: Sequence[str] | None = None) -> str:
@@ -224,13 +303,13 @@ def frame_table_html(frame: pd.DataFrame, *, max_rows: int = 500, columns: Seque
     )
     note = (f'<p class="note">showing the first {max_rows:,} of {len(frame):,} rows</p>'
             if len(frame) > max_rows else "")
-    return f'<table class="aa"><thead><tr>{header}</tr></thead><tbody>{body}</tbody></table>{note}'
+    return _boxed(f'<table class="aa"><thead><tr>{header}</tr></thead><tbody>{body}</tbody></table>') + note
 
 
 def _cell(column: str, value: Any) -> str:
     if column == "severity":
         return f'<td class="nowrap">{_severity(value)}</td>'
-    if column == "code":
+    if column in ("code", "findings"):  # codes (the explorer's history lists the codes found at each event)
         return f'<td class="code">{_e(value)}</td>'
     if isinstance(value, pd.Timestamp):
         return f'<td class="nowrap" title="{_e(value.isoformat())}">{_e(human_time(value))}</td>'
@@ -239,10 +318,19 @@ def _cell(column: str, value: Any) -> str:
     if column == "message":
         return f'<td class="msg">{_e(humanize(value))}</td>'
     if column in ("expected", "found"):
-        return f'<td class="val" title="{_e(value)}">{_e(humanize(value))}</td>'
-    if column == "subject":
-        return f'<td class="val">{_e(value)}</td>'
-    return f"<td>{_e(value)}</td>"
+        return f'<td class="val" title="{_e(value)}">{_breakable(humanize(value))}</td>'
+    if column in ID_COLUMNS:
+        wide = " uuid" if column in ("event_id", "id", "msg_id") else ""
+        return f'<td class="id{wide}">{_breakable(value)}</td>'
+    if column in ("data", "extra", "state"):
+        return f'<td class="json">{_e(value)}</td>'
+    return f"<td>{_breakable(value)}</td>"
+
+
+# Columns of identifiers: wrapped only after . - _ and never narrower than
+# report-scoped.css's td.id (an order or account ID on one line) or, for
+# event and message IDs (UUIDs mostly), td.uuid (a UUID on two lines).
+ID_COLUMNS = ("actor_id", "event_id", "subject", "id", "msg_id", "stream", "actor_type")
 
 
 def _int(value: Any) -> Any:
@@ -275,7 +363,7 @@ def report_fragment_html(report: Any, *, max_rows: int = MAX_FINDING_ROWS) -> st
     """The report for a notebook cell: verdict, summary, the checks, then the
     findings; scoped CSS, no script (a notebook may not run one)."""
     findings = _findings(report)
-    body = (_verdict_html(findings) + summary_html(report) + _checks_html(report, links=False)
+    body = (_verdict_html(findings, _checks_run(report)) + summary_html(report) + _checks_html(report, links=False)
             + findings_table_html(findings, max_rows=max_rows))
     return scoped(body)
 
@@ -334,16 +422,17 @@ def _histories(report: Any, findings: pd.DataFrame, anchors: dict[str, str]) -> 
             rows.append(
                 f'<tr id="seq-{seq}"{" class=hit" if hit else ""}><td class="num">{seq}</td>'
                 f'<td class="nowrap">{_e(row.kind)}</td><td class="num">{_e(_int(row.version))}</td>'
-                f"<td>{_e(row.event_type)}</td>"
+                f"<td>{_breakable(row.event_type)}</td>"
                 f'<td class="nowrap" title="{_e("" if pd.isna(stamp) else pd.Timestamp(stamp).isoformat())}">'
                 f"{_e(human_time(stamp) if not pd.isna(stamp) else '')}</td><td class=\"code\">{_e(hit)}</td></tr>")
         note = (f'<p class="note">showing the first {HISTORY_ROWS:,} of {len(history):,} messages</p>'
                 if len(history) > HISTORY_ROWS else "")
-        table = ('<table class="aa"><thead><tr><th>stream seq</th><th>kind</th><th>version</th><th>event type</th>'
-                 f'<th>timestamp</th><th>findings</th></tr></thead><tbody>{"".join(rows)}</tbody></table>'
+        table = (_boxed('<table class="aa"><thead><tr><th>stream seq</th><th>kind</th><th>version</th>'
+                        '<th>event type</th><th>timestamp</th><th>findings</th></tr></thead>'
+                        f'<tbody>{"".join(rows)}</tbody></table>')
                  if rows else '<p class="note">no messages of this actor in the stream</p>')
         n = int(per_actor.get(actor, 0))
-        sections.append(f'<details id="{anchor}"><summary><b>{_e(actor)}</b>: {n:,} finding{"s" if n != 1 else ""}, '
+        sections.append(f'<details id="{anchor}"><summary><b>{_breakable(actor)}</b>: {n:,} finding{"s" if n != 1 else ""}, '
                         f"{len(history):,} message{'s' if len(history) != 1 else ''}</summary>{table}{note}</details>")
     more = findings["actor_id"].dropna().astype(str).nunique() - len(anchors)
     if more > 0:
@@ -361,7 +450,7 @@ def _findings_page_table(findings: pd.DataFrame, anchors: dict[str, str], listed
     rows = []
     for row in shown.to_dict("records"):
         actor, seq = row.get("actor_id"), _int(row.get("stream_seq"))
-        actor_text = _e(actor)
+        actor_text = _breakable(actor)
         if actor_text and str(actor) in anchors:
             actor_text = f'<a href="#{anchors[str(actor)]}">{actor_text}</a>'
         seq_text = "" if seq is None else str(seq)
@@ -373,10 +462,10 @@ def _findings_page_table(findings: pd.DataFrame, anchors: dict[str, str], listed
             f'<tr data-severity="{severity}" data-code="{_e(row.get("code"))}">'
             f'<td class="nowrap" data-key="{rank.get(row.get("severity"), 3)}">{_severity(severity)}</td>'
             f'<td class="code"><a href="#check-{_e(row.get("code"))}">{_e(row.get("code"))}</a></td>'
-            f'<td class="actor" title="{_e(actor)}">{actor_text}</td><td class="num" data-key="{seq_key}">{seq_text}</td>'
+            f'<td class="id actor" title="{_e(actor)}">{actor_text}</td><td class="num" data-key="{seq_key}">{seq_text}</td>'
             f'<td class="msg" title="{_e(row.get("message"))}">{_e(humanize(row.get("message")))}</td>'
-            f'<td class="val">{_e(humanize(row.get("expected")))}</td>'
-            f'<td class="val">{_e(humanize(row.get("found")))}</td></tr>')
+            f'<td class="val">{_breakable(humanize(row.get("expected")))}</td>'
+            f'<td class="val">{_breakable(humanize(row.get("found")))}</td></tr>')
     header = "".join(
         f'<th{" data-type=number" if kind == "number" else ""}><button type="button">{label}</button></th>'
         for label, kind in (("severity", "number"), ("code", "text"), ("actor", "text"), ("stream seq", "number"),
@@ -391,8 +480,8 @@ def _findings_page_table(findings: pd.DataFrame, anchors: dict[str, str], listed
     filters = (f'<div class="filters" hidden><input type="search" name="q" placeholder="filter: actor, message ..." '
                f'aria-label="filter findings"><select name="code" aria-label="code"><option value="">every code</option>'
                f'{options}</select>{severities}<span>showing <span class="shown"></span></span></div>')
-    return (f'{filters}<table class="aa findings"><thead><tr>{header}</tr></thead>'
-            f'<tbody>{"".join(rows)}</tbody></table>{note}')
+    return (filters + _boxed(f'<table class="aa findings"><thead><tr>{header}</tr></thead>'
+                             f'<tbody>{"".join(rows)}</tbody></table>') + note)
 
 
 # --- plots --------------------------------------------------------------------------------
@@ -451,12 +540,12 @@ def render_report_html(report: Any, *, title: str | None = None) -> str:
     body = "\n".join([
         f"<h1>{_e(title)}</h1>",
         f'<p class="meta">generated {generated} by aether_audit</p>',
-        _verdict_html(findings),
+        _verdict_html(findings, _checks_run(report)),
         '<nav><a href="#summary">Summary</a><a href="#checks">Checks</a>'
         f'<a href="#findings">Findings ({len(findings):,})</a><a href="#actors">Actors</a>'
         '<a href="#plots">Plots</a></nav>',
         '<h2 id="summary">Summary</h2>', summary_html(report),
-        f'<h2 id="checks">Checks ({len(getattr(report, "checks", None) or CHECKS)} run)</h2>',
+        f'<h2 id="checks">Checks ({_checks_run(report)} run)</h2>',
         _checks_html(report, links=True),
         f'<h2 id="findings">Findings ({len(findings):,})</h2>',
         _findings_page_table(findings, anchors, listed),

@@ -37,6 +37,7 @@ __all__ = [
     "sequence_holes",
     "version_marks",
     "version_timeline",
+    "why_not_by_code",
 ]
 
 # Severity colours shared by the plots, the HTML page and the widgets.
@@ -504,6 +505,45 @@ class ReportFigures:
 MIN_TIME_BUCKETS = 3
 
 
+def _bars_filled(stamps: pd.Series, width: pd.Timedelta) -> int:
+    """How many bars of ``width`` the events fill, counted so that it does
+    not depend on where the bars' edges fall: the events split into runs
+    with no gap of a bar's width; a run fills one bar, plus one for each
+    whole bar's width it lasts. A steady stream over 4 minutes in 5 s bars
+    fills 49; a burst (every event within a second) fills 1, and a burst
+    plus one event two hours earlier fills 2, wherever the edges are.
+
+    Example:
+        >>> t = pd.Series(pd.to_datetime(["2026-01-01 00:00:00", "2026-01-01 00:00:01", "2026-01-01 02:00:00"]))
+        >>> _bars_filled(t, pd.Timedelta("5min"))
+        2
+    """
+    ordered = stamps.sort_values()
+    runs = (ordered.diff() >= width).cumsum().to_numpy()
+    starts = ordered.groupby(runs).min()
+    lasts = ordered.groupby(runs).max() - starts
+    return int(len(starts) + (lasts // width).sum())
+
+
+def why_not_by_code(findings: pd.DataFrame | None) -> str | None:
+    """Why a findings-by-code chart would compare nothing (all bars of one
+    length, or none), as the sentence shown instead; None: draw it. The
+    report and the dashboard both ask here.
+
+    Example:
+        >>> why_not_by_code(pd.DataFrame({"code": ["version_gap", "clock_skew"]}))
+        'every code found has 1 finding (2 codes; see the checks table)'
+    """
+    counts = findings["code"].value_counts() if findings is not None and len(findings) else pd.Series(dtype="int64")
+    if counts.empty:
+        return "no findings"
+    if counts.nunique() == 1:
+        n = int(counts.iloc[0])
+        return (f"every code found has {n:,} finding{'s' if n != 1 else ''} "
+                f"({len(counts)} code{'s' if len(counts) != 1 else ''}; see the checks table)")
+    return None
+
+
 def report_figures(findings: pd.DataFrame | None, frames: Any = None, *, actors: Sequence[str] | None = None) -> ReportFigures:
     """Choose the plots that show something for this data.
 
@@ -523,13 +563,9 @@ def report_figures(findings: pd.DataFrame | None, frames: Any = None, *, actors:
     out = ReportFigures()
     findings = findings if findings is not None else pd.DataFrame(columns=["code", "severity"])
     name = "findings by code"
-    counts = findings["code"].value_counts() if len(findings) else pd.Series(dtype="int64")
-    if counts.empty:
-        out.skipped.append((name, "no findings"))
-    elif counts.nunique() == 1:
-        n = int(counts.iloc[0])
-        out.skipped.append((name, f"every code found has {n:,} finding{'s' if n != 1 else ''} "
-                                  f"({len(counts)} code{'s' if len(counts) != 1 else ''}; see the checks table)"))
+    why = why_not_by_code(findings)
+    if why:
+        out.skipped.append((name, why))
     else:
         out.figures.append((name, findings_by_code(findings)))
     events = getattr(frames, "events", None)
@@ -544,9 +580,7 @@ def report_figures(findings: pd.DataFrame | None, frames: Any = None, *, actors:
         span = stamps.max() - stamps.min()
         freq = _auto_freq(span)
         width = pd.Timedelta(freq if freq[0].isdigit() else f"1{freq}") if freq not in ("W", "MS") else pd.Timedelta(days=7)
-        # Runs of events with no gap wider than a bar: unlike counting the
-        # bars they fill, this does not depend on where the bars' edges fall.
-        filled = 1 + int((stamps.sort_values().diff() >= width).sum())
+        filled = _bars_filled(stamps, width)
         if filled < MIN_TIME_BUCKETS:
             out.skipped.append((name, f"all {len(stamps):,} events fall within {human_duration(span)}: "
                                       f"over time they would make {filled} bar{'s' if filled != 1 else ''}"))

@@ -179,10 +179,13 @@ class ActorExplorer(_Displayed):
         self.event_types = w.SelectMultiple(options=types, rows=min(8, max(3, len(types))),
                                             description="types", tooltip="none selected: all")
         options = _time_options(self._events["timestamp"])
+        # The slider's own readout is a fixed-width box that cuts two dates
+        # ("2026-12-06 14:14-202"): the range is written out beneath instead.
         self.time_range = w.SelectionRangeSlider(
-            options=options, index=(0, len(options) - 1), description="time",
+            options=options, index=(0, len(options) - 1), description="time", readout=False,
             layout=w.Layout(width="640px"), disabled=len(options) < 2,
         )
+        self.time_label = w.HTML()
         self.status = w.HTML()
         self.table = w.HTML()
         self.plot = w.Image(format="png")
@@ -193,6 +196,8 @@ class ActorExplorer(_Displayed):
         self.only_findings.observe(self._on_search, "value")
         for control in (self.actor, self.event_types, self.time_range):
             control.observe(self._on_change, "value")
+        self.time_range.observe(self._on_time, "index")
+        self._on_time()
         self._on_search()
 
     # --- precomputation: once per explorer ---------------------------------------------
@@ -216,7 +221,7 @@ class ActorExplorer(_Displayed):
 
     def _layout(self, w: Any) -> Any:
         picker = w.VBox([self.search, self.only_findings, self.matches, self.actor])
-        filters = w.VBox([self.event_types, self.time_range])
+        filters = w.VBox([self.event_types, self.time_range, self.time_label])
         tabs = w.Tab(children=[self.table, self.plot, self.findings_table])
         for i, name in enumerate(("history", "version timeline", "findings")):
             tabs.set_title(i, name)
@@ -251,6 +256,13 @@ class ActorExplorer(_Displayed):
         self.matches.value = (f"<small>{len(found):,} of {len(self._actors):,} actors"
                               + (f", first {MAX_OPTIONS} listed" if len(found) > MAX_OPTIONS else "") + "</small>")
         self._refresh()
+
+    def _on_time(self, _change: Any = None) -> None:
+        low, high = self.time_range.index
+        labels = [label for label, _ in self.time_range.options]
+        whole = (low, high) == (0, len(labels) - 1)
+        self.time_label.value = (f"<small>{_esc(labels[low])} UTC" + (f" to {_esc(labels[high])} UTC" if high != low else "")
+                                 + (" (all)" if whole and high != low else "") + "</small>")
 
     def _on_change(self, _change: Any = None) -> None:
         if not self._quiet:
@@ -330,6 +342,10 @@ class ActorExplorer(_Displayed):
         return scoped(f"<p>{self.status.value}</p>{table}" + _image_html(self.plot.value, "version timeline"))
 
 
+def _by_code_note(why: str | None) -> str:
+    return f'<p class="note"><i>findings by code: not drawn, {_esc(why)}</i></p>' if why else ""
+
+
 def _utc(value: Any) -> pd.Timestamp:
     from ..model.records import to_timestamp
 
@@ -348,7 +364,8 @@ class AuditDashboard(_Displayed):
     Controls: ``codes`` and ``severities`` (none selected means all) and
     ``search`` (substring of actor ID, subject or message). Shown now:
     ``current_findings`` (the filtered findings, worst first), ``figure``
-    (findings by code, of every finding). ``explore(actor_id)`` opens an
+    (findings by code, of every finding; None when its bars would all be of
+    one length, and ``by_code_note`` says so instead, as the report does). ``explore(actor_id)`` opens an
     ``ActorExplorer`` on that actor.
 
     Example:
@@ -372,13 +389,17 @@ class AuditDashboard(_Displayed):
         self.severities = w.SelectMultiple(options=present, rows=3, description="severity")
         self.search = w.Text(placeholder="actor, subject or message", description="search")
         self.summary = w.HTML(_scrolled(summary_html(report)))
-        self.figure = plots.findings_by_code(self._findings)
-        self.plot = w.Image(value=_png_image(self.figure), format="png")
+        # As on the report page: bars of one length compare nothing, a sentence says so instead.
+        self.by_code_note = plots.why_not_by_code(self._findings)
+        self.figure = None if self.by_code_note else plots.findings_by_code(self._findings)
+        self.plot = w.Image(value=_png_image(self.figure) if self.figure is not None else b"", format="png",
+                            layout=w.Layout(display="none" if self.figure is None else None))
+        self.by_code = w.HTML(_by_code_note(self.by_code_note))
         self.status = w.HTML()
         self.table = w.HTML()
         self.current_findings = self._findings
-        self.widget = w.VBox([self.summary, self.plot, w.HBox([self.codes, self.severities, self.search]),
-                              self.status, self.table])
+        self.widget = w.VBox([self.summary, self.plot, self.by_code,
+                              w.HBox([self.codes, self.severities, self.search]), self.status, self.table])
         for control in (self.codes, self.severities, self.search):
             control.observe(self._refresh, "value")
         self._refresh()
@@ -405,7 +426,8 @@ class AuditDashboard(_Displayed):
 
     def static_html(self) -> str:
         """What is shown now, as static HTML (the fallback where widgets do not run)."""
-        return scoped(summary_html(self.report) + _image_html(self.plot.value, "findings by code")
-                      + f"<p>{self.status.value}</p>"
+        chart = (_image_html(self.plot.value, "findings by code") if self.figure is not None
+                 else _by_code_note(self.by_code_note))
+        return scoped(summary_html(self.report) + chart + f"<p>{self.status.value}</p>"
                       + findings_table_html(self.current_findings, max_rows=STATIC_ROWS))
 

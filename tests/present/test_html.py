@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import base64
-import json
-import os
 import re
-import shutil
-import subprocess
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +14,9 @@ import pytest
 from aether_audit.model.frames import ERROR_SCHEMA, EVENT_SCHEMA, FINDING_SCHEMA, SNAPSHOT_SCHEMA, StreamFrames, to_pandas
 from aether_audit.audit.checks import CHECKS
 from aether_audit.present.html import render_report_html, report_fragment_html, write_report_html
+
+import _browser
+from _browser import CHROMIUM, LAPTOP, LAYOUT_PROBE, SPLIT_SCREEN, browser, open_in_chromium
 
 T0 = pd.Timestamp("2026-03-01T00:00:00Z")
 EVIL = "<script>alert('x')</script>"
@@ -104,10 +103,12 @@ def test_verdict_then_summary_checks_findings_and_plots():
     positions = [page.index(marker) for marker in markers]
     assert positions == sorted(positions)
     # 6 findings: i % 3 == 0 (i = 0, 3) are warnings, the other 4 errors.
-    assert "<b>FAIL</b>4 errors, 2 warnings from 2 checks" in page
+    assert ">FAIL</b>4 errors, 2 warnings from 2 of 17 checks" in page
     summary = page[positions[1]:positions[2]]
-    assert "<b>4</b>error" in summary and "<b>2</b>warning" in summary and "<b>0</b>info" in summary
-    assert "sequences 1&ndash;39" in summary and "<b>38</b>events" in summary
+    cards = dict((label, n) for n, label in re.findall(r"<b[^>]*>([\d,]+)</b>([a-z ]+)<", summary))
+    assert {label: cards[label] for label in ("error", "warning", "info", "events")} == {
+        "error": "4", "warning": "2", "info": "0", "events": "38"}
+    assert "sequences 1&ndash;39" in summary
     assert "2026-03-01 00:01:00 UTC" in summary  # human time, not nanoseconds
     checks = page[positions[2]:positions[3]]
     for code, check in CHECKS.items():
@@ -135,9 +136,50 @@ def test_findings_link_to_their_check_actor_history_and_sequence():
 
 def test_a_passing_and_a_warning_verdict():
     clean = make_report(0)
-    assert "<b>PASS</b>no errors or warnings" in render_report_html(clean)
+    assert ">PASS</b>no errors or warnings" in render_report_html(clean)
     warned = make_report(1)  # i = 0: a warning
-    assert "<b>PASS with warnings</b>no errors; 1 warning" in render_report_html(warned)
+    assert ">PASS with warnings</b>no errors; 1 warning" in render_report_html(warned)
+
+
+def test_a_checks_mark_follows_its_severity_info_is_no_failure():
+    report = make_report(0)
+    report.findings = frame(FINDING_SCHEMA, [
+        {"code": "retention_expiry", "severity": "info", "message": "expires"},
+        {"code": "clock_skew", "severity": "warning", "actor_id": "order-1", "stream_seq": 1, "message": "late"},
+        {"code": "version_gap", "severity": "error", "actor_id": "order-1", "stream_seq": 2, "message": "gap"}])
+    page = render_report_html(report)
+    marks = dict(re.findall(r'<tr id="check-(\w+)"><td class="nowrap"><span class="mark mark-(\w+)"', page))
+    assert marks["retention_expiry"] == "info" and marks["clock_skew"] == "warning"
+    assert marks["version_gap"] == "error" and marks["deleted_sequence"] == "pass"
+    assert page.count("&#x2717;") == 1  # the red cross: the one check that failed
+
+
+def test_an_id_or_subject_wraps_only_after_dot_dash_underscore():
+    report = make_report(1)
+    report.findings["expected"] = "demo_anomalies.events.order.order-12"
+    page = render_report_html(report)
+    assert "demo_<wbr>anomalies.<wbr>events.<wbr>order.<wbr>order-<wbr>12" in page
+    # Markup only where markup goes: never escaped into a title or a cell's text.
+    assert "&lt;wbr" not in page
+
+
+# What JupyterLab keeps of an untrusted notebook's HTML output: no <style>
+# element, and of a style attribute only these properties (its sanitizer's
+# allowedStyles, packages/apputils/src/sanitizer.ts, among others).
+JUPYTERLAB_STYLES = {"background-color", "border", "border-radius", "color", "display", "font-size", "font-weight", "margin-right",
+                     "margin", "min-width", "padding", "vertical-align", "white-space"}
+
+
+def test_without_its_style_element_the_fragment_keeps_its_colours():
+    fragment = report_fragment_html(make_report(6))
+    sanitized = re.sub(r"<style>.*?</style>", "", fragment, flags=re.DOTALL)
+    verdict = re.search(r'<div class="verdict verdict-fail"[^>]*style="([^"]+)"', sanitized).group(1)
+    assert "background-color:#c0392b" in verdict and "color:#fff" in verdict
+    assert re.search(r'<span class="sev sev-error" style="[^"]*background-color:#c0392b', sanitized)
+    assert re.search(r'<span class="mark mark-error"[^>]*style="color:#c0392b', sanitized)
+    for style in re.findall(r'style="([^"]*)"', sanitized):
+        properties = {part.split(":")[0] for part in style.split(";") if part}
+        assert properties <= JUPYTERLAB_STYLES, properties - JUPYTERLAB_STYLES
 
 
 def test_findings_table_is_capped_with_a_note():
@@ -153,7 +195,7 @@ def test_a_clean_empty_stream_renders():
         frames=StreamFrames(frame(EVENT_SCHEMA, []), frame(SNAPSHOT_SCHEMA, []), frame(ERROR_SCHEMA, [])),
     )
     page = render_report_html(empty)
-    assert "No findings" in page and "no findings" in page and "<b>PASS</b>" in page
+    assert "No findings" in page and "no findings" in page and ">PASS</b>" in page
     # Nothing to draw: four sentences, no empty charts.
     assert "data:image/png;base64," not in page
     assert page.count("not drawn") == 4
@@ -196,12 +238,6 @@ def test_write_is_atomic_and_leaves_no_temp_files(tmp_path, monkeypatch):
 
 # --- in a real browser -------------------------------------------------------------------
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-browser = pytest.mark.skipif(
-    CHROMIUM is None and not os.environ.get("AETHER_AUDIT_REQUIRE_BROWSER"),
-    reason="needs Debian's chromium (apt-get install chromium); CI installs it",
-)
-LAPTOP = (1366, 768)
 # Runs after the page's own script, reads what a person would see, writes it as JSON.
 PROBE = """<script>
 (function () {
@@ -252,31 +288,14 @@ PROBE = """<script>
 </script>"""
 
 
-def open_in_chromium(path, *, size=LAPTOP, fragment=""):
-    """The DOM after the page's scripts ran, the probe's findings, and the
-    console messages (any is a defect)."""
-    assert CHROMIUM, "AETHER_AUDIT_REQUIRE_BROWSER is set but chromium is not installed"
-    result = subprocess.run(
-        [CHROMIUM, "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run", "--hide-scrollbars",
-         f"--window-size={size[0]},{size[1]}", "--virtual-time-budget=5000", "--enable-logging=stderr", "--v=0",
-         f"--user-data-dir={path.parent / 'chromium-profile'}", "--dump-dom", path.as_uri() + fragment],
-        capture_output=True, text=True, timeout=120,
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    probe = re.search(r'<pre id="probe">(.*?)</pre>', result.stdout, re.DOTALL)
-    assert probe, result.stdout[-2000:]
-    console = [line for line in result.stderr.splitlines() if ":CONSOLE" in line]
-    return result.stdout, json.loads(html_unescape(probe.group(1))), console
+def with_probe(page: str, probe: str = PROBE) -> str:
+    return _browser.with_probe(page, probe)
 
 
 def html_unescape(text: str) -> str:
     import html
 
     return html.unescape(text)
-
-
-def with_probe(page: str) -> str:
-    return page.replace("</body>", PROBE + "</body>")
 
 
 @browser
@@ -343,7 +362,59 @@ def test_screenshot_of_the_report_renders(tmp_path):
     path = tmp_path / "report.html"
     path.write_text(render_report_html(make_report(6)), encoding="utf-8")
     shot = tmp_path / "report.png"
-    subprocess.run([CHROMIUM, "--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-                    f"--window-size={LAPTOP[0]},{LAPTOP[1]}", f"--user-data-dir={tmp_path / 'profile'}",
-                    f"--screenshot={shot}", path.as_uri()], capture_output=True, timeout=120, check=True)
-    assert shot.read_bytes().startswith(b"\x89PNG") and shot.stat().st_size > 10_000
+    assert _browser.screenshot(path, shot).startswith(b"\x89PNG") and shot.stat().st_size > 10_000
+
+
+def wide_report() -> Report:
+    """What made the demo's page 1,101 px wide at 800: long subjects in the
+    values and messages, error text from Go, event types as one word."""
+    report = make_report(6)
+    report.findings["subject"] = "demo_anomalies.events.order.order-11"
+    report.findings["expected"] = "demo_anomalies.events.order.order-12"
+    report.findings["found"] = "json: cannot unmarshal array into Go value of type aether.ActorSnapshot"
+    report.findings["message"] = ("event of actor order-11 stored on demo_anomalies.events.order.order-12, "
+                                  "not on its own subject demo_anomalies.events.order.order-11")
+    events = report.frames.events
+    events["event_type"] = ["OrderShipped" if i % 2 else "InterestCredited" for i in range(len(events))]
+    return report
+
+
+@browser
+def test_at_800_px_the_page_fits_and_no_cell_breaks_a_word(tmp_path):
+    path = tmp_path / "report.html"
+    path.write_text(with_probe(render_report_html(wide_report()), LAYOUT_PROBE), encoding="utf-8")
+    _, seen, console = open_in_chromium(path, size=SPLIT_SCREEN)
+    assert console == []
+    assert seen["overflow"] <= 0, f"the page is {seen['overflow']} px wider than the 800 px window"
+    assert seen["wideBoxes"] == 0
+    assert seen["cells"] > 100  # the histories were opened and measured too
+    assert seen["midWord"] == [], seen["midWord"]
+    assert seen["codesOnTwoLines"] == []
+    # An ID column keeps an order's ID on one line.
+    assert {actor: n for actor, n in seen["actorLines"].items() if actor.startswith("order-")} == {"order-1": 1}
+
+
+@browser
+def test_the_layout_probe_sees_a_word_broken_in_two(tmp_path):
+    # The probe itself: a cell allowed to break anywhere, too narrow for its word.
+    page = ("<!DOCTYPE html><html><body><table><tr><td style='width:40px;overflow-wrap:anywhere'>"
+            "OrderShipped</td></tr></table><div style='width:1200px'>wide</div></body></html>")
+    path = tmp_path / "broken.html"
+    path.write_text(with_probe(page, LAYOUT_PROBE), encoding="utf-8")
+    _, seen, _ = open_in_chromium(path, size=SPLIT_SCREEN)
+    assert seen["midWord"] and seen["midWord"][0].replace("|", "") == "OrderShipped"
+    assert seen["overflow"] > 0
+
+
+def test_report_refuses_an_out_path_in_a_missing_directory(tmp_path):
+    import subprocess
+    import sys
+
+    missing = tmp_path / "no" / "such"
+    done = subprocess.run([sys.executable, "-m", "aether_audit", "report", "--server", "nats://127.0.0.1:1",
+                           "--out", str(missing / "x.html")], capture_output=True, text=True, timeout=60)
+    # Named before connecting (the server given is closed): one line, exit 2, nothing created.
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.strip().splitlines() == [
+        f"aether-audit: error: --out {missing / 'x.html'}: directory {missing} does not exist; create it first"]
+    assert not (tmp_path / "no").exists()

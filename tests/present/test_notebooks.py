@@ -79,9 +79,11 @@ def execute(notebook: Any, workdir: Path, kernel_name: str) -> float:
     client = nbclient.NotebookClient(
         notebook, kernel_name=kernel_name, timeout=BUDGET_SECONDS, allow_errors=False,
         resources={"metadata": {"path": str(workdir)}},
-        # Reproducible and small: no timings, no widget state (each widget
-        # carries a static text/html rendering beside it).
-        record_timing=False, store_widget_state=False,
+        # No timings (reproducible, small). The widgets' state is saved, so a
+        # notebook opened without a kernel draws their controls; each widget
+        # also carries a static text/html rendering beside it, for viewers
+        # that draw no widgets.
+        record_timing=False, store_widget_state=True,
     )
     started = time.monotonic()
     client.execute()
@@ -108,7 +110,6 @@ def test_notebook_is_committed_executed_small_and_clean(path: Path):
     assert sum(len(cell.outputs) for cell in code) >= len(code) - 1
     assert not problems_in(notebook)
     assert path.stat().st_size < MAX_NOTEBOOK_BYTES, path.stat().st_size
-    assert "widgets" not in notebook.metadata  # no widget state: the static renderings stand in
     text = path.read_text(encoding="utf-8")
     # No absolute paths: a notebook must run from any checkout, and say nothing of this machine.
     for cell in notebook.cells:
@@ -116,12 +117,41 @@ def test_notebook_is_committed_executed_small_and_clean(path: Path):
             assert where not in cell.source and where not in json.dumps(cell.get("outputs", [])), (path.name, where)
     for pattern in SECRET_PATTERNS:
         assert not pattern.search(text), (path.name, pattern.pattern)
-    # Every widget output can be read without a kernel.
+    # Every widget output can be read without a kernel: its state is saved, and a static rendering beside it.
+    state = notebook.metadata.get("widgets", {}).get("application/vnd.jupyter.widget-state+json", {}).get("state", {})
     for cell in code:
         for output in cell.outputs:
             data = output.get("data", {})
             if "application/vnd.jupyter.widget-view+json" in data:
                 assert "text/html" in data, f"{path.name}: a widget without a static rendering"
+                assert data["application/vnd.jupyter.widget-view+json"]["model_id"] in state, \
+                    f"{path.name}: a widget whose state is not saved"
+
+
+def saved_html(notebook: Any) -> list[str]:
+    return ["".join(output["data"]["text/html"]) for cell in notebook.cells if cell.cell_type == "code"
+            for output in cell.outputs if "text/html" in output.get("data", {})]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_a_notebook_opened_without_running_shows_styled_output(path: Path):
+    """What a reader sees before running anything is the saved outputs: each
+    of our HTML outputs carries its own <style>, scoped to its root's id, as
+    after a run. JupyterLab drops <style> from an untrusted notebook's
+    outputs: the colours that carry meaning are inline too (test_html.py
+    checks they use only properties its sanitizer keeps), and the first cell
+    says how to see the rest (jupyter trust)."""
+    notebook = nbformat.read(path, as_version=4)
+    ours = [html for html in saved_html(notebook) if 'class="aether-audit-report"' in html]
+    for html in ours:
+        root = re.match(r'<div id="(aa-[0-9a-f]+)" class="aether-audit-report"><style>#(aa-[0-9a-f]+)\{', html)
+        assert root and root.group(1) == root.group(2), html[:200]
+        assert f"#{root.group(1)} table.aa" in html  # the tables' rules, scoped to this output
+    if ours:
+        assert "jupyter trust notebooks/" + path.name in notebook.cells[0].source
+        verdicts = [html for html in ours if 'class="verdict' in html]
+        assert verdicts and all(re.search(r'class="verdict verdict-\w+"[^>]*style="[^"]*background-color', html)
+                                for html in verdicts)
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])

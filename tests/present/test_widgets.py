@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
+from _browser import LAYOUT_PROBE, SPLIT_SCREEN, browser, open_in_chromium, with_probe
 
 pytest.importorskip("ipywidgets")
 
@@ -182,7 +183,9 @@ def test_a_static_render_shows_what_the_widgets_show(report):
     dashboard = AuditDashboard(report)
     dashboard.severities.value = ("error",)
     html = dashboard._repr_mimebundle_()["text/html"]
-    assert "data:image/png;base64," in html and f"{len(dashboard.current_findings):,} of" in html
+    # One finding of each code: no chart of equal bars, the sentence the report prints instead.
+    assert "data:image/png;base64," not in html and f"{len(dashboard.current_findings):,} of" in html
+    assert "findings by code: not drawn, every code found has 1 finding (2 codes" in html
     explorer = ActorExplorer(report)
     explorer.select("order-8")
     html = explorer._repr_mimebundle_()["text/html"]
@@ -243,8 +246,8 @@ def test_dashboard_filters_change_the_findings_table():
     dashboard = AuditDashboard(report)
     assert len(dashboard.current_findings) == len(findings) >= 2
     assert f"{len(findings):,} of {len(findings):,} findings" in dashboard.status.value
-    ax = dashboard.figure.axes[0]
-    assert {t.get_text() for t in ax.get_yticklabels()} == set(findings["code"])
+    assert dashboard.figure is None and dashboard.plot.layout.display == "none"
+    assert "every code found has 1 finding" in dashboard.by_code.value
 
     dashboard.codes.value = ("version_duplicate",)
     assert dashboard.current_findings["code"].tolist() == ["version_duplicate"]
@@ -269,3 +272,44 @@ def test_without_ipywidgets_the_error_names_the_extra(report, monkeypatch):
     monkeypatch.setitem(sys.modules, "ipywidgets", None)  # as if not installed
     with pytest.raises(ImportError, match=r"pip install 'aether_audit\[notebook\]'"):
         AuditDashboard(report)
+
+
+def test_dashboard_draws_findings_by_code_when_the_counts_differ(report):
+    from types import SimpleNamespace
+
+    gaps = report.findings[report.findings["code"] == "version_gap"]
+    uneven = SimpleNamespace(findings=pd.concat([report.findings, gaps, gaps], ignore_index=True),
+                             frames=report.frames, summary=report.summary, checks=report.checks)
+    dashboard = AuditDashboard(uneven)
+    ax = dashboard.figure.axes[0]
+    assert {t.get_text() for t in ax.get_yticklabels()} == set(report.findings["code"])
+    assert dashboard.by_code.value == "" and bytes(dashboard.plot.value).startswith(b"\x89PNG")
+    assert "data:image/png;base64," in dashboard._repr_mimebundle_()["text/html"]
+
+
+def test_the_time_range_is_written_out_whole_beneath_the_slider(report):
+    explorer = ActorExplorer(report)
+    # The slider's own readout cut two dates to "2026-03-01 00:01-202": it is off.
+    assert explorer.time_range.readout is False
+    labels = [label for label, _ in explorer.time_range.options]
+    assert explorer.time_label.value == f"<small>{labels[0]} UTC to {labels[-1]} UTC (all)</small>"
+    explorer.time_range.index = (3, 10)
+    assert explorer.time_label.value == f"<small>{labels[3]} UTC to {labels[10]} UTC</small>"
+
+
+@browser
+def test_the_explorers_event_ids_wrap_at_dashes_on_two_lines_at_most(tmp_path):
+    import uuid
+
+    frames = build_frames()
+    frames.events["event_id"] = [str(uuid.uuid5(uuid.NAMESPACE_URL, str(seq))) for seq in frames.events["stream_seq"]]
+    explorer = ActorExplorer(audit_frames(frames, checks=["version_gap"]))
+    explorer.select("order-7")
+    # A notebook's output area beside JupyterLab's file browser on a laptop: ~800 px.
+    path = tmp_path / "explorer.html"
+    page = f"<!DOCTYPE html><html><body>{explorer.static_html()}</body></html>"
+    path.write_text(with_probe(page, LAYOUT_PROBE), encoding="utf-8")
+    _, seen, console = open_in_chromium(path, size=SPLIT_SCREEN)
+    assert console == [] and seen["overflow"] <= 0
+    assert seen["midWord"] == [] and seen["codesOnTwoLines"] == []
+    assert 1 <= seen["idLines"] <= 2  # a UUID, once squeezed to 6 lines
