@@ -19,6 +19,8 @@ from aether_audit.model.frames import ERROR_SCHEMA, EVENT_SCHEMA, FINDING_SCHEMA
 from aether_audit.audit.checks import CHECKS
 from aether_audit.present.html import render_report_html, report_fragment_html, write_report_html
 
+from _support import required, skip_reason
+
 T0 = pd.Timestamp("2026-03-01T00:00:00Z")
 EVIL = "<script>alert('x')</script>"
 
@@ -198,8 +200,8 @@ def test_write_is_atomic_and_leaves_no_temp_files(tmp_path, monkeypatch):
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 browser = pytest.mark.skipif(
-    CHROMIUM is None and not os.environ.get("AETHER_AUDIT_REQUIRE_BROWSER"),
-    reason="needs Debian's chromium (apt-get install chromium); CI installs it",
+    CHROMIUM is None and not required("AETHER_AUDIT_REQUIRE_BROWSER"),
+    reason=skip_reason("needs Debian's chromium (apt-get install chromium)", "AETHER_AUDIT_REQUIRE_BROWSER"),
 )
 LAPTOP = (1366, 768)
 # Runs after the page's own script, reads what a person would see, writes it as JSON.
