@@ -57,6 +57,8 @@ examples:
   aether-audit check --server nats://host:4222 --checkpoint audit.ckpt --sign audit.nk   # a signed checkpoint
   aether-audit watch --server nats://host:4222 --checkpoint watch.ckpt --json
   aether-audit export --server nats://host:4222 --out ./export --incremental
+  aether-audit keygen --out audit.nk                 # a seed for --sign; prints the public key
+  aether-audit export --server nats://host:4222 --out ./export --sign audit.nk
   aether-audit verify ./export --signer UA5W...      # one export: files, hash chains, signature
   aether-audit verify ./export-2026-11-01 ./export-2026-11-27
   aether-audit history order-1042 --server nats://host:4222
@@ -86,6 +88,16 @@ def _seconds(text: str) -> float:
     value = float(text)
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {text}")
+    return value
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of 1 or more, not {text}")
     return value
 
 
@@ -229,6 +241,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
     import asyncio
     import signal
 
+    from .present.text import finding_line
     from .store.store import connect_async
 
     checks = args.checks.split(",") if args.checks else None
@@ -258,9 +271,8 @@ def cmd_watch(args: argparse.Namespace) -> int:
                                                  **_check_options(args)):
                 if args.json:
                     print(json.dumps(finding), flush=True)
-                else:
-                    print(escape(f"{finding['severity']:<7} {finding['code']:<26} seq {finding['stream_seq']} "
-                                       f"{finding['message']}"), flush=True)
+                else:  # worded as check words it (present.text): one formatter for both
+                    print(finding_line(finding), flush=True)
         finally:
             for store in stores:
                 await store.aclose()
@@ -272,6 +284,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     import signal
 
+    before = _manifest_before(args.out)
     with _store(args) as store:
         manifest = store.export_parquet(args.out, incremental=args.incremental, progress=_progress(args),
                                         format=args.format, timestamp_unit=args.timestamp_unit, sign=args.sign)
@@ -282,18 +295,60 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(manifest)
     else:
-        print(
-            f"exported {manifest['events']} events, {manifest['snapshots']} snapshots and "
-            f"{manifest['replay_errors']} replay errors (seq {manifest['first_seq']}..{manifest['last_seq']}) "
-            f"to {args.out}"
-        )
+        print(_export_text(manifest, before, args.out))
     return EXIT_OK
 
 
+def _manifest_before(out: str) -> dict[str, Any] | None:
+    """The export's manifest before this run (None when there is none or it
+    cannot be read: the export itself then says what is wrong)."""
+    from .export.layout import read_manifest
+
+    try:
+        return read_manifest(out)
+    except (AuditError, OSError, ValueError):
+        return None
+
+
+def _counts(values: dict[str, Any]) -> str:
+    return (f"{_plural(values['events'], 'event')}, {_plural(values['snapshots'], 'snapshot')} and "
+            f"{_plural(values['replay_errors'], 'replay error')}")
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count:,} {noun}{'' if count == 1 else 's'}"
+
+
+def _export_text(manifest: dict[str, Any], before: dict[str, Any] | None, out: str) -> str:
+    """What this run added, then what the export now holds: an incremental run
+    that found nothing new must not read like one that added 50 events.
+
+    Example: ``added 2 events, 0 snapshots and 0 replay errors (seq 6..7); the export
+    now holds 7 events, 1 snapshot and 0 replay errors (seq 1..7) in ./export``
+    """
+    holds = f"{_counts(manifest)} (seq {manifest['first_seq']}..{manifest['last_seq']}) in {out}"
+    unchanged = before is not None and before.get("generation") == manifest.get("generation") and (
+        before.get("exported_at") == manifest.get("exported_at"))
+    if unchanged:
+        return f"nothing new since sequence {manifest['last_seq']}: the export is unchanged; it holds {holds}"
+    run = (manifest.get("runs") or [None])[-1]
+    if not run or not run.get("incremental"):
+        return f"exported {holds}"
+    return (f"added {_counts(run)} (seq {run['first_seq']}..{run['last_seq']}); "
+            f"the export now holds {holds}")
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
-    from .export.verify import verify_export, verify_exports
+    from .export.verify import PROBLEM_KINDS, verify_export, verify_exports
+    from .model.signing import check_public_key
+    from .present.text import findings_text
 
     if args.new_dir is None:
+        if args.signer is not None:
+            try:
+                check_public_key(args.signer)
+            except ValueError as exc:
+                raise UsageError(f"--signer {exc}") from None
         result = verify_export(args.old_dir, signer=args.signer)
     else:
         if args.signer:
@@ -307,8 +362,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
         _print_json(result.to_dict())
     else:
         print(escape(result.summary))
-        if not result.ok:
-            print(result.problems.map(escape).to_string(index=False, max_rows=200))
+        # As check prints findings: grouped by kind, each with where it is (present.text).
+        problems = result.problems.assign(code=result.problems["kind"], severity="error", subject=None)
+        for line in findings_text(problems, PROBLEM_KINDS, unplaced=None):
+            print(line)
     return EXIT_OK if result.ok else EXIT_FINDINGS
 
 
@@ -359,12 +416,35 @@ def cmd_history(args: argparse.Namespace) -> int:
         print(f"no events for actor {escape(args.actor_id)} in stream {store.stream_name}")
         return EXIT_OK
     columns = ["stream_seq", "version", "event_type", "timestamp", "event_id", "data"]
-    shown = frame[columns].assign(
+    shown = frame[columns].head(args.limit).assign(
         # Every nanosecond, but as a person reads a time; --json keeps RFC 3339.
-        timestamp=frame["timestamp"].map(lambda stamp: human_time(stamp, precise=True)),
-        event_type=frame["event_type"].map(escape), event_id=frame["event_id"].map(escape),
-        data=frame["data"].map(escape))
-    print(shown.to_string(index=False, max_colwidth=60, max_rows=args.limit))
+        timestamp=lambda rows: rows["timestamp"].map(lambda stamp: human_time(stamp, precise=True)),
+        event_type=lambda rows: rows["event_type"].map(escape), event_id=lambda rows: rows["event_id"].map(escape),
+        data=lambda rows: rows["data"].map(escape))
+    # Exactly --limit rows, then how many there are in all (pandas' max_rows
+    # would show limit - 1 rows around a "..." row, and no total).
+    print(shown.to_string(index=False, max_colwidth=60))
+    actor, total = escape(args.actor_id), len(frame)
+    if total > args.limit:
+        print(f"the first {args.limit:,} of {total:,} events of actor {actor} (--limit N shows more; --json prints all)")
+    else:
+        print(f"{_plural(total, 'event')} of actor {actor}")
+    return EXIT_OK
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    from .model.signing import new_seed_file
+
+    out = Path(args.out)
+    if not out.parent.is_dir():  # a secret is not left in directories made on the way
+        raise UsageError(f"--out {out}: no such directory {out.parent}")
+    public = new_seed_file(out)
+    if args.json:
+        _print_json({"out": str(out), "public_key": public})
+    else:
+        print(public)
+        print(f"wrote the NKey seed to {out} (readable only by you; keep it secret). Sign with "
+              f"export --sign {out}; check with verify DIR --signer {public}", file=sys.stderr)
     return EXIT_OK
 
 
@@ -398,19 +478,21 @@ SIGN_HELP = ("sign the checkpoint with this NKey seed (as export --sign), and re
 
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
+    from .model.speedups import status
 
     parser = _Parser(
-        prog="aether-audit", description=DESCRIPTION, epilog=EXIT_CODES + "\n" + EPILOG,
+        prog="aether-audit", description=DESCRIPTION, epilog=EXIT_CODES + "\n" + EPILOG + "\n" + status() + "\n",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--version", action="version", version=f"aether-audit {__version__}")
+    parser.add_argument("--version", action="version", version=f"aether-audit {__version__}\n{status()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
-    def command(name: str, handler: Callable[[argparse.Namespace], int], help_text: str) -> argparse.ArgumentParser:
+    def command(name: str, handler: Callable[[argparse.Namespace], int], help_text: str,
+                json_help: str = "print one JSON object on stdout") -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text, description=help_text, epilog=DONE_CODES,
                                   formatter_class=argparse.RawDescriptionHelpFormatter)
         _connection_options(sub)
-        sub.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+        sub.add_argument("--json", action="store_true", help=json_help)
         sub.set_defaults(handler=handler)
         return sub
 
@@ -423,7 +505,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="read only what is newer than FILE, report the cumulative findings, update FILE")
     check.add_argument("--sign", metavar="SEED_FILE", help=SIGN_HELP)
 
-    watch = command("watch", cmd_watch, "follow the stream and print each finding once, as soon as it is certain")
+    watch = command("watch", cmd_watch, "follow the stream and print each finding once, as soon as it is certain",
+                    "print each finding as one JSON object per line on stdout (JSON Lines), as it is found")
     watch.add_argument("--checkpoint", metavar="FILE", help="resume from FILE and keep it current")
     watch.add_argument("--sign", metavar="SEED_FILE", help=SIGN_HELP)
     watch.add_argument("--checks", metavar="CODES", help="comma-separated subset of checks to run")
@@ -455,15 +538,27 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     verify.set_defaults(handler=cmd_verify)
 
+    keygen = commands.add_parser(
+        "keygen", help="write a new NKey seed file for --sign and print its public key",
+        description="Write a new NKey seed to FILE, readable only by its owner (mode 0600), for export --sign "
+                    "and check/watch --sign; print its public key on stdout, the key verify --signer takes. "
+                    "An existing FILE is never replaced.", epilog=DONE_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    keygen.add_argument("--out", required=True, metavar="FILE", help="the seed file to create")
+    keygen.add_argument("--json", action="store_true", help='print one JSON object on stdout: {"out", "public_key"}')
+    keygen.set_defaults(handler=cmd_keygen)
+
     seed = command("seed", cmd_seed, "write a scenario (a data_samples/ file or its name) through the append API")
     seed.add_argument("scenario", metavar="SCENARIO", help="path, or a name in data_samples/ (e.g. orders, anomalies)")
 
     report = command("report", cmd_report, "write one self-contained HTML page: summary, findings, plots")
     report.add_argument("--out", required=True, metavar="FILE.html")
 
-    history = command("history", cmd_history, "print one actor's history as a table")
+    history = command("history", cmd_history, "print one actor's history as a table",
+                      "print one JSON array on stdout: an object per event, every event (--limit is the table's)")
     history.add_argument("actor_id", metavar="ACTOR_ID")
-    history.add_argument("--limit", type=int, default=200, help="rows to print at most (default: 200)")
+    history.add_argument("--limit", type=_positive, default=200, metavar="N",
+                         help="print the first N events at most, then how many there are in all (default: 200)")
 
     demo = command("demo", cmd_demo, "start a local server, seed samples, check, export, report")
     demo.add_argument("--out", default="aether-audit-demo", metavar="DIR", help="output directory (default: ./aether-audit-demo)")
@@ -474,6 +569,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``aether-audit``; returns the exit code."""
     global _ARGV
     _ARGV = argv
+    _warnings_in_one_line()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -489,6 +585,28 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(json.dumps({"error": message, "exit_code": EXIT_ERROR}))
         print(f"aether-audit: error: {message}", file=sys.stderr)
         return EXIT_ERROR
+
+
+def _warnings_in_one_line() -> None:
+    """Our own warnings (``SpeedupsMissing``) as one line on stderr, as the
+    errors are; any other warning is shown as Python shows it."""
+    import warnings
+
+    from .model.speedups import SpeedupsMissing
+
+    shown = warnings.showwarning
+    if getattr(shown, "aether_audit", False):
+        return
+
+    def show(message: Any, category: type[Warning], filename: str, lineno: int, file: Any = None,
+             line: str | None = None) -> None:
+        if issubclass(category, SpeedupsMissing):
+            print(f"aether-audit: warning: {message}", file=sys.stderr, flush=True)
+        else:
+            shown(message, category, filename, lineno, file, line)
+
+    show.aether_audit = True  # type: ignore[attr-defined]
+    warnings.showwarning = show
 
 
 def error_line(exc: BaseException) -> str:

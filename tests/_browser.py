@@ -18,11 +18,12 @@ from typing import Any
 
 import pytest
 
+from _support import required, skip_reason
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 browser = pytest.mark.skipif(
-    CHROMIUM is None and not os.environ.get("AETHER_AUDIT_REQUIRE_BROWSER"),
-    reason="needs Debian's chromium (apt-get install chromium); CI installs it; "
-           "AETHER_AUDIT_REQUIRE_BROWSER=1 makes it a requirement",
+    CHROMIUM is None and not required("AETHER_AUDIT_REQUIRE_BROWSER"),
+    reason=skip_reason("needs Debian's chromium (apt-get install chromium)", "AETHER_AUDIT_REQUIRE_BROWSER"),
 )
 LAPTOP = (1366, 768)
 # Half a laptop screen: a browser beside an editor.

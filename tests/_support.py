@@ -1,9 +1,73 @@
-"""Helpers shared by the fault and cluster tests (no fixtures: those are in conftest)."""
+"""Helpers shared by the tests (no fixtures: those are in conftest): the
+fault injector of the fault and cluster tests, and the skips of the tests
+that need something from outside Python.
+
+A test that needs Go, chromium, Spark's Java or the C speedups skips where
+they are missing, with a reason that says what to install and which
+variable makes the skip a failure (CI sets them: ``.ci/run``):
+
+- ``AETHER_AUDIT_REQUIRE_GO``: the wire-compatibility test (Go and its Debian packages);
+- ``AETHER_AUDIT_REQUIRE_BROWSER``: the HTML report in headless chromium;
+- ``AETHER_AUDIT_REQUIRE_SPARK``: the export read by PySpark (a Java runtime);
+- ``AETHER_AUDIT_REQUIRE_CFAST``: the C speedups (``model/_cfast.c``, built where gcc is).
+"""
 
 from __future__ import annotations
 
+import os
+import shutil
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
+
+import pytest
+
+
+def required(variable: str) -> bool:
+    """Whether ``variable`` (an ``AETHER_AUDIT_REQUIRE_*``) is set to make a skip a failure."""
+    return os.environ.get(variable, "") not in ("", "0")
+
+
+def skip_reason(reason: str, variable: str) -> str:
+    """``reason`` and the variable that turns this skip into a failure.
+
+    Example:
+        >>> skip_reason("no Java runtime", "AETHER_AUDIT_REQUIRE_SPARK")
+        'no Java runtime (AETHER_AUDIT_REQUIRE_SPARK=1 makes this a failure)'
+    """
+    return f"{reason} ({variable}=1 makes this a failure)"
+
+
+def missing(reason: str, variable: str) -> str:
+    """Fail when ``variable`` requires what ``reason`` says is missing; else
+    the skip reason, for the caller's ``pytest.skip`` (so ``-rs`` names the
+    test's own line, not this one).
+
+    Example:
+        >>> pytest.skip(missing("no Java runtime", "AETHER_AUDIT_REQUIRE_SPARK"))  # doctest: +SKIP
+    """
+    if required(variable):
+        pytest.fail(f"{variable} is set but {reason}", pytrace=False)
+    return skip_reason(reason, variable)
+
+
+# Debian's golang-go puts go in /usr/lib/go/bin and links it from /usr/bin;
+# an install without that link (or a versioned golang-1.NN-go alone) is
+# found here too, so a machine that has Go runs the Go test.
+GO_DIRS = ("/usr/lib/go/bin", "/usr/local/go/bin")
+
+
+def find_go() -> str | None:
+    """The ``go`` binary: on PATH, else where Debian and go.dev install it."""
+    found = shutil.which("go")
+    if found:
+        return found
+    versioned = sorted(Path("/usr/lib").glob("go-1.*/bin"), reverse=True)
+    for directory in [*GO_DIRS, *map(str, versioned)]:
+        found = shutil.which("go", path=directory)
+        if found:
+            return found
+    return None
 
 
 class Fault:

@@ -132,7 +132,7 @@ def test_version():
     from aether_audit import __version__
 
     result = cli("--version")
-    assert result.returncode == 0 and result.stdout.strip() == f"aether-audit {__version__}"
+    assert result.returncode == 0 and result.stdout.splitlines()[0] == f"aether-audit {__version__}"
 
 
 def test_check_help_lists_the_exit_codes():

@@ -48,6 +48,8 @@ from aether_audit import (
 )
 from aether_audit.model.wire import encode_event, encode_snapshot, event_subject
 
+from _support import find_go, missing
+
 HERE = Path(__file__).parent
 GO_DIR = HERE / "go"
 # The seed (SPEC §1) lives beside the checkout: <repo>/../shared/seed/.
@@ -67,7 +69,7 @@ SEED = _find_seed()
 GOCODE = Path("/usr/share/gocode/src")
 GO_PACKAGES = ("github.com/nats-io/nats.go", "github.com/google/uuid")
 APT_PACKAGES = "golang-go golang-github-nats-io-go-nats-dev golang-github-google-uuid-dev"
-REQUIRE_GO = os.environ.get("AETHER_AUDIT_REQUIRE_GO") == "1"
+REQUIRE = "AETHER_AUDIT_REQUIRE_GO"
 STAMP = pd.Timestamp("2026-11-20T10:11:12.123456789Z")
 
 
@@ -104,8 +106,8 @@ class Driver:
 
 def _missing_toolchain() -> str | None:
     """Why the driver cannot be built here, or None."""
-    if shutil.which("go") is None:
-        return f"no 'go' on PATH; install with: apt-get install -y {APT_PACKAGES}"
+    if find_go() is None:
+        return f"no 'go' on PATH nor in /usr/lib/go/bin; install with: apt-get install -y {APT_PACKAGES}"
     missing = [pkg for pkg in GO_PACKAGES if not (GOCODE / pkg).is_dir()]
     if missing:
         return (f"Debian Go packages missing under {GOCODE}: {', '.join(missing)}; "
@@ -116,11 +118,9 @@ def _missing_toolchain() -> str | None:
 _MISSING = _missing_toolchain()
 if not SEED.is_file():
     # Without the Go store's source there is nothing to compile, Go or not.
-    pytest.skip(f"seed file {SEED} not found (set AETHER_AUDIT_SEED)", allow_module_level=True)
+    pytest.skip(missing(f"the seed file {SEED} is not found (set AETHER_AUDIT_SEED)", REQUIRE), allow_module_level=True)
 if _MISSING is not None:
-    if REQUIRE_GO:
-        pytest.fail(f"AETHER_AUDIT_REQUIRE_GO=1 but {_MISSING}", pytrace=False)
-    pytest.skip(_MISSING, allow_module_level=True)
+    pytest.skip(missing(_MISSING, REQUIRE), allow_module_level=True)
 
 
 def seed_go_source() -> str:
@@ -134,7 +134,7 @@ def seed_go_source() -> str:
 @pytest.fixture(scope="module")
 def driver(tmp_path_factory: pytest.TempPathFactory) -> Driver:
     """Build ``aethercompat`` once: Debian's Go in GOPATH mode, no downloads."""
-    go = shutil.which("go")
+    go = find_go()
     version_text = subprocess.run([go, "version"], check=False, capture_output=True, text=True).stdout
     match = re.search(r"go(\d+)\.(\d+)", version_text)
     go_version = (int(match.group(1)), int(match.group(2))) if match else (0, 0)

@@ -493,10 +493,13 @@ def check_version_gap(view: BatchView, options: CheckOptions) -> pd.DataFrame:
     if rows.empty:
         return findings()
     expected = expected[gap]
+    last_missing = rows["version"] - 1
+    # One version missing reads "version 2 is missing", not "versions 2..2 are missing".
+    missing = ("versions " + expected.astype(str) + ".." + last_missing.astype(str) + " are missing").where(
+        last_missing.to_numpy() != expected.to_numpy(), "version " + expected.astype(str) + " is missing")
     message = (
         "actor " + rows["actor_id"].astype(str) + ": version " + rows["version"].astype(str)
-        + " follows " + view.prev_max[gap].astype(str) + "; versions " + expected.astype(str)
-        + ".." + (rows["version"] - 1).astype(str) + " are missing"
+        + " follows " + view.prev_max[gap].astype(str) + "; " + missing
     )
     found = _emit("version_gap", rows, expected=expected, found=rows["version"], message=message)
     return found.assign(first=view.is_first[gap].to_numpy(dtype=bool))

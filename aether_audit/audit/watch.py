@@ -109,6 +109,8 @@ async def watch_stream(
         if scratch is not None:
             scratch.cleanup()
         raise
+    if audit.loaded is None or audit.loaded.stream == reader.stream_name:  # else the first step refuses it, alone
+        notice(_start_text(reader, audit, path, scratch is not None, len(emitted)))
     last_save, dirty, backoff, failing = time.monotonic(), False, interval, False
     try:
         while not stop.is_set():
@@ -150,6 +152,23 @@ async def watch_stream(
         lock.release()
         if scratch is not None:
             scratch.cleanup()
+
+
+def _start_text(reader: Reader, audit: IncrementalAudit, path: Path, scratch: bool, printed: int) -> str:
+    """What the watch follows, from where and with which checkpoint (its first notice).
+
+    Example: ``following stream events on nats://127.0.0.1:4222 after sequence 1,234
+    (checkpoint watch.ckpt; 3 findings printed before are not repeated)``.
+    """
+    server = getattr(reader, "server", None)
+    what = f"following stream {reader.stream_name}" + (f" on {server}" if server else "")
+    where = f"after sequence {audit.done:,}" if audit.done else "from its first message"
+    if scratch:
+        return f"{what} {where} (no checkpoint: a restart reads the stream again and repeats its findings)"
+    if audit.loaded is None:
+        return f"{what} {where} (checkpoint {path}: new, written as it goes)"
+    findings = f"{printed:,} finding{'' if printed == 1 else 's'} printed before {'is' if printed == 1 else 'are'}"
+    return f"{what} {where} (checkpoint {path}; {findings} not repeated)"
 
 
 def _emitted(keys: Any, path: Path) -> set[tuple]:

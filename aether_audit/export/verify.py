@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .chain import chain_hashes, content_hashes
+from .chain import chain_hashes, content_hashes, timestamp_ns
 from ..model.errors import ExportError
 from .readback import read_kind, require_manifest
 from .layout import (
@@ -45,10 +45,20 @@ from .layout import (
     unit_of,
 )
 
-__all__ = ["VerifyResult", "check_base", "verify_export", "verify_exports"]
+__all__ = ["PROBLEM_KINDS", "VerifyResult", "check_base", "verify_export", "verify_exports"]
 
 PROBLEM_COLUMNS = ["kind", "actor_id", "stream_seq", "event_id", "version", "message"]
 FILE_PROBLEMS = ("changed", "added", "removed", "manifest", "signature")
+# What each kind of problem means: the headers of the CLI's text, as a check's description heads its findings.
+PROBLEM_KINDS = {
+    "changed": "a file or an event is not what the manifest, the hash chain or the older export says",
+    "added": "files in the export that its manifest does not list",
+    "removed": "files the manifest lists that are missing",
+    "manifest": "the manifest's counts or ranges disagree with its files",
+    "signature": "the manifest's signature does not verify",
+    "vanished": "events of the older export that are nowhere in the newer one",
+    "reordered": "events of the older export at another stream position in the newer one",
+}
 
 
 @dataclass(frozen=True, eq=False)
@@ -182,12 +192,20 @@ def _actor_rows(root: Path, manifest: dict[str, Any], actors: list[str]) -> pa.T
     return pa.concat_tables(parts).sort_by("stream_seq")
 
 
+# The columns the content hash covers, by the names a user knows (what a
+# "changed" event names when the two exports' values differ).
+_CONTENT_COLUMNS = ("event_type", "version", "timestamp", "data", "extra")
+
+
 def _by_actor(table: pa.Table) -> dict[str, list[dict[str, Any]]]:
     rows: dict[str, list[dict[str, Any]]] = defaultdict(list)
     contents = content_hashes(table)
     columns = ["actor_id", "stream_seq", "event_id", "version", CHAIN_COLUMN]
-    for row, content in zip(table.select(columns).to_pylist(), contents):
+    values = table.select(["event_type", "data", "extra"]).append_column(
+        "timestamp", timestamp_ns(table, "timestamp")).to_pylist()
+    for row, content, value in zip(table.select(columns).to_pylist(), contents, values):
         row["content"] = content
+        row["values"] = dict(value, version=row["version"])
         rows[row["actor_id"]].append(row)
     return rows
 
@@ -230,7 +248,9 @@ def _explain_actor(old_rows: list[dict[str, Any]], new_rows: list[dict[str, Any]
 def _compare(o: dict[str, Any], match: dict[str, Any], highest: int) -> list[dict[str, Any]]:
     out = []
     if match["content"] != o["content"]:
-        what = "event_id" if match["event_id"] != o["event_id"] else "content (type, version, timestamp, data or extra)"
+        differ = [name for name in _CONTENT_COLUMNS if o["values"][name] != match["values"][name]]
+        what = ("event_id" if match["event_id"] != o["event_id"]
+                else ", ".join(differ) if differ else "content (type, version, timestamp, data or extra)")
         out.append(_problem("changed", o, f"{what} differs at stream_seq {match['stream_seq']}"))
     elif match["stream_seq"] < highest:
         out.append(_problem("reordered", o, f"moved from stream_seq {o['stream_seq']} to {match['stream_seq']}, before events it followed"))
@@ -270,33 +290,54 @@ def _recheck_chain(root: Path, manifest: dict[str, Any], *, with_heads: bool = T
     for files in by_partition.values():  # an actor's events live in one partition
         for entry in files:
             try:
-                _recheck_file(locate(root, manifest, entry), heads, problems, later)
+                _recheck_file(locate(root, manifest, entry), entry["path"], heads, problems, later)
             except (OSError, pa.ArrowException) as exc:  # pages that do not decode: named, not a traceback
                 unreadable.append(_file_problem("changed", f"{entry['path']} cannot be read: {_one_line(exc)}"))
-    for actor, count in later.items():
-        problems[actor]["message"] += f" ({count} later events of the actor differ because of it)"
+    for actor, problem in problems.items():
+        problem["what"], problem["message"] = _first_difference(problem, later[actor], heads[actor][1])
     return unreadable + list(problems.values()) + (_heads_problems(root, manifest, heads) if with_heads else [])
 
 
-def _recheck_file(path: Path, heads: dict[str, tuple[str, int, int]], problems: dict[str, dict[str, Any]],
-                  later: dict[str, int]) -> None:
-    """One events file's rows against the chain recomputed from their values (streaming)."""
+def _first_difference(problem: dict[str, Any], later: int, last_seq: int) -> tuple[str, str]:
+    """What the first row of an actor whose chain breaks tells, and which
+    column where it can: a few words, and the whole message.
+
+    A changed value breaks the recomputed chain from its row to the actor's
+    last event; a changed ``chain_hash`` alone breaks only its own row (the
+    next row builds on the hash the values give, which is the original). So
+    one broken row that is not the actor's last names the column."""
+    where = f"{problem['file']} row {problem['row']:,}: "
+    if later == 0 and problem["stream_seq"] != last_seq:
+        what = "its chain_hash column was changed"
+        return what, where + what + " (its values still give the hash the actor's next event builds on)"
+    what = "its values do not give its chain_hash"
+    return what, (where + what + ": a value the chain covers (stream_seq, actor_id, version, event_type, event_id, "
+                  "timestamp, data or extra) was changed here, or an event of the actor before it was inserted "
+                  "or removed" + (f" ({later:,} later event{'s' if later > 1 else ''} of the actor "
+                                  f"{'differ' if later > 1 else 'differs'} because of it)" if later else ""))
+
+
+def _recheck_file(path: Path, name: str, heads: dict[str, tuple[str, int, int]],
+                  problems: dict[str, dict[str, Any]], later: dict[str, int]) -> None:
+    """One events file's rows against the chain recomputed from their values
+    (streaming); the first row of each actor that differs is kept with its
+    file ``name`` and row number (from 0) in it."""
+    offset = 0
     for batch in pq.ParquetFile(path).iter_batches(batch_size=50_000):
         batch.validate(full=True)  # a page that decodes may still hold invalid UTF-8 or offsets: never trusted
         why = _derived_problem(batch)
         if why:
             raise pa.ArrowInvalid(why)
         computed = chain_hashes(batch, heads)
-        bad = pc.not_equal(computed, batch.column(CHAIN_COLUMN))
-        if not pc.any(bad).as_py():
-            continue
-        for row in batch.filter(pc.fill_null(bad, True)).select(PROBLEM_COLUMNS[1:5]).to_pylist():
-            if row["actor_id"] in problems:
-                later[row["actor_id"]] += 1
-            else:
-                problems[row["actor_id"]] = _problem(
-                    "changed", row, "its chain_hash is not what the values give: this event, or one "
-                    "before it, was changed, inserted or removed")
+        bad = pc.fill_null(pc.not_equal(computed, batch.column(CHAIN_COLUMN)), True)
+        if pc.any(bad).as_py():
+            rows = np.flatnonzero(bad.to_numpy(zero_copy_only=False))
+            for at, row in zip(rows, batch.take(pa.array(rows)).select(PROBLEM_COLUMNS[1:5]).to_pylist()):
+                if row["actor_id"] in problems:
+                    later[row["actor_id"]] += 1
+                else:
+                    problems[row["actor_id"]] = dict(_problem("changed", row, ""), file=name, row=offset + int(at))
+        offset += batch.num_rows
 
 
 def _undecodable(root: Path, manifest: dict[str, Any], damaged: set[str]) -> list[dict[str, Any]]:
@@ -358,6 +399,21 @@ def _heads_problems(root: Path, manifest: dict[str, Any], heads: dict[str, tuple
     wrong = sorted(a for a in set(stored) | set(heads) if stored.get(a) != heads.get(a))
     return [_file_problem("changed", f"{entry['path']}: the chain heads of {len(wrong)} actors (first: {wrong[0]}) "
                                      "are not the last events' recomputed hashes")]
+
+
+def _name_first_rows(problems: list[dict[str, Any]], rows: list[dict[str, Any]]) -> None:
+    """A changed file's problem, completed with the first row in it whose
+    chain breaks (as ``verify`` prints the summary's "first:")."""
+    first: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        if row.get("file") is not None and (row["file"] not in first or row["row"] < first[row["file"]]["row"]):
+            first[row["file"]] = row
+    for problem in problems:
+        name = problem["message"].split(" ", 1)[0]
+        if problem["kind"] == "changed" and problem["actor_id"] is None and name in first:
+            row = first[name]
+            problem["message"] += (f"; its first row that differs is row {row['row']:,} (actor {row['actor_id']}, "
+                                   f"stream_seq {row['stream_seq']}): {row['what']}")
 
 
 def _file_problem(kind: str, message: str) -> dict[str, Any]:
@@ -527,11 +583,20 @@ def verify_export(export_dir: str | os.PathLike[str], *, signer: str | None = No
         >>> verify_export("exports/orders", signer="UA5W...").ok  # doctest: +SKIP
         True
     """
+    if signer is not None:
+        from ..model.signing import check_public_key
+
+        signer = check_public_key(signer)  # a mistyped key is a usage error (ValueError), not a failed check
     root, manifest = require_manifest(export_dir)
     problems = file_problems(root, manifest)
     damaged = {p["message"].split(" ", 1)[0] for p in problems if p["kind"] in ("changed", "removed")}
-    if not any(e["path"] in damaged for e in entries(manifest, "events")):
-        problems += _recheck_chain(root, manifest)
+    missing = {p["message"].split(" ", 1)[0] for p in problems if p["kind"] == "removed"}
+    # A changed events file is still decoded, so the rows that differ are
+    # named rather than only its size or sha256 (a missing one breaks every chain after it).
+    if not any(e["path"] in missing for e in entries(manifest, "events")):
+        rows = _recheck_chain(root, manifest)
+        _name_first_rows(problems, rows)
+        problems += rows
     problems += _undecodable(root, manifest, damaged)
     note = ""
     if signer is not None:

@@ -22,11 +22,15 @@ def sync_path(path: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
-def write_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
+def write_atomic(path: str | os.PathLike[str], data: bytes, *, mode: int = 0o666, overwrite: bool = True) -> Path:
     """Write ``data`` to ``path`` so readers see the old file or the new one.
 
     The bytes go to a hidden temp file beside ``path`` (a rename is atomic
     only within one file system), are forced to disk, then renamed over it.
+    ``mode``: the new file's permissions (less the umask), set when it is
+    created, so a secret is never readable by others even for a moment.
+    ``overwrite=False``: ``FileExistsError`` if ``path`` exists (a hard link
+    instead of the rename: it never replaces a file, even one made meanwhile).
 
     Example:
         >>> write_atomic("manifest.json", b"{}")  # doctest: +SKIP
@@ -35,11 +39,15 @@ def write_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     temp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        with open(temp, "xb") as handle:
+        with open(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode), "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(temp, path)
+        if overwrite:
+            os.replace(temp, path)
+        else:
+            os.link(temp, path)
+            temp.unlink()
     except BaseException:
         temp.unlink(missing_ok=True)
         raise

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import os
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +23,10 @@ import nkeys
 import orjson
 
 from .errors import AuditError, ExportError
+from .files import write_atomic
 
-__all__ = ["check_signature", "load_signer", "sign_bytes", "sign_manifest", "signer_of", "verify_bytes"]
+__all__ = ["check_public_key", "check_signature", "load_signer", "new_seed_file", "sign_bytes", "sign_manifest",
+           "signer_of", "verify_bytes"]
 
 ALGORITHM = "ed25519-nkey"
 
@@ -45,6 +48,52 @@ def load_signer(seed_file: str | os.PathLike[str], error: type[AuditError] = Exp
         return nkeys.from_seed(seed.encode())
     except Exception as exc:  # nkeys raises its own error types
         raise error(f"{path} holds no NKey seed") from exc
+
+
+def new_seed_file(path: str | os.PathLike[str]) -> str:
+    """Write a new NKey user seed to ``path`` and return its public key.
+
+    The file is readable only by its owner (mode 0600 from the moment it
+    exists), written atomically, and never replaces a file: an existing
+    ``path`` is ``FileExistsError`` (a seed overwritten by mistake cannot be
+    recovered, and every signature made with it could no longer be renewed).
+    What it holds is what ``load_signer`` reads.
+
+    Example:
+        >>> public = new_seed_file("audit.nk")  # doctest: +SKIP
+        >>> public.startswith("U") and load_signer("audit.nk").public_key.decode() == public  # doctest: +SKIP
+        True
+    """
+    seed = nkeys.encode_seed(secrets.token_bytes(32), nkeys.PREFIX_BYTE_USER)
+    target = Path(path)
+    refused = FileExistsError(17, "refusing to overwrite an existing file", str(target))
+    if target.exists() or target.is_symlink():  # named before any temp file is made
+        raise refused
+    try:
+        write_atomic(target, seed + b"\n", mode=0o600, overwrite=False)
+    except FileExistsError:  # made meanwhile: the link refused to replace it
+        raise refused from None
+    return nkeys.from_seed(seed).public_key.decode()
+
+
+def check_public_key(public_key: str) -> str:
+    """``public_key`` stripped, or ``ValueError`` (one line) when it is not an
+    NKey public key (base32 of a public prefix, 32 bytes and a CRC16): a
+    mistyped key is the caller's error, not a failed verification.
+
+    Example:
+        >>> check_public_key("UAXXXXBAD")
+        Traceback (most recent call last):
+        ...
+        ValueError: UAXXXXBAD is not an NKey public key (a U..., A... or O... key of 56 characters)
+    """
+    key = public_key.strip()
+    try:
+        _verify_key(key)
+    except ValueError:
+        raise ValueError(f"{key[:60]} is not an NKey public key "
+                         "(a U..., A... or O... key of 56 characters)") from None
+    return key
 
 
 def signer_of(sign: Any, error: type[AuditError] = ExportError) -> Any:

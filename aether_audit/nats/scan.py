@@ -49,7 +49,7 @@ from ..model.errors import (
     ConnectionFailed,
     JetStreamAPIError,
 )
-from ..model.speedups import cfast
+from ..model.speedups import cfast, large_read
 
 __all__ = ["JS_API", "RawBatch", "StreamScanner"]
 
@@ -605,6 +605,7 @@ class StreamScanner:
                     if cursor is None:
                         info = await self._request(f"STREAM.INFO.{stream}", None, stream)
                         cursor = _Cursor(max(start_seq, 1) - 1, info["state"]["last_seq"], confirmed=True)
+                    large_read(cursor.end_seq - cursor.resume_from() + 1)  # once: a warning without the C loops
                     if cursor.resume_from() <= cursor.end_seq:
                         consume = self._consume(stream, filter_subject, max(1, batch_size), cursor, headers_only)
                         async with contextlib.aclosing(consume):

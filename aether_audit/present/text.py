@@ -2,7 +2,8 @@
 
 ``findings_text`` renders findings grouped by code, worst first, each with
 where it is (actor, stream sequence) and its message, capped per code and in
-total with the count of what was left out (as ruff and pytest do).
+total with the count of what was left out (as ruff and pytest do);
+``finding_line`` is one finding as ``watch`` prints it, the same text.
 ``human_time``, ``human_duration`` and ``humanize`` turn nanosecond
 timestamps and ``364d23h59m59.9695s`` durations into ``2026-03-01
 12:00:05.123 UTC`` and ``365 days``; the exact values stay in the data.
@@ -20,7 +21,7 @@ import pandas as pd
 
 from ..audit.checks import SEVERITIES
 
-__all__ = ["escape", "findings_text", "human_duration", "human_time", "humanize"]
+__all__ = ["escape", "finding_line", "findings_text", "human_duration", "human_time", "humanize"]
 
 # Per code and in total, as pytest's "-r" summary or ruff's output keep a
 # terminal readable; --json always holds everything.
@@ -69,7 +70,7 @@ def human_duration(value: Any) -> str:
     ``2.5 seconds``, ``12 ms``.
 
     Example:
-        >>> human_duration(pd.Timedelta("364d23h59m59.9695s")), human_duration(pd.Timedelta(seconds=90))
+        >>> human_duration(pd.Timedelta("364D23h59m59.9695s")), human_duration(pd.Timedelta(seconds=90))
         ('365 days', '1 minute 30 seconds')
     """
     delta = pd.Timedelta(value)
@@ -132,7 +133,7 @@ def _duration_match(match: re.Match[str]) -> str:
     return human_duration(delta)
 
 
-def _where(row: Mapping[str, Any]) -> str:
+def _where(row: Mapping[str, Any], unplaced: str | None = "stream-wide") -> str:
     parts = []
     if _present(row.get("actor_id")):
         parts.append(f"actor {escape(row['actor_id'])}")
@@ -140,7 +141,26 @@ def _where(row: Mapping[str, Any]) -> str:
         parts.append(f"seq {int(row['stream_seq'])}")
     if not parts and _present(row.get("subject")):
         parts.append(escape(row["subject"]))
-    return ", ".join(parts) or "stream-wide"
+    return ", ".join(parts) or unplaced or ""
+
+
+def _located(row: Mapping[str, Any], unplaced: str | None = "stream-wide") -> str:
+    """``actor A, seq N: message`` (or ``stream-wide: ...``, or the message
+    alone when ``unplaced`` is None), the message made readable."""
+    where, message = _where(row, unplaced), escape(humanize(row.get("message")))
+    return f"{where}: {message}" if where else message
+
+
+def finding_line(row: Mapping[str, Any]) -> str:
+    """One finding on one line, as ``watch`` prints it: severity, code, then
+    where and the message exactly as ``findings_text`` words them.
+
+    Example:
+        >>> finding_line({"severity": "warning", "code": "retention_expiry", "actor_id": None,
+        ...               "stream_seq": None, "subject": None, "message": "first message expires in 364d23h59m59.9695s"})
+        'warning retention_expiry: stream-wide: first message expires in 365 days'
+    """
+    return f"{escape(row.get('severity'))} {escape(row.get('code'))}: {_located(row)}"
 
 
 def _present(value: Any) -> bool:
@@ -153,16 +173,19 @@ def findings_text(
     *,
     per_code: int = PER_CODE,
     total: int = TOTAL,
+    unplaced: str | None = "stream-wide",
 ) -> list[str]:
     """Lines: per code (errors first, then by count), a header with its
     severity, count and description, then up to ``per_code`` findings as
     ``  actor A, seq N: message``; ``... and K more`` where cut, and at most
-    ``total`` finding lines overall.
+    ``total`` finding lines overall. ``unplaced``: the place of a finding
+    with no actor, sequence or subject (None: its message alone, as
+    ``verify`` prints a file's problem, whose message names the file).
 
     Example:
         >>> print("\\n".join(findings_text(report.findings)))  # doctest: +SKIP
         version_gap (error, 1): an actor's versions skip numbers
-          actor order-2, seq 4: actor order-2: version 3 follows 1; versions 2 missing
+          actor order-2, seq 4: actor order-2: version 3 follows 1; version 2 is missing
     """
     if findings is None or findings.empty:
         return []
@@ -182,7 +205,7 @@ def findings_text(
         room = max(0, min(per_code, total - shown))
         ordered = rows.sort_values("stream_seq", kind="stable", na_position="first")
         for row in ordered.head(room).to_dict("records"):
-            lines.append(f"  {_where(row)}: {escape(humanize(row.get('message')))}")
+            lines.append(f"  {_located(row, unplaced)}")
         shown += min(room, len(rows))
         if len(rows) > room:
             lines.append(f"  ... and {len(rows) - room:,} more {code} (all of them: --json)")

@@ -23,6 +23,8 @@ from aether_audit.export.readback import read_export
 from aether_audit.nats.server import NatsServer
 from aether_audit.export.verify import verify_export
 
+from _support import missing, required, skip_reason
+
 KINDS = ("events", "snapshots", "replay_errors")
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "bi.md"
 EPOCH = dt.datetime(1970, 1, 1)
@@ -135,13 +137,13 @@ def spark():
     try:
         from pyspark.sql import SparkSession
     except ImportError:
-        if os.environ.get("AETHER_AUDIT_REQUIRE_SPARK"):
+        if required("AETHER_AUDIT_REQUIRE_SPARK"):
             raise
-        pytest.skip("pyspark is not installed")
+        pytest.skip(skip_reason("pyspark is not installed (a test extra: pip install -e '.[test]')",
+                                "AETHER_AUDIT_REQUIRE_SPARK"))
     if not shutil.which("java") and not os.environ.get("JAVA_HOME"):
-        if os.environ.get("AETHER_AUDIT_REQUIRE_SPARK"):
-            pytest.fail("no Java runtime for Spark (apt-get install default-jre-headless)")
-        pytest.skip("no Java runtime")
+        pytest.skip(missing("no Java runtime for Spark (apt-get install default-jre-headless)",
+                            "AETHER_AUDIT_REQUIRE_SPARK"))
     session = (SparkSession.builder.master("local[1]").appName("aether-audit-tests")
                .config("spark.sql.session.timeZone", "UTC").config("spark.ui.enabled", "false")
                .config("spark.driver.bindAddress", "127.0.0.1").config("spark.driver.host", "127.0.0.1")
