@@ -79,6 +79,11 @@ def _connection_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--tls-ca", metavar="FILE", help="CA certificate to trust")
     group.add_argument("--tls-cert", metavar="FILE", help="client certificate")
     group.add_argument("--tls-key", metavar="FILE", help="client key")
+    group.add_argument("--js-domain", metavar="DOMAIN", help="the JetStream domain the stream is in ($JS.DOMAIN.API)")
+    group.add_argument("--js-api-prefix", metavar="PREFIX", help="the JetStream API prefix (an account import's)")
+    group.add_argument("--subject-prefix", metavar="PREFIX",
+                       help="where the store's subjects are (PREFIX.events.>) when the stream's configuration "
+                            "leaves it ambiguous (default: learnt from it; a mirror keeps its origin's)")
     group.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -118,6 +123,9 @@ def _credentials(args: argparse.Namespace) -> dict[str, Any]:
         "tls_cert": args.tls_cert,
         "tls_key": args.tls_key,
         "connect_timeout": args.timeout,
+        "js_domain": args.js_domain,
+        "js_api_prefix": args.js_api_prefix,
+        "subject_prefix": args.subject_prefix,
     }
 
 
