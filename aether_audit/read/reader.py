@@ -32,7 +32,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..nats.connection import ConnectOptions, logger
+from ..nats.connection import JS_ERR_NO_MESSAGE, ConnectOptions, logger
 from ..model.errors import (
     JetStreamAPIError,
     MalformedMessageError,
@@ -235,6 +235,7 @@ class StreamReader:
         # ambiguous.
         self._given_prefix = subject_prefix
         self._prefix: str | None = None
+        self._filter: str | None = None  # the store's subjects, when the stream holds several stores'
         self._index: SubjectIndex | None = None
         self._index_lock = asyncio.Lock()
         self._indexing: asyncio.Task[Any] | None = None
@@ -270,21 +271,27 @@ class StreamReader:
                 f"say which with subject_prefix= (--subject-prefix)")
         else:
             prefix = configured[0] if configured else self.stream_name
+        # A stream of several stores is read through a filter on the one
+        # asked for (a wildcard filter: slower, and only here).
+        self._filter = f"{prefix}.>" if len(configured) > 1 else None
         # A stream's own subjects prove the layout; a copy's or a guess is
-        # checked against its first message (one get by sequence).
+        # checked: one message of the store must be there (one get).
         if state.messages and (self._given_prefix is not None or not state.subjects or state.copies):
-            try:
-                async with self._scanners.lease() as scanner:
-                    first = await scanner.get_messages(self.stream_name, [state.first_seq])
-            except JetStreamAPIError:
-                return prefix
-            subject = first.subjects[0] if first.subjects else None
-            if subject is not None and not subject.startswith((f"{prefix}.events.", f"{prefix}.snapshots.")):
-                origin = f" ({state.copies})" if state.copies else ""
-                raise StreamLayoutError(
-                    f"stream {self.stream_name}{origin} holds {subject!r} at sequence {state.first_seq}, "
-                    f"not a subject of the store under {prefix!r} ({prefix}.events.…); "
-                    f"give the store's subject prefix with subject_prefix= (--subject-prefix)")
+            async with self._scanners.lease() as scanner:
+                try:
+                    await scanner.api(f"STREAM.MSG.GET.{self.stream_name}",
+                                      {"seq": state.first_seq, "next_by_subj": f"{prefix}.>"}, self.stream_name)
+                    return prefix
+                except JetStreamAPIError as exc:
+                    if exc.err_code != JS_ERR_NO_MESSAGE:
+                        raise
+                first = await scanner.get_messages(self.stream_name, [state.first_seq])
+            subject = first.subjects[0] if first.subjects else "nothing"
+            origin = f" ({state.copies})" if state.copies else ""
+            raise StreamLayoutError(
+                f"stream {self.stream_name}{origin} holds no subject of the store under {prefix!r} "
+                f"({prefix}.events.…; its first message is on {subject!r}); "
+                f"give the store's subject prefix with subject_prefix= (--subject-prefix)")
         return prefix
 
     @property
@@ -382,8 +389,8 @@ class StreamReader:
         loop = asyncio.get_running_loop()
         decoding: asyncio.Future[DecodedBatch] | None = None
         try:
-            async for raw in self._raw_scan(start_seq=first, end_seq=last, filter_subject=filter_subject,
-                                            batch_size=batch_size):
+            async for raw in self._raw_scan(start_seq=first, end_seq=last,
+                                            filter_subject=filter_subject or self._filter, batch_size=batch_size):
                 bar.update(len(raw))
                 previous, decoding = decoding, loop.run_in_executor(None, self._decode, raw)
                 if previous is not None:
