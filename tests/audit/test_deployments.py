@@ -97,7 +97,7 @@ def primary(nats_url: str, stream_name: str) -> Iterator[EventStore]:
         yield store
 
 
-def test_a_mirror_reads_as_its_primary(primary: EventStore, nats_url: str) -> None:
+def test_a_mirror_reads_as_its_primary(primary: EventStore, nats_url: str, tmp_path: Any) -> None:
     from nats.js.api import StreamSource
 
     name = primary.stream_name + "_mirror"
@@ -106,6 +106,23 @@ def test_a_mirror_reads_as_its_primary(primary: EventStore, nats_url: str) -> No
     with connect(nats_url, stream=name) as mirror:
         same_store(primary, mirror)
         assert mirror.subject_prefix == primary.stream_name
+        # Export: the same rows as the primary's export (compare finds nothing).
+        from aether_audit.audit.compare import compare_histories
+        from aether_audit.export.readback import export_parts
+
+        primary.export_parquet(tmp_path / "primary", progress=False)
+        manifest = mirror.export_parquet(tmp_path / "mirror", progress=False)
+        assert (manifest["events"], manifest["snapshots"], manifest["replay_errors"]) == (9, 3, 1)
+        result = _run(mirror, compare_histories(export_parts(tmp_path / "primary"), export_parts(tmp_path / "mirror")))
+        assert result.same and result.matched == {"events": 9, "snapshots": 3, "replay_errors": 1}
+        # Watch: the broken message, and no snapshot read as an event before it.
+        seen = []
+        for finding in mirror.watch(interval=0.1):
+            seen.append(finding["code"])
+            if finding["code"] == "malformed_payload":
+                assert finding["stream_seq"] == 13
+                break
+        assert not {"missing_field", "actor_mismatch"} & set(seen)
         # A write is refused at once, naming the origin (the server would
         # leave it unanswered for the whole publish timeout).
         started = time.monotonic()
