@@ -62,6 +62,7 @@ __all__ = [
     "CHECKS",
     "Check",
     "CheckOptions",
+    "DEPLOYMENT_CODES",
     "EndView",
     "FINDING_COLUMNS",
     "SEVERITIES",
@@ -742,6 +743,11 @@ def history_rewritten(state: StreamState, *, expected: str, found: str, why: str
 # The stream-wide findings of the configuration newer servers (2.11+) offer,
 # declared with the others below; each reads ``end.state`` (None offline:
 # silent) and is silent on a stream that does not allow what it names.
+
+# Their codes (docs/reference.md, "Deployments"): a scenario written through
+# the Go store's stream config plants none of them.
+DEPLOYMENT_CODES = ("expired_by_ttl", "message_ttl_allowed", "rollup_allowed", "schedules_allowed",
+                    "async_persist", "per_subject_limit", "limits_discard_old")
 
 
 def _config_finding(code: str, end: EndView, expected: str, found: str, why: str) -> pd.DataFrame:
