@@ -274,9 +274,9 @@ def test_a_marker_names_the_actor_that_lost_its_events(nats_url: str, stream_nam
     """Max age with delete markers: each actor whose subject emptied gets
     the server's marker, an ``expired_by_ttl`` finding, never a decode error.
     (A ``Nats-TTL`` below the marker TTL is raised to it by 2.15, so max age
-    is what expires the events here; the marker outlives them by max age.)"""
+    is what expires the events here; the marker outlives them by max age, 5 s: time to audit on a busy machine.)"""
     with connect(nats_url, stream=stream_name) as store:
-        _create_raw(store, stream_name, {"max_age": 3_000_000_000, "subject_delete_marker_ttl": 60_000_000_000})
+        _create_raw(store, stream_name, {"max_age": 5_000_000_000, "subject_delete_marker_ttl": 60_000_000_000})
         for actor in ACTORS[:2]:
             store.save_event(Event.new(actor, "Happened", 1))
         deadline = time.monotonic() + 20
