@@ -115,3 +115,14 @@ def test_memory_stays_bounded_by_spilling(monkeypatch: pytest.MonkeyPatch, tmp_p
     assert shown.where(shown.notna(), None).values.tolist() == [
         ["different", 17, 17], ["only_in_a", 40, None]]
     assert not list(tmp_path.iterdir())  # the spill files are gone
+
+
+def test_a_side_on_another_server_or_domain_is_a_url(server_factory: Any, stream_name: str, capsys: Any) -> None:
+    server = server_factory("jetstream { domain: hub }\n")
+    with connect(server.url, stream=stream_name) as store:
+        write(store, history())
+    hub = f"{server.url}/{stream_name}?js_domain=hub"
+    assert main(["compare", hub, stream_name, "--server", server.url, "--no-progress"]) == 0
+    assert capsys.readouterr().out.startswith(f"OK: {server.url}/{stream_name} and {stream_name} hold the same history")
+    assert main(["compare", f"{server.url}/{stream_name}?domain=hub", stream_name, "--server", server.url]) == 2
+    assert "unknown option(s) domain" in capsys.readouterr().err
