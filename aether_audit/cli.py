@@ -49,6 +49,13 @@ DONE_CODES = """\
 exit codes: 0 done, 2 usage or connection error (with --json also {"error": ..., "exit_code": 2} on stdout)
 """
 
+COMPARE_CODES = """\
+exit codes:
+  0  both hold the same history
+  1  they differ (each difference listed: missing, extra or different, with both sequences)
+  2  usage or connection error (with --json also {"error": ..., "exit_code": 2} on stdout)
+"""
+
 EPILOG = """\
 examples:
   aether-audit demo                                  # the whole job on an embedded server
@@ -81,6 +88,11 @@ def _connection_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--tls-ca", metavar="FILE", help="CA certificate to trust")
     group.add_argument("--tls-cert", metavar="FILE", help="client certificate")
     group.add_argument("--tls-key", metavar="FILE", help="client key")
+    group.add_argument("--js-domain", metavar="DOMAIN", help="the JetStream domain the stream is in ($JS.DOMAIN.API)")
+    group.add_argument("--js-api-prefix", metavar="PREFIX", help="the JetStream API prefix (an account import's)")
+    group.add_argument("--subject-prefix", metavar="PREFIX",
+                       help="where the store's subjects are (PREFIX.events.>) when the stream's configuration "
+                            "leaves it ambiguous (default: learnt from it; a mirror keeps its origin's)")
     group.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -130,6 +142,9 @@ def _credentials(args: argparse.Namespace) -> dict[str, Any]:
         "tls_cert": args.tls_cert,
         "tls_key": args.tls_key,
         "connect_timeout": args.timeout,
+        "js_domain": args.js_domain,
+        "js_api_prefix": args.js_api_prefix,
+        "subject_prefix": args.subject_prefix,
     }
 
 
@@ -369,6 +384,78 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return EXIT_OK if result.ok else EXIT_FINDINGS
 
 
+def _compare_side(text: str, args: argparse.Namespace) -> tuple[str, Any, Any]:
+    """(name, parts, reader or None) of one side of ``compare``: an export
+    directory, a stream on --server, or ``nats://host:port/STREAM`` with the
+    side's own ``?js_domain=``, ``js_api_prefix=``, ``subject_prefix=``."""
+    import urllib.parse
+
+    from .audit.compare import stream_parts
+    from .export.readback import export_parts
+    from .nats.connection import ConnectOptions, default_url, redact_url
+    from .read.reader import StreamReader
+
+    if Path(text).is_dir():
+        return text, export_parts(text), None
+    credentials = _credentials(args)
+    subject_prefix = credentials.pop("subject_prefix")
+    url = args.server
+    stream = text
+    if "://" in text:
+        parts = urllib.parse.urlsplit(text)
+        stream = parts.path.strip("/")
+        if not stream or "/" in stream:
+            raise UsageError(f"{redact_url(text)}: give the stream as nats://host:port/STREAM")
+        url = urllib.parse.urlunsplit(parts._replace(path="", query=""))
+        query = dict(urllib.parse.parse_qsl(parts.query))
+        unknown = set(query) - {"js_domain", "js_api_prefix", "subject_prefix"}
+        if unknown:
+            raise UsageError(f"{redact_url(text)}: unknown option(s) {', '.join(sorted(unknown))}")
+        subject_prefix = query.pop("subject_prefix", subject_prefix)
+        if query:
+            credentials.update(js_domain=query.get("js_domain"), js_api_prefix=query.get("js_api_prefix"))
+    elif not url and not default_url():
+        raise UsageError(f"{text}: no such export directory, and no --server (or $NATS_URL) to find a stream on")
+    options = ConnectOptions.from_arguments(url or default_url(), **credentials)
+    reader = StreamReader(options, stream, subject_prefix=subject_prefix)
+    name = stream if "://" not in text else f"{redact_url(url)}/{stream}"
+    return name, stream_parts(reader, progress=_progress(args)), reader
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .audit.compare import compare_histories
+    from .store.sync import run_sync
+
+    async def run() -> Any:
+        sides = [_compare_side(text, args) for text in (args.a, args.b)]
+        try:
+            return await compare_histories(sides[0][1], sides[1][1], names=(sides[0][0], sides[1][0]),
+                                           limit=args.limit)
+        finally:
+            for _, _, reader in sides:
+                if reader is not None:
+                    await reader.aclose()
+
+    result = run_sync(run())
+    if args.json:
+        _print_json(result.to_dict())
+        return EXIT_OK if result.same else EXIT_FINDINGS
+    a, b = (escape(name) for name in result.names)
+    matched = ", ".join(f"{count} {kind.replace('_', ' ')}" for kind, count in result.matched.items())
+    if result.same:
+        print(f"OK: {a} and {b} hold the same history ({matched})")
+        return EXIT_OK
+    counts = ", ".join(f"{count} {status.replace('_', ' ')}" for status, count in result.counts.items() if count)
+    print(f"DIFFERENT: A = {a}, B = {b} ({counts}; {matched} match)")
+    shown = result.differences.copy()
+    shown["message"] = shown["message"].map(escape)
+    print(shown.to_string(index=False, max_colwidth=160))
+    total = sum(result.counts.values())
+    if total > len(shown):
+        print(f"... {total - len(shown)} more (raise --limit to list them)")
+    return EXIT_FINDINGS
+
+
 def cmd_seed(args: argparse.Namespace) -> int:
     with _store(args) as store:
         summary = store.seed(args.scenario)
@@ -547,6 +634,14 @@ def build_parser() -> argparse.ArgumentParser:
     keygen.add_argument("--out", required=True, metavar="FILE", help="the seed file to create")
     keygen.add_argument("--json", action="store_true", help='print one JSON object on stdout: {"out", "public_key"}')
     keygen.set_defaults(handler=cmd_keygen)
+    compare = command("compare", cmd_compare,
+                      "two copies of one history (streams, or a stream and an export): every event missing, "
+                      "extra or different; exit 1 when they differ")
+    compare.epilog = COMPARE_CODES
+    compare.add_argument("a", metavar="A", help="an export directory, a stream on --server, or "
+                         "nats://host:port/STREAM[?js_domain=D&js_api_prefix=P&subject_prefix=S]")
+    compare.add_argument("b", metavar="B", help="the other copy, as A")
+    compare.add_argument("--limit", type=int, default=10_000, help="differences to list at most (default: 10000)")
 
     seed = command("seed", cmd_seed, "write a scenario (a data_samples/ file or its name) through the append API")
     seed.add_argument("scenario", metavar="SCENARIO", help="path, or a name in data_samples/ (e.g. orders, anomalies)")

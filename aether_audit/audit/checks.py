@@ -62,6 +62,7 @@ __all__ = [
     "CHECKS",
     "Check",
     "CheckOptions",
+    "DEPLOYMENT_CODES",
     "EndView",
     "FINDING_COLUMNS",
     "SEVERITIES",
@@ -509,8 +510,18 @@ def final_version_gap(parts: Sequence[pd.DataFrame], end: EndView, options: Chec
     found = concat_findings(parts)
     if found.empty:
         return findings()
-    if end.expired:
-        first = found["first"].to_numpy(dtype=bool)
+    first = found["first"].to_numpy(dtype=bool)
+    removes = config_removes(end.state)
+    if removes is not None:
+        # The configuration removes an actor's oldest events (a per-subject
+        # limit) or any of them (TTLs): a history starting late is that;
+        # a gap inside one is that only with TTLs, and may still be a delete.
+        found.loc[first, "severity"] = "info"
+        found.loc[first, "message"] = found.loc[first, "message"] + f" ({removes}: they were removed by it)"
+        if end.state is not None and end.state.max_msgs_per_subject is None:
+            found.loc[~first, "severity"] = "warning"
+            found.loc[~first, "message"] = found.loc[~first, "message"] + f" ({removes}: they may have expired)"
+    elif end.expired:
         found.loc[first, "severity"] = "info"
         found.loc[first, "message"] = found.loc[first, "message"] + " (the stream's start was cut: they may have expired)"
     return findings(found)
@@ -584,16 +595,25 @@ def merge_runs(runs: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
 
 def final_deleted_sequence(parts: Sequence[pd.DataFrame], end: EndView, options: CheckOptions) -> pd.DataFrame:
     """Holes in the stream's sequence numbers between its first and last
-    message: deleted messages. Consecutive holes are one finding, ``a..b``."""
+    message: deleted messages. Consecutive holes are one finding, ``a..b``. On a stream whose
+    configuration removes messages one by one (``config_removes``: a
+    per-subject limit, TTLs) a hole is explained as that: ``info`` when the
+    stream denies deletes (nothing else can make one), else ``warning``."""
+    removes = config_removes(end.state)
+    severity = CHECKS["deleted_sequence"].severity
+    if removes is not None:
+        severity = "info" if end.state is not None and end.state.deny_delete else "warning"
+    why = "" if removes is None else (f": removed by the configuration ({removes})" + (
+        "" if severity == "info" else ", or deleted"))
     return findings(
         {
             "code": "deleted_sequence",
-            "severity": CHECKS["deleted_sequence"].severity,
+            "severity": severity,
             "stream_seq": a,
             "expected": f"{a}..{b}" if b > a else str(a),
             "found": "missing",
-            "message": (f"stream sequences {a}..{b} are missing ({b - a + 1} messages deleted)" if b > a
-                        else f"stream sequence {a} is missing (a message was deleted)"),
+            "message": ((f"stream sequences {a}..{b} are missing" + (why or f" ({b - a + 1} messages deleted)"))
+                        if b > a else (f"stream sequence {a} is missing" + (why or " (a message was deleted)"))),
         }
         for a, b in end.runs
     )
@@ -722,6 +742,126 @@ def history_rewritten(state: StreamState, *, expected: str, found: str, why: str
     }])
 
 
+# --- what a deployment's configuration can do to a history ----------------------------
+# The stream-wide findings of the configuration newer servers (2.11+) offer,
+# declared with the others below; each reads ``end.state`` (None offline:
+# silent) and is silent on a stream that does not allow what it names.
+
+# Their codes (docs/reference.md, "Deployments"): a scenario written through
+# the Go store's stream config plants none of them.
+DEPLOYMENT_CODES = ("expired_by_ttl", "message_ttl_allowed", "rollup_allowed", "schedules_allowed",
+                    "async_persist", "per_subject_limit", "limits_discard_old")
+
+
+def _config_finding(code: str, end: EndView, expected: str, found: str, why: str) -> pd.DataFrame:
+    state = end.state
+    assert state is not None
+    return findings([{
+        "code": code,
+        "severity": CHECKS[code].severity,
+        "subject": None,
+        "expected": expected,
+        "found": found,
+        "message": f"stream {state.name} {why}",
+    }])
+
+
+def final_message_ttl(parts: Sequence[pd.DataFrame], end: EndView, options: CheckOptions) -> pd.DataFrame:
+    """Per-message TTLs (``allow_msg_ttl``) or subject delete markers
+    (``subject_delete_marker_ttl``): events can vanish one by one."""
+    state = end.state
+    if state is None or not (state.allow_msg_ttl or state.subject_delete_marker_ttl):
+        return findings()
+    found = ", ".join(
+        ([f"allow_msg_ttl=true"] if state.allow_msg_ttl else [])
+        + ([f"subject_delete_marker_ttl={duration_text(state.subject_delete_marker_ttl)}"]
+           if state.subject_delete_marker_ttl else []))
+    return _config_finding("message_ttl_allowed", end, "no per-message expiry", found,
+                           "lets events expire one by one (a Nats-TTL header, or max age with delete markers): "
+                           "an actor's history can lose events without a delete")
+
+
+def final_rollup(parts: Sequence[pd.DataFrame], end: EndView, options: CheckOptions) -> pd.DataFrame:
+    """``allow_rollup_hdrs``: one publish with ``Nats-Rollup: sub`` purges a subject."""
+    state = end.state
+    if state is None or not state.allow_rollup_hdrs:
+        return findings()
+    return _config_finding("rollup_allowed", end, "allow_rollup_hdrs=false", "allow_rollup_hdrs=true",
+                           "allows rollups: one publish (Nats-Rollup) can purge an actor's whole subject")
+
+
+def final_schedules(parts: Sequence[pd.DataFrame], end: EndView, options: CheckOptions) -> pd.DataFrame:
+    """``allow_msg_schedules``: the server itself can publish messages later."""
+    state = end.state
+    if state is None or not state.allow_msg_schedules:
+        return findings()
+    return _config_finding("schedules_allowed", end, "allow_msg_schedules=false", "allow_msg_schedules=true",
+                           "allows message schedules: the server can inject messages no writer sent at that time")
+
+
+def final_async_persist(parts: Sequence[pd.DataFrame], end: EndView, options: CheckOptions) -> pd.DataFrame:
+    """``persist_mode: async``: the ack goes out before the data is on disk."""
+    state = end.state
+    if state is None or (state.persist_mode or "default") != "async":
+        return findings()
+    return _config_finding("async_persist", end, "persist_mode=default", "persist_mode=async",
+                           "acknowledges writes before they are on disk (persist_mode async): "
+                           "an acknowledged event can be lost in a crash")
+
+
+def final_per_subject_limit(parts: Sequence[pd.DataFrame], end: EndView, options: CheckOptions) -> pd.DataFrame:
+    """``max_msgs_per_subject``: the server drops each actor's oldest events
+    beyond the limit; no history there can be complete."""
+    state = end.state
+    if state is None or state.max_msgs_per_subject is None:
+        return findings()
+    limit = state.max_msgs_per_subject
+    return _config_finding("per_subject_limit", end, "max_msgs_per_subject=-1 (no limit)",
+                           f"max_msgs_per_subject={limit}",
+                           f"keeps at most {limit} messages per subject: an actor with more events loses its "
+                           f"oldest, so no history there can be complete (the holes that leaves are this "
+                           f"limit, not deletions)")
+
+
+def final_limits_discard(parts: Sequence[pd.DataFrame], end: EndView, options: CheckOptions) -> pd.DataFrame:
+    """``max_msgs`` / ``max_bytes`` with ``discard: old``: the oldest events go."""
+    state = end.state
+    if state is None or state.discard != "old" or (state.max_msgs is None and state.max_bytes is None):
+        return findings()
+    limits = ", ".join(f"{name}={value}" for name, value in (("max_msgs", state.max_msgs),
+                                                              ("max_bytes", state.max_bytes)) if value is not None)
+    return _config_finding("limits_discard_old", end, "no message or byte limit", f"{limits}, discard=old",
+                           f"discards its oldest messages beyond {limits}: the start of the history goes")
+
+
+def check_expired_by_ttl(view: BatchView, options: CheckOptions) -> pd.DataFrame:
+    """A subject delete marker (``model.frames.decode_messages``: code
+    ``expired_by_ttl``): the actor's events stored on that subject before it
+    expired. The server's own record, not corruption."""
+    errors = view.errors
+    rows = errors[(errors["code"] == "expired_by_ttl").to_numpy()]
+    return _emit(
+        "expired_by_ttl", rows,
+        expected="the actor's events",
+        found="expired (Nats-Marker-Reason: MaxAge)",
+        message="actor " + rows["actor_id"].astype(str) + ": its events on " + rows["subject"].astype(str)
+        + " before stream sequence " + rows["stream_seq"].astype(str)
+        + " expired (the server's delete marker: a message TTL or max age), not deleted",
+    )
+
+
+def config_removes(state: StreamState | None) -> str | None:
+    """Why the stream's configuration may remove events of an actor one by
+    one (TTLs, a per-subject limit), said for a finding; None when it cannot."""
+    if state is None:
+        return None
+    if state.max_msgs_per_subject is not None:
+        return f"the stream keeps at most {state.max_msgs_per_subject} messages per subject (max_msgs_per_subject)"
+    if state.allow_msg_ttl or state.subject_delete_marker_ttl:
+        return "the stream lets messages expire one by one (message TTLs)"
+    return None
+
+
 # --- registry ----------------------------------------------------------------------------
 
 
@@ -754,6 +894,21 @@ CHECKS: dict[str, Check] = _registry(
     Check("retention_expiry", "info", "the stream's max age will expire events", final=final_retention_expiry, stream_wide=True),
     Check("history_rewritten", "error", "since the checkpoint the stream was purged, recreated or cut: its history changed",
           stream_wide=True),
+    # Deployments (issue 23): what newer servers' configuration can do to a history.
+    Check("expired_by_ttl", "info", "the server's delete marker: an actor's events expired (TTL or max age), not deleted",
+          batch=check_expired_by_ttl),
+    Check("message_ttl_allowed", "warning", "the stream lets events expire one by one (allow_msg_ttl, delete markers)",
+          final=final_message_ttl, stream_wide=True),
+    Check("rollup_allowed", "warning", "one publish can purge an actor's whole subject (allow_rollup_hdrs)",
+          final=final_rollup, stream_wide=True),
+    Check("schedules_allowed", "warning", "the server can inject messages (allow_msg_schedules)",
+          final=final_schedules, stream_wide=True),
+    Check("async_persist", "warning", "an ack is sent before the data is on disk (persist_mode async)",
+          final=final_async_persist, stream_wide=True),
+    Check("per_subject_limit", "warning", "max_msgs_per_subject drops each actor's oldest events: no history is complete",
+          final=final_per_subject_limit, stream_wide=True),
+    Check("limits_discard_old", "info", "max_msgs or max_bytes discard the oldest events",
+          final=final_limits_discard, stream_wide=True),
 )
 STREAM_WIDE = frozenset(code for code, check in CHECKS.items() if check.stream_wide)
 

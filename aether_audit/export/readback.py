@@ -18,7 +18,7 @@ from ..model.errors import ExportError
 from ..model.frames import SCHEMAS, StreamFrames, to_pandas
 from .layout import CHAIN_COLUMN, MANIFEST, NS_SUFFIX, TIMESTAMP_COLUMNS, entries, locate, partition_of, read_manifest
 
-__all__ = ["frame_columns", "read_export", "read_kind", "require_manifest"]
+__all__ = ["export_parts", "frame_columns", "read_export", "read_kind", "require_manifest"]
 
 _NS = pa.timestamp("ns", tz="UTC")
 
@@ -72,6 +72,21 @@ def read_kind(root: Path, manifest: dict[str, Any], kind: str, columns: list[str
     if not tables:
         raise ExportError(f"{root}/{MANIFEST} lists no {kind} file")
     return pa.concat_tables(tables, promote_options="permissive")
+
+
+async def export_parts(export_dir: str | os.PathLike[str]) -> Any:
+    """Every part of an export as ``(kind, batch)`` in the frame columns, one
+    listed file at a time (memory bounded by the largest file; a Delta
+    table is read whole): what ``audit.compare`` reads of an export."""
+    root, manifest = require_manifest(export_dir)
+    for kind in SCHEMAS:
+        if manifest.get("format") == "delta":
+            tables = [read_kind(root, manifest, kind)]
+        else:
+            tables = (read_kind(root, {**manifest, "files": [entry]}, kind) for entry in entries(manifest, kind))
+        for table in tables:
+            for batch in frame_columns(table, kind).to_batches():
+                yield kind, batch
 
 
 def read_export(export_dir: str | os.PathLike[str]) -> StreamFrames:

@@ -9,7 +9,9 @@ from nats-py and from the raw protocol are translated at the one boundary
     ├── ConnectionFailed          cannot reach or talk to the server (worth a retry)
     │   └── AuthenticationFailed  the server refused the credentials (never retried)
     ├── PermissionDenied          the credentials may not do this, e.g. write (never retried)
+    │   └── ReadOnlyStream        a write aimed at a mirror or sourced copy of another stream
     ├── StreamNotFound            the stream does not exist
+    ├── StreamLayoutError         the stream's subjects are not where the store's layout says
     ├── JetStreamAPIError         any other error answered by the JetStream API
     ├── NotFoundError             a look-up found nothing
     │   └── SnapshotNotFoundError no snapshot for that actor (as the Go store)
@@ -40,8 +42,10 @@ __all__ = [
     "MalformedMessageError",
     "NotFoundError",
     "PermissionDenied",
+    "ReadOnlyStream",
     "ScenarioError",
     "SnapshotNotFoundError",
+    "StreamLayoutError",
     "StreamNotFound",
     "VersionConflictError",
 ]
@@ -64,6 +68,17 @@ class PermissionDenied(AuditError):
 
     Not a ``ConnectionFailed``: a retry on connection failures must never
     retry a refusal."""
+
+
+class ReadOnlyStream(PermissionDenied):
+    """A write aimed at a stream that copies another (a mirror, or a stream
+    that sources its messages): the server would never store it there."""
+
+
+class StreamLayoutError(AuditError):
+    """The stream does not hold the store's subjects where they were looked
+    for (a wrong or ambiguous subject prefix): said at once, rather than
+    hundreds of false findings."""
 
 
 class StreamNotFound(AuditError):

@@ -7,7 +7,7 @@ through ``decode_messages``, so a message is judged the same way everywhere.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,6 +23,7 @@ from .wire import (
     actor_type,
     decode_event,
     decode_snapshot,
+    delete_marker,
     parse_timestamp,
 )
 
@@ -71,6 +72,9 @@ FINDING_SCHEMA = pa.schema([
     ("message", pa.string()),
 ])
 
+# The code of a server's delete marker among the error rows: not a decode error.
+MARKER_CODE = "expired_by_ttl"
+
 SCHEMAS = {"events": EVENT_SCHEMA, "snapshots": SNAPSHOT_SCHEMA, "replay_errors": ERROR_SCHEMA}
 
 
@@ -116,6 +120,7 @@ def decode_messages(
     payloads: Sequence[bytes],
     *,
     snapshot_prefix: str,
+    headers: Mapping[int, bytes] | None = None,
 ) -> DecodedBatch:
     """Decode raw stream messages into events, snapshots and replay errors:
     every message lands in exactly one of them.
@@ -123,6 +128,14 @@ def decode_messages(
     A subject starting with ``snapshot_prefix`` holds a snapshot; every other
     message is read as an event, as the Go reader would. Which rows belong to
     an actor is the reader's question (``read.reader.ActorSet``), not this one's.
+
+    ``headers``: the header blocks of header-only messages, by sequence
+    (``nats.scan.RawBatch.headers``). Such a message with
+    ``Nats-Marker-Reason: MaxAge`` is the server's record that the subject's
+    last message expired (a subject delete marker, 2.11+), not corruption:
+    it lands among the errors with code ``expired_by_ttl`` (its header block
+    as ``raw``), never ``malformed_payload``. The fast path never takes an
+    empty payload, so only this loop judges one.
     """
     # Events go straight into columns (no row objects for the collector to
     # walk): the fast path fills them for every message in the Go store's
@@ -136,6 +149,13 @@ def decode_messages(
     for index in todo:
         subject, payload = subjects[index], payloads[index]
         is_snapshot = subject.startswith(snapshot_prefix)
+        if not payload and headers and (reason := delete_marker(payload, headers.get(seqs[index]))) is not None:
+            if reason == "MaxAge":
+                errors.append((seqs[index], stored_ns[index], subject, actor_from_subject(subject), MARKER_CODE,
+                               f"the server's delete marker (Nats-Marker-Reason: {reason}): the last message "
+                               f"on {subject} expired", headers[seqs[index]]))
+                dropped.append(index)
+                continue
         try:
             if is_snapshot:
                 fields = snapshot_fields(payload) or decode_snapshot(payload)

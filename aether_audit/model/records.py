@@ -159,6 +159,35 @@ class StreamState:
     replicas: int = 1
     subjects: tuple[str, ...] = ()
     created: pd.Timestamp | None = None  # tells a recreated stream from the old one
+    # Where its messages come from when it copies another stream: the
+    # origin of a mirror, the streams it sources, each as (name, (subject
+    # transforms as (source, destination)...)). A copy keeps the origin's
+    # subjects (``events.events.>``), so the store's subject prefix is the
+    # origin's, not this stream's name.
+    mirror: tuple[str, tuple[tuple[str, str], ...]] | None = None
+    sources: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = ()
+    # What newer servers (2.11+) let a stream do to a history; the checks of
+    # the configuration read them. Limits of 0 or -1 are "none" (None here).
+    allow_msg_ttl: bool = False
+    subject_delete_marker_ttl: timedelta | None = None
+    allow_rollup_hdrs: bool = False
+    allow_msg_schedules: bool = False
+    allow_atomic: bool = False
+    allow_batched: bool = False
+    persist_mode: str | None = None  # "async": acks before the data is on disk
+    max_msgs_per_subject: int | None = None
+    max_msgs: int | None = None
+    max_bytes: int | None = None
+    discard: str = "old"
+
+    @property
+    def copies(self) -> str | None:
+        """What it copies, said for a person (``a mirror of events``), or None."""
+        if self.mirror is not None:
+            return f"a mirror of {self.mirror[0]}"
+        if self.sources:
+            return "a copy sourced from " + ", ".join(name for name, _ in self.sources)
+        return None
 
     @classmethod
     def from_info(cls, info: dict[str, Any]) -> StreamState:
@@ -166,6 +195,17 @@ class StreamState:
         config = info.get("config", {})
         state = info.get("state", {})
         max_age_ns = int(config.get("max_age") or 0)
+        marker_ttl_ns = int(config.get("subject_delete_marker_ttl") or 0)
+
+        def origin(source: dict[str, Any]) -> tuple[str, tuple[tuple[str, str], ...]]:
+            transforms = [(t.get("src") or ">", t.get("dest") or "") for t in source.get("subject_transforms") or ()]
+            if source.get("filter_subject") and not transforms:
+                transforms = [(source["filter_subject"], "")]
+            return str(source.get("name") or ""), tuple(transforms)
+
+        def limit(key: str) -> int | None:
+            value = int(config.get(key) or 0)
+            return value if value > 0 else None
 
         def stamp(text: Any) -> pd.Timestamp | None:
             if not text or str(text).startswith("0001-01-01"):
@@ -188,4 +228,17 @@ class StreamState:
             replicas=int(config.get("num_replicas") or 1),
             subjects=tuple(config.get("subjects") or ()),
             created=stamp(info.get("created")),
+            mirror=origin(config["mirror"]) if config.get("mirror") else None,
+            sources=tuple(origin(source) for source in config.get("sources") or ()),
+            allow_msg_ttl=bool(config.get("allow_msg_ttl")),
+            subject_delete_marker_ttl=timedelta(microseconds=marker_ttl_ns / 1000) if marker_ttl_ns else None,
+            allow_rollup_hdrs=bool(config.get("allow_rollup_hdrs")),
+            allow_msg_schedules=bool(config.get("allow_msg_schedules")),
+            allow_atomic=bool(config.get("allow_atomic")),
+            allow_batched=bool(config.get("allow_batched")),
+            persist_mode=config.get("persist_mode") or None,
+            max_msgs_per_subject=limit("max_msgs_per_subject"),
+            max_msgs=limit("max_msgs"),
+            max_bytes=limit("max_bytes"),
+            discard=str(config.get("discard") or "old"),
         )

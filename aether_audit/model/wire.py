@@ -103,6 +103,82 @@ def snapshot_subject(stream: str, actor_id: str) -> str:
     return f"{stream}.snapshots.{sanitize(actor_type(actor_id))}.{sanitize(actor_id)}"
 
 
+def _transformed(prefix: str, transforms: tuple[tuple[str, str], ...]) -> str | None:
+    """``prefix`` after a copy's subject transforms: a filter alone keeps it,
+    ``O.>`` → ``D.>`` renames it; None for any other transform (then only
+    an explicit prefix says where the store's subjects went)."""
+    renamed = {src[:-2]: dest[:-2] for src, dest in transforms
+               if dest and src.endswith(".>") and dest.endswith(".>")}
+    if not any(dest for _, dest in transforms):
+        return prefix
+    return renamed.get(prefix)
+
+
+def subject_prefixes(stream: str, subjects: tuple[str, ...] = (),
+                     mirror: tuple[str, tuple[tuple[str, str], ...]] | None = None,
+                     sources: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = ()) -> list[str]:
+    """The prefixes ``P`` of the store's subjects (``P.events.…``,
+    ``P.snapshots.…``) a stream's configuration says it holds, sorted; a
+    ``None``-free list, empty when the configuration does not say.
+
+    The Go store names its subjects after the stream it writes (``events``
+    → ``events.events.>``); a mirror or a sourced stream keeps the
+    origin's subjects, so the prefix is the origin's name (after a subject
+    transform ``events.>`` → ``copy.>``, ``copy``), never the copy's own.
+
+    Example:
+        >>> subject_prefixes("events", ("events.events.>", "events.snapshots.>"))
+        ['events']
+        >>> subject_prefixes("events_mirror", mirror=("events", ()))
+        ['events']
+        >>> subject_prefixes("copy", sources=(("events", ((">", ""),)), ("other", ())))
+        ['events', 'other']
+    """
+    found: set[str] = set()
+    for subject in subjects:
+        for tail in (".events.>", ".snapshots.>", ".>"):
+            if subject.endswith(tail) and len(subject) > len(tail):
+                found.add(subject[: -len(tail)])
+                break
+    for name, transforms in ([mirror] if mirror else []) + list(sources):
+        prefix = _transformed(name, transforms)
+        if prefix:
+            found.add(prefix)
+    return sorted(found)
+
+
+def header_value(block: bytes, name: str) -> str | None:
+    """One header's value in a NATS header block (``NATS/1.0\\r\\nName: v\\r\\n…``);
+    names compare case-insensitively, as nats-server's do.
+
+    Example:
+        >>> header_value(b"NATS/1.0\\r\\nNats-Marker-Reason: MaxAge\\r\\n\\r\\n", "nats-marker-reason")
+        'MaxAge'
+    """
+    wanted = name.lower().encode()
+    for line in block.split(b"\r\n")[1:]:
+        key, colon, value = line.partition(b":")
+        if colon and key.strip().lower() == wanted:
+            return value.strip().decode("utf-8", "replace")
+    return None
+
+
+def delete_marker(payload: bytes, header: bytes | None) -> str | None:
+    """The reason of a server's subject delete marker (2.11+: an empty,
+    header-only message with ``Nats-Marker-Reason``, e.g. ``MaxAge`` when
+    the subject's last message expired), or None for any other message.
+
+    Example:
+        >>> delete_marker(b"", b"NATS/1.0\\r\\nNats-Marker-Reason: MaxAge\\r\\nNats-TTL: 1s\\r\\n\\r\\n")
+        'MaxAge'
+        >>> delete_marker(b"{}", b"NATS/1.0\\r\\nNats-Marker-Reason: MaxAge\\r\\n\\r\\n") is None
+        True
+    """
+    if payload or not header:
+        return None
+    return header_value(header, "Nats-Marker-Reason") or None
+
+
 def actor_from_subject(subject: str) -> str:
     """The (sanitised) actor ID a subject names: its last token."""
     return subject.rsplit(".", 1)[-1]

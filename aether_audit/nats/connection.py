@@ -155,6 +155,37 @@ class ConnectOptions:
     # How long a connection the server broke or refused (a restart, a node
     # gone) is tried again before the call fails.
     reconnect_seconds: float = 30.0
+    # The JetStream API a stream is behind (the nats CLI's --js-domain and
+    # --js-api-prefix): a domain D is ``$JS.D.API`` (a leaf node or hub);
+    # an account import may use any prefix. At most one of the two.
+    js_domain: str | None = None
+    js_api_prefix: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.js_domain and self.js_api_prefix:
+            raise ValueError("give js_domain or js_api_prefix, not both (a domain D is the prefix $JS.D.API)")
+        for name in ("js_domain", "js_api_prefix"):
+            value = getattr(self, name)
+            if value is not None and (not value or any(c in value for c in " \t\r\n*>")
+                                      or value.startswith(".") or value.endswith(".")):
+                raise ValueError(f"{name} {value!r} is not a NATS subject part")
+
+    def api_prefix(self) -> str:
+        """The JetStream API's subject prefix every request goes to.
+
+        Example:
+            >>> ConnectOptions(js_domain="hub").api_prefix(), ConnectOptions().api_prefix()
+            ('$JS.hub.API', '$JS.API')
+        """
+        if self.js_api_prefix:
+            return self.js_api_prefix
+        return f"$JS.{self.js_domain}.API" if self.js_domain else "$JS.API"
+
+    def jetstream_kwargs(self) -> dict[str, str]:
+        """Keyword arguments of nats-py's ``nc.jetstream()`` for the same API."""
+        if self.js_api_prefix:
+            return {"prefix": self.js_api_prefix}
+        return {"domain": self.js_domain} if self.js_domain else {}
 
     @classmethod
     def from_arguments(cls, url: str | None = None, **credentials: Any) -> ConnectOptions:

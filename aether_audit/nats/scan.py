@@ -88,6 +88,11 @@ class RawBatch:
     stored_ns: list[int] = field(default_factory=list)  # JetStream stored time, ns since epoch
     subjects: list[str] = field(default_factory=list)
     payloads: list[bytes] = field(default_factory=list)  # without the header block
+    # The header block of each header-only message (an empty payload), by
+    # stream sequence: a TTL delete marker is one (``Nats-Marker-Reason``),
+    # and an empty payload is rare enough to keep its headers for the one
+    # place a message is judged (``model.frames.decode_messages``).
+    headers: dict[int, bytes] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.seqs)
@@ -221,10 +226,33 @@ def _epoch_seconds(whole: str) -> int:
 
 def _add_message(batch: RawBatch, message: dict[str, Any]) -> None:
     """Append a ``STREAM.MSG.GET`` answer's message to ``batch``."""
-    batch.seqs.append(int(message["seq"]))
+    seq = int(message["seq"])
+    batch.seqs.append(seq)
     batch.stored_ns.append(_rfc3339_ns(message["time"]))
     batch.subjects.append(message["subject"])
-    batch.payloads.append(base64.b64decode(message.get("data") or b""))
+    payload = base64.b64decode(message.get("data") or b"")
+    batch.payloads.append(payload)
+    if not payload and message.get("hdrs"):
+        batch.headers[seq] = base64.b64decode(message["hdrs"])
+
+
+def _empty_payload_headers(buf: bytes, start: int, stop: int, sid: bytes, headers: dict[int, bytes]) -> None:
+    """The header blocks of the header-only deliveries in ``buf[start:stop]``
+    (frames the fast path took and dropped the headers of), by sequence.
+
+    Called only when that run held an empty payload: the fast path (and its
+    C twin) stays as it is, and this slow parse touches only such runs.
+    """
+    pos = start
+    while pos < stop:
+        got = _parse_frame(buf, pos)
+        if got is None:
+            return
+        pos, op, args, header, payload = got
+        if op == b"HMSG" and not payload and header and args[1] == sid:
+            ack = _ack_fields(args[2])
+            if ack is not None:
+                headers[ack[1]] = header
 
 
 @dataclass
@@ -252,9 +280,11 @@ class StreamScanner:
         ...         await scanner.close()
     """
 
-    def __init__(self, options: ConnectOptions, api_prefix: str = JS_API) -> None:
+    def __init__(self, options: ConnectOptions, api_prefix: str | None = None) -> None:
         self._options = options
-        self._api = api_prefix  # every JetStream API subject starts with it
+        # Every JetStream API subject starts with it: the options' domain or
+        # prefix (``--js-domain``/``--js-api-prefix``), else ``$JS.API``.
+        self._api = api_prefix or options.api_prefix()
         self._silence = options.connect_timeout + _SILENCE_BEYOND_TIMEOUT
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
@@ -670,8 +700,11 @@ class StreamScanner:
                 if ack_prefix is not None and not done:
                     # The hot loop, in C where it is built: every delivery
                     # of this consumer it can take, no awaits.
+                    taken_from = pos
                     pos, done = _DELIVERIES(buf, pos, sid, ack_prefix, batch_size - counted, end,
                                             batch.seqs, batch.stored_ns, batch.subjects, batch.payloads)
+                    if not headers_only and len(batch.seqs) > counted and b"" in batch.payloads[counted:]:
+                        _empty_payload_headers(buf, taken_from, pos, sid, batch.headers)
                 received += len(batch.seqs) - counted
                 while not done and requested - received <= _PULL_BATCH:
                     self._send(pull)  # keep two requests outstanding: the pipe never idles
@@ -716,6 +749,8 @@ class StreamScanner:
                 stamps(ns)
                 subjects(args[0].decode(errors="replace"))
                 payloads(payload)
+                if not payload and header and not headers_only:
+                    batch.headers[seq] = header
                 received += 1
                 done = seq >= end or pending == 0
         finally:

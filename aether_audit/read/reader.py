@@ -32,9 +32,16 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..nats.connection import ConnectOptions, logger
-from ..model.errors import MalformedMessageError, SnapshotNotFoundError, StreamNotFound
+from ..nats.connection import JS_ERR_NO_MESSAGE, ConnectOptions, logger
+from ..model.errors import (
+    JetStreamAPIError,
+    MalformedMessageError,
+    SnapshotNotFoundError,
+    StreamLayoutError,
+    StreamNotFound,
+)
 from ..model.frames import (
+    MARKER_CODE,
     SCHEMAS,
     DecodedBatch,
     StreamFrames,
@@ -48,7 +55,7 @@ from .index import CACHE_MIN, INDEX_LIMIT, SubjectIndex, cache_path, load_index,
 from ..model.progress import progress_bar
 from ..model.records import ActorSnapshot, Event, ReplayResult, StreamState, to_timestamp
 from ..nats.scan import RawBatch, StreamScanner
-from ..model.wire import actor_id_hint, event_subject, snapshot_subject
+from ..model.wire import actor_id_hint, event_subject, snapshot_subject, subject_prefixes
 
 __all__ = ["ActorSet", "Head", "RowFilter", "StreamReader"]
 
@@ -217,14 +224,75 @@ class StreamReader:
         >>> frame = await reader.history("order-1042")  # doctest: +SKIP
     """
 
-    def __init__(self, options: ConnectOptions, stream_name: str) -> None:
+    def __init__(self, options: ConnectOptions, stream_name: str, *, subject_prefix: str | None = None) -> None:
         self._options = options
         self.stream_name = stream_name
         self._scanners = _Scanners(options)
-        self._snapshot_prefix = f"{stream_name}.snapshots."
+        # The store's subjects are ``{prefix}.events.…``: the prefix is the
+        # name of the stream the Go store wrote, learnt from this stream's
+        # configuration on first use (a mirror or a sourced copy keeps its
+        # origin's subjects), or given (``subject_prefix``) where that is
+        # ambiguous.
+        self._given_prefix = subject_prefix
+        self._prefix: str | None = None
+        self._filter: str | None = None  # the store's subjects, when the stream holds several stores'
         self._index: SubjectIndex | None = None
         self._index_lock = asyncio.Lock()
         self._indexing: asyncio.Task[Any] | None = None
+
+    @property
+    def subject_prefix(self) -> str:
+        """The prefix of the store's subjects in this stream (``P`` of
+        ``P.events.…``): given, learnt from the stream's configuration, or
+        until then the stream's own name (what a writer uses)."""
+        return self._prefix or self._given_prefix or self.stream_name
+
+    @property
+    def _snapshot_prefix(self) -> str:
+        return f"{self.subject_prefix}.snapshots."
+
+    async def _layout(self) -> str:
+        """The subject prefix, learnt once (one stream-info request)."""
+        if self._prefix is None:
+            await self.stream_state()
+        return self.subject_prefix
+
+    async def _learn_prefix(self, state: StreamState) -> str:
+        """Where this stream holds the store's subjects, from its configuration
+        (``model.wire.subject_prefixes``); ``StreamLayoutError`` when it is
+        ambiguous or a guess is wrong, said at once instead of every message
+        turning into a false finding."""
+        configured = subject_prefixes(self.stream_name, state.subjects, state.mirror, state.sources)
+        if self._given_prefix is not None:
+            prefix = self._given_prefix
+        elif len(configured) > 1:
+            raise StreamLayoutError(
+                f"stream {self.stream_name} holds the subjects of several stores ({', '.join(configured)}); "
+                f"say which with subject_prefix= (--subject-prefix)")
+        else:
+            prefix = configured[0] if configured else self.stream_name
+        # A stream of several stores is read through a filter on the one
+        # asked for (a wildcard filter: slower, and only here).
+        self._filter = f"{prefix}.>" if len(configured) > 1 else None
+        # A stream's own subjects prove the layout; a copy's or a guess is
+        # checked: one message of the store must be there (one get).
+        if state.messages and (self._given_prefix is not None or not state.subjects or state.copies):
+            async with self._scanners.lease() as scanner:
+                try:
+                    await scanner.api(f"STREAM.MSG.GET.{self.stream_name}",
+                                      {"seq": state.first_seq, "next_by_subj": f"{prefix}.>"}, self.stream_name)
+                    return prefix
+                except JetStreamAPIError as exc:
+                    if exc.err_code != JS_ERR_NO_MESSAGE:
+                        raise
+                first = await scanner.get_messages(self.stream_name, [state.first_seq])
+            subject = first.subjects[0] if first.subjects else "nothing"
+            origin = f" ({state.copies})" if state.copies else ""
+            raise StreamLayoutError(
+                f"stream {self.stream_name}{origin} holds no subject of the store under {prefix!r} "
+                f"({prefix}.events.…; its first message is on {subject!r}); "
+                f"give the store's subject prefix with subject_prefix= (--subject-prefix)")
+        return prefix
 
     @property
     def _scanner(self) -> StreamScanner:
@@ -259,7 +327,10 @@ class StreamReader:
         """The stream's range and configuration; ``StreamNotFound`` if absent."""
         async with self._scanners.lease() as scanner:
             info = await scanner.stream_info(self.stream_name, deleted_details=deleted_details)
-        return StreamState.from_info(info)
+        state = StreamState.from_info(info)
+        if self._prefix is None:
+            self._prefix = await self._learn_prefix(state)
+        return state
 
     async def stream_names(self) -> list[str]:
         """Every stream's name on the server, sorted (read-only ``STREAM.NAMES`` pages)."""
@@ -274,7 +345,7 @@ class StreamReader:
 
     def _decode(self, raw: RawBatch) -> DecodedBatch:
         return decode_messages(raw.seqs, raw.stored_ns, raw.subjects, raw.payloads,
-                               snapshot_prefix=self._snapshot_prefix)
+                               snapshot_prefix=self._snapshot_prefix, headers=raw.headers)
 
     async def _raw_scan(self, **options: Any) -> AsyncIterator[RawBatch]:
         async with self._scanners.lease() as scanner:
@@ -305,6 +376,7 @@ class StreamReader:
             state = await self.stream_state()
             first, last = max(start_seq or 1, state.first_seq or 1), state.last_seq
         else:
+            await self._layout()
             first, last = max(start_seq or 1, 1), end_seq
         if last < first:
             return
@@ -317,8 +389,8 @@ class StreamReader:
         loop = asyncio.get_running_loop()
         decoding: asyncio.Future[DecodedBatch] | None = None
         try:
-            async for raw in self._raw_scan(start_seq=first, end_seq=last, filter_subject=filter_subject,
-                                            batch_size=batch_size):
+            async for raw in self._raw_scan(start_seq=first, end_seq=last,
+                                            filter_subject=filter_subject or self._filter, batch_size=batch_size):
                 bar.update(len(raw))
                 previous, decoding = decoding, loop.run_in_executor(None, self._decode, raw)
                 if previous is not None:
@@ -357,7 +429,7 @@ class StreamReader:
         """
         if kind not in SCHEMAS:
             raise ValueError(f"kind must be one of {sorted(SCHEMAS)}, not {kind!r}")
-        row_filter = RowFilter.of(self.stream_name, actor_type, actor_ids, start, end)
+        row_filter = RowFilter.of(await self._layout(), actor_type, actor_ids, start, end)
         actors = row_filter.actors
         if actors is not None and len(actors.ids) <= PER_ACTOR_READ_LIMIT:
             read = await self.read_actors(actors.ids, kind, start_seq=start_seq, end_seq=end_seq)
@@ -434,8 +506,8 @@ class StreamReader:
         errors there), ``snapshots`` the snapshot subjects, ``replay_errors``
         both.
         """
-        actors = ActorSet.of(self.stream_name, actor_ids)
         state = await self.stream_state()
+        actors = ActorSet.of(self.subject_prefix, actor_ids)
         first = max(start_seq or 1, state.first_seq or 1)
         last = state.last_seq if end_seq is None else min(end_seq, state.last_seq)
         parts: list[DecodedBatch] = []
@@ -568,13 +640,14 @@ class StreamReader:
         """The actor's events and the messages on its subject that do not decode."""
         batch = await self._read_or_empty(actor_id, "events")
         return ReplayResult(events=events_to_records(batch.events, from_version=from_version),
-                            errors=errors_to_records(batch.errors))
+                            errors=errors_to_records(_decode_errors(batch.errors)))
 
     async def _last_on(self, subject: str) -> tuple[int, DecodedBatch] | None:
         """The last message stored on ``subject``, decoded: one look-up,
         which the scanner asks again while a cluster elects a leader (and
         never past ``connect_timeout`` of silence)."""
         try:
+            await self._layout()
             async with self._scanners.lease() as scanner:
                 raw = await scanner.last_message(self.stream_name, subject)
         except StreamNotFound:
@@ -585,11 +658,13 @@ class StreamReader:
         """Where the actor's event subject ends and its latest version: one
         look-up by subject, and a read of the subject only when its last
         message is not this actor's event."""
-        last = await self._last_on(event_subject(self.stream_name, actor_id))
+        with contextlib.suppress(StreamNotFound):
+            await self._layout()
+        last = await self._last_on(event_subject(self.subject_prefix, actor_id))
         if last is None:
             return Head(0, 0)
         seq, batch = last
-        mine = ActorSet.of(self.stream_name, [actor_id]).keep(batch).events
+        mine = ActorSet.of(self.subject_prefix, [actor_id]).keep(batch).events
         if not mine.num_rows:
             # Another actor's on the same subject, or undecodable: read it.
             mine = (await self._read_or_empty(actor_id, "events")).events
@@ -603,13 +678,15 @@ class StreamReader:
     async def get_latest_snapshot(self, actor_id: str) -> ActorSnapshot:
         """The actor's newest snapshot; ``SnapshotNotFoundError`` when none,
         ``MalformedMessageError`` when its newest snapshot message does not decode."""
-        last = await self._last_on(snapshot_subject(self.stream_name, actor_id))
+        with contextlib.suppress(StreamNotFound):
+            await self._layout()
+        last = await self._last_on(snapshot_subject(self.subject_prefix, actor_id))
         if last is None:
             raise SnapshotNotFoundError(actor_id)
-        mine = ActorSet.of(self.stream_name, [actor_id]).keep(last[1])
+        mine = ActorSet.of(self.subject_prefix, [actor_id]).keep(last[1])
         if not (mine.snapshots.num_rows or mine.errors.num_rows):
             mine = await self._read_or_empty(actor_id, "snapshots")
-        snapshots, errors = mine.snapshots, mine.errors
+        snapshots, errors = mine.snapshots, _decode_errors(mine.errors)
         snapshot_seq = snapshots.column("stream_seq")[-1].as_py() if snapshots.num_rows else 0
         error_seq = errors.column("stream_seq")[-1].as_py() if errors.num_rows else 0
         if error_seq > snapshot_seq:
@@ -618,6 +695,15 @@ class StreamReader:
         if not snapshot_seq:
             raise SnapshotNotFoundError(actor_id)
         return snapshot_to_record(snapshots.slice(snapshots.num_rows - 1).to_pylist()[0])
+
+
+def _decode_errors(errors: pa.RecordBatch) -> pa.RecordBatch:
+    """The rows that are messages failing to decode: a delete marker
+    (``expired_by_ttl``) is the server's record of an expiry, not an error
+    of a replay."""
+    if not errors.num_rows:
+        return errors
+    return errors.filter(pc.not_equal(errors.column("code"), pa.scalar(MARKER_CODE)))
 
 
 async def _once(batch: DecodedBatch) -> AsyncIterator[DecodedBatch]:

@@ -32,7 +32,7 @@ from ..nats.connection import (
     translate_errors,
     until_available,
 )
-from ..model.errors import InvalidEventError, JetStreamAPIError, StreamNotFound, VersionConflictError
+from ..model.errors import InvalidEventError, JetStreamAPIError, ReadOnlyStream, StreamNotFound, VersionConflictError
 from ..export.run import export_stream
 from ..read.reader import Head, StreamReader
 from ..model.records import ActorSnapshot, Event, JetStreamConfig
@@ -76,10 +76,11 @@ class AsyncEventStore(StreamReader):
         config: JetStreamConfig,
         broadcaster: EventBroadcaster | None = None,
         notes: ErrorNotes | None = None,
+        subject_prefix: str | None = None,
     ) -> None:
-        super().__init__(options, stream_name(stream, config.namespace))
+        super().__init__(options, stream_name(stream, config.namespace), subject_prefix=subject_prefix)
         self._nc = connection
-        self._js = connection.jetstream()
+        self._js = connection.jetstream(**options.jetstream_kwargs())
         self.config = config
         self.stream = stream
         self.broadcaster = broadcaster
@@ -156,10 +157,18 @@ class AsyncEventStore(StreamReader):
         if self._stream_exists:
             return
         try:
-            await self.stream_state()
-            self._stream_exists = True
+            state = await self.stream_state()
         except StreamNotFound:
             await self.create_stream()
+            return
+        if state.copies:
+            # The server takes no publish on a mirror (it would wait for an
+            # ack that never comes: 30 s, then "no stream answered"); one
+            # that sources would store it beside the copies, out of reach
+            # of the origin's history. Either way: not where to write.
+            raise ReadOnlyStream(f"stream {self.stream_name} is a read-only copy ({state.copies}): "
+                                 f"write to the origin instead")
+        self._stream_exists = True
 
     async def _publish(self, subject: str, payload: bytes, headers: dict[str, str] | None = None) -> Any:
         """One publish, its errors translated, tried again while the stream
@@ -345,6 +354,9 @@ def connect_async(
     namespace: str | None = None,
     config: JetStreamConfig | None = None,
     broadcaster: EventBroadcaster | None = None,
+    js_domain: str | None = None,
+    js_api_prefix: str | None = None,
+    subject_prefix: str | None = None,
     **credentials: Any,
 ) -> _Connecting:
     """Connect to the store (asyncio). With no ``url`` and no ``NATS_URL``,
@@ -352,6 +364,11 @@ def connect_async(
 
     Credentials: ``user``, ``password``, ``token``, ``nkey`` (seed file),
     ``creds`` (JWT file), ``tls_ca``, ``tls_cert``, ``tls_key``.
+    ``js_domain`` / ``js_api_prefix``: the JetStream domain or API prefix
+    the stream is behind (the nats CLI's ``--js-domain``/``--js-api-prefix``).
+    ``subject_prefix``: where the store's subjects are (``P`` of
+    ``P.events.…``) when the stream's configuration leaves it ambiguous;
+    otherwise learnt from it (a mirror keeps its origin's subjects).
 
     Example:
         >>> store = await connect_async(stream="orders")  # doctest: +SKIP
@@ -364,11 +381,12 @@ def connect_async(
     if namespace is not None:
         config = dataclasses.replace(config, namespace=namespace)
     check_stream_name(stream_name(stream, config.namespace))  # before any connection
-    options = ConnectOptions.from_arguments(url or default_url() or embedded_url(), **credentials)
+    options = ConnectOptions.from_arguments(url or default_url() or embedded_url(), js_domain=js_domain,
+                                            js_api_prefix=js_api_prefix, **credentials)
 
     async def open_store() -> AsyncEventStore:
         notes = ErrorNotes()
         connection = await open_nats(options, notes)
-        return AsyncEventStore(connection, options, stream, config, broadcaster, notes)
+        return AsyncEventStore(connection, options, stream, config, broadcaster, notes, subject_prefix)
 
     return _Connecting(open_store)

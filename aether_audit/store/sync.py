@@ -105,6 +105,10 @@ class EventStore:
         return self.core.stream_name
 
     @property
+    def subject_prefix(self) -> str:
+        return self.core.subject_prefix
+
+    @property
     def config(self) -> JetStreamConfig:
         return self.core.config
 
@@ -265,6 +269,9 @@ def connect(
     namespace: str | None = None,
     config: JetStreamConfig | None = None,
     broadcaster: EventBroadcaster | None = None,
+    js_domain: str | None = None,
+    js_api_prefix: str | None = None,
+    subject_prefix: str | None = None,
     **credentials: Any,
 ) -> EventStore:
     """Connect to the store. With no ``url`` and no ``NATS_URL`` an embedded
@@ -277,8 +284,8 @@ def connect(
         >>> store.history("order-1042")  # doctest: +SKIP
     """
     return EventStore(run_sync(_opened(connect_async(
-        url, stream=stream, namespace=namespace, config=config,
-        broadcaster=broadcaster, **credentials,
+        url, stream=stream, namespace=namespace, config=config, broadcaster=broadcaster,
+        js_domain=js_domain, js_api_prefix=js_api_prefix, subject_prefix=subject_prefix, **credentials,
     ))))
 
 

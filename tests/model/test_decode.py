@@ -296,3 +296,25 @@ def test_data_keeps_its_canonical_text():
 @pytest.mark.parametrize("module", [_fastdecode, _wire])
 def test_the_decoders_examples_hold(module):
     assert doctest.testmod(module).failed == 0
+
+
+MARKER = b"NATS/1.0\r\nNats-Marker-Reason: MaxAge\r\nNats-TTL: 60\r\n\r\n"
+
+
+@pytest.mark.parametrize("go_events", GO_EVENTS)
+def test_every_fast_path_leaves_an_empty_payload_to_the_exact_loop(go_events):
+    # A delete marker is judged by decode_messages' loop only (its headers are there).
+    assert batch_fields(go_events, b"") is None
+
+
+def test_a_delete_marker_is_expiry_and_an_empty_payload_stays_malformed():
+    subjects = ["s.events.order.order-1", "s.events.order.order-2", "s.events.order.order-3", "s.snapshots.order.order-1"]
+    headers = {1: MARKER, 3: b"NATS/1.0\r\nNats-Msg-Id: x\r\n\r\n", 4: MARKER}
+    batch = _frames.decode_messages([1, 2, 3, 4], [0] * 4, subjects, [b""] * 4, snapshot_prefix="s.snapshots.",
+                                    headers=headers)
+    rows = batch.errors.to_pylist()
+    assert [(r["stream_seq"], r["actor_id"], r["code"]) for r in rows] == [
+        (1, "order-1", "expired_by_ttl"), (2, "order-2", "malformed_payload"),
+        (3, "order-3", "malformed_payload"), (4, "order-1", "expired_by_ttl")]
+    assert rows[0]["raw"] == MARKER and "Nats-Marker-Reason: MaxAge" in rows[0]["message"]
+    assert batch.events.num_rows == batch.snapshots.num_rows == 0
