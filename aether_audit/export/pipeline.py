@@ -86,6 +86,7 @@ from ..read.protocol import Reader
 __all__ = [
     "FORMAT_VERSION",
     "ParquetSink",
+    "ROW_GROUP_ROWS",
     "RunWriter",
     "Sink",
     "build_manifest",
@@ -397,13 +398,17 @@ class RunWriter:
         key = (kind, partition)
         writer = self.writers.get(key)
         if writer is None:
-            directory, relative = self.staging[kind], kind
-            if partition is not None:
-                name = partition_dir(partition)
-                directory, relative = directory / name, f"{kind}/{name}"
-            writer = self.writers[key] = _PartWriter(kind, directory, relative, self.schema(kind, partition),
-                                                     partition, self.opened)
+            writer = self.writers[key] = self.fresh_writer(kind, partition)
         return writer
+
+    def fresh_writer(self, kind: str, partition: str | None = None) -> _PartWriter:
+        """A writer of new files of one partition that the run does not keep
+        (compaction: one per bin, each closed before the next opens)."""
+        directory, relative = self.staging[kind], kind
+        if partition is not None:
+            name = partition_dir(partition)
+            directory, relative = directory / name, f"{kind}/{name}"
+        return _PartWriter(kind, directory, relative, self.schema(kind, partition), partition, self.opened)
 
     def add(self, batch: DecodedBatch) -> None:
         if not any(self.counts.values()):  # the run's first batch holds its first message

@@ -27,6 +27,7 @@ from typing import Any
 from ..model.errors import ExportError
 from ..model.files import write_atomic
 from ..read.protocol import Reader
+from .compact import COMPACTORS, DEFAULT_TARGET_SIZE, DEFAULT_THRESHOLD
 from .delta import DeltaSink
 from .layout import KINDS, MANIFEST, manifest_bytes, read_manifest
 from .pipeline import (
@@ -64,6 +65,8 @@ async def export_stream(
     format: str = "parquet",
     timestamp_unit: str | None = None,
     sign: str | os.PathLike[str] | None = None,
+    compact_threshold: int | None = DEFAULT_THRESHOLD,
+    target_size: int = DEFAULT_TARGET_SIZE,
 ) -> dict[str, Any]:
     """Export the stream of ``reader`` under ``out_dir``; returns the manifest.
 
@@ -82,11 +85,18 @@ async def export_stream(
     ``sign``: an NKey seed file; the manifest is signed with it. The commit
     protocol is in ``export.pipeline``'s module doc.
 
+    After an incremental run, each partition holding more than
+    ``compact_threshold`` files (None: never) is compacted into files of
+    about ``target_size`` bytes, a second commit (``export.compact``), so a
+    cron job's export keeps few files however many rounds it runs.
+
     Example:
         >>> manifest = await export_stream(store, Path("exports/orders"))  # doctest: +SKIP
         >>> manifest["events"], manifest["last_seq"]  # doctest: +SKIP
         (10432, 10440)
     """
+    if compact_threshold is not None and compact_threshold < 1:
+        raise ExportError(f"the compaction threshold must be a positive number of files, not {compact_threshold}")
     if format not in SINKS:
         raise ExportError(f"export format must be parquet or delta, not {format!r}")
     out_dir = Path(out_dir)
@@ -145,4 +155,7 @@ async def export_stream(
         write_atomic(out_dir / MANIFEST, manifest_bytes(manifest))  # the commit point
         stop_at("after_manifest")
         sink.publish(out_dir, manifest)
+        if continuing and compact_threshold is not None:
+            manifest = await asyncio.to_thread(COMPACTORS[format], out_dir, manifest, target_size=target_size,
+                                               over=compact_threshold, signer=signer)
         return manifest

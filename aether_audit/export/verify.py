@@ -464,12 +464,19 @@ def _unlisted(root: Path, manifest: dict[str, Any]) -> list[dict[str, Any]]:
             present |= table_data_files(root, kind, manifest.get("delta_versions", {}).get(kind))
     else:
         present = set()
+        tag = manifest.get("generation")
         for kind in KINDS:
-            files, links = table_files(root, kind)
-            present |= files | set(links)
-            if manifest.get("generation"):  # a commit not yet published: its files count as present
-                staged = table_files(root, f".{kind}-{manifest['generation']}")[0]
-                present |= {f"{kind}/{f.split('/', 1)[1]}" for f in staged}
+            mark = f".generation-{tag}"
+            if tag and not os.path.lexists(root / kind / mark) and os.path.lexists(root / f".{kind}-{tag}" / mark):
+                # A commit not yet published (a kill between the manifest and
+                # the swap): the table is its staged file set, which the next
+                # run swaps in whole; the live set is the previous commit's
+                # (a compaction's replaced files are in it, listed no more).
+                files, links = table_files(root, f".{kind}-{tag}")
+                present |= {f"{kind}/{f.split('/', 1)[1]}" for f in files | set(links)}
+            else:
+                files, links = table_files(root, kind)
+                present |= files | set(links)
     listed = {e["path"] for e in manifest["files"]}
     problems = [_file_problem("added", f"{path} is in the export but not in its manifest") for path in sorted(present - listed)]
     if manifest.get("format") == "delta":  # a missing file is named by file_problems; this is one the log dropped
