@@ -167,3 +167,28 @@ def test_compact_refuses_what_it_cannot_do(store, tmp_path):
     both = cli("export", "--out", str(out), "--compact", "--incremental")
     assert both.returncode == 2 and "--compact" in both.stderr
     assert cli("export", "--out", str(out), "--compact", "--target-size", "12X").returncode == 2
+
+
+def test_a_delta_export_is_compacted_by_optimize_and_vacuumed(store, tmp_path):
+    pytest.importorskip("deltalake")
+    out = tmp_path / "delta"
+    write(store, range(1, 2), actors=ACTORS)
+    store.export_parquet(out, progress=False, format="delta")
+    rounds(store, out, range(2, 12), compact_threshold=None, format="delta")
+    before = manifest_of(out)
+    old = tmp_path / "old"
+    shutil.copytree(out, old)
+    assert Counter(e["actor_type"] for e in before["files"] if e["kind"] == "events")["order"] == 11
+    manifest = compact_export(out, vacuum_hours=0)
+    events = Counter(e["actor_type"] for e in manifest["files"] if e["kind"] == "events" and e["rows"])
+    assert events == {"order": 1, "acct": 1}
+    assert manifest["delta_versions"]["events"] > before["delta_versions"]["events"]
+    assert {k: manifest[k] for k in KINDS} == {k: before[k] for k in KINDS}
+    assert verify_export(out).ok and verify_exports(old, out).ok
+    parquet_files = {p.relative_to(out).as_posix() for p in (out / "events").rglob("*.parquet")}
+    assert parquet_files == {e["path"] for e in manifest["files"] if e["kind"] == "events"}  # vacuumed
+    rounds(store, out, range(12, 14), compact_threshold=None, format="delta")
+    assert manifest_of(out)["events"] == len(store.load()) == 26 and verify_export(out).ok
+    auto = rounds(store, out, range(14, 20), compact_threshold=3, format="delta")
+    assert max(Counter(e["actor_type"] for e in auto["files"] if e["kind"] == "events").values()) <= 4
+    assert verify_export(out).ok and verify_exports(old, out).ok
