@@ -36,7 +36,7 @@ import pyarrow.parquet as pq
 
 from ..model.errors import ExportError
 from ..model.files import write_atomic
-from .layout import KINDS, MANIFEST, SEQ_DIGITS, entries, locate, manifest_bytes, partition_of, read_manifest, unit_of
+from .layout import KINDS, MANIFEST, SEQ_DIGITS, entries, has_exact_type, locate, manifest_bytes, partition_of, read_manifest, unit_of
 from .delta import compact_tables
 from .pipeline import ROW_GROUP_ROWS, RunWriter, clean, locked, publish, stage, stop_at, sync_run
 from .verify import check_base
@@ -159,7 +159,8 @@ def compact_locked(out_dir: Path, manifest: dict[str, Any], *, target_size: int 
     keep = [entry for entry in manifest["files"] if entry["path"] not in rewritten]
     staging = stage(out_dir, tag, keep)
     unit = unit_of(manifest)
-    run = RunWriter(staging, manifest["stream"], manifest["first_seq"], manifest["last_seq"], {}, unit)
+    run = RunWriter(staging, manifest["stream"], manifest["first_seq"], manifest["last_seq"], {}, unit,
+                    has_exact_type(manifest))
     try:
         written = []
         for kind, partition, group in work:

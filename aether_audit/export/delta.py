@@ -26,7 +26,9 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 
 from ..model.errors import ExportError
-from .layout import KINDS, file_schema, sha256_file
+import pyarrow.parquet as pq
+
+from .layout import EXACT_TYPE_COLUMN, KINDS, file_schema, sha256_file
 from .pipeline import clean, ours, stop_at, sync_run
 
 __all__ = ["DeltaSink", "read_table", "table_data_files"]
@@ -161,8 +163,15 @@ def _commit_table(deltalake: Any, out_dir: Path, kind: str, staged: Path, contin
     done = table.transaction_version(APP_ID) if table is not None and continuing else None
     partitioning = ds.partitioning(pa.schema([("actor_type", pa.string())]), flavor="hive") if kind == "events" else None
     files = [str(p) for p in staged.rglob("part-*.parquet")]
-    data = ds.dataset(files, schema=schema, format="parquet", partitioning=partitioning,
-                      partition_base_dir=str(staged)) if files else None
+    columns: Any = schema.names
+    if kind == "events" and files and EXACT_TYPE_COLUMN in pq.read_schema(files[0]).names:
+        # The exact actor type from the files' own column, never from the
+        # staged directory name (cut when long, NULL for some values).
+        data = ds.dataset(files, schema=file_schema(kind, "us"), format="parquet")
+        columns = {n: ds.field(EXACT_TYPE_COLUMN if n == "actor_type" else n) for n in schema.names}
+    else:
+        data = ds.dataset(files, schema=schema, format="parquet", partitioning=partitioning,
+                          partition_base_dir=str(staged)) if files else None
     if table is not None and continuing and (data is None or (done is not None and done >= last_seq)):
         return table.version()  # nothing to add, or this run's rows are in already
     commit = deltalake.CommitProperties(app_transactions=[deltalake.Transaction(APP_ID, last_seq)])
@@ -170,7 +179,7 @@ def _commit_table(deltalake: Any, out_dir: Path, kind: str, staged: Path, contin
         rows: Any = schema.empty_table()
     else:
         keep = ds.field("stream_seq") > done if done is not None else None
-        rows = data.scanner(columns=schema.names, filter=keep).to_reader()
+        rows = data.scanner(columns=columns, filter=keep).to_reader()
     deltalake.write_deltalake(uri, rows, partition_by=partition_by, mode="append" if continuing else "overwrite",
                               commit_properties=commit, schema_mode=None if continuing else "overwrite")
     return _table(out_dir, kind).version()

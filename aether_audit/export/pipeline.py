@@ -58,6 +58,7 @@ from ..model.frames import DecodedBatch
 from .layout import (
     CHAIN_COLUMN,
     EMPTY_NAME,
+    EXACT_TYPE_COLUMN,
     FORMAT_VERSION,
     GENERATION_MARK,
     HEADS_NAME,
@@ -71,6 +72,7 @@ from .layout import (
     STAGING_NAME,
     TIMESTAMP_COLUMNS,
     file_schema,
+    has_exact_type,
     part_name,
     partition_dir,
     read_heads,
@@ -150,14 +152,15 @@ def stop_at(point: str) -> None:
 
 
 def file_columns(batch: pa.RecordBatch, kind: str, unit: str, *, partitioned: bool = True) -> pa.RecordBatch:
-    """A frames batch in the file layout of ``unit`` (without ``chain_hash``).
+    """A frames batch in the file layout of ``unit`` (without ``chain_hash``
+    and ``actor_type_exact``).
 
     Microseconds are floored, so ``timestamp <= timestamp_ns`` always.
     """
     schema = file_schema(kind, unit, partitioned=partitioned)
     columns: dict[str, pa.Array] = {}
     for name in schema.names:
-        if name == CHAIN_COLUMN:
+        if name in (CHAIN_COLUMN, EXACT_TYPE_COLUMN):  # the run's own: appended after
             continue
         if unit == "us" and name in TIMESTAMP_COLUMNS:
             columns[name] = pc.cast(pc.floor_temporal(batch.column(name), unit="microsecond"),
@@ -372,10 +375,10 @@ class RunWriter:
     they come, each kind into its staging dir."""
 
     def __init__(self, staging: dict[str, Path], stream: str, first_seq: int, last_seq: int,
-                 heads: Heads, unit: str) -> None:
-        self.staging, self.heads, self.unit = staging, heads, unit
+                 heads: Heads, unit: str, exact_type: bool = True) -> None:
+        self.staging, self.heads, self.unit, self.exact_type = staging, heads, unit, exact_type
         self.metadata = {
-            META_PREFIX + "format_version": str(FORMAT_VERSION),
+            META_PREFIX + "format_version": str(FORMAT_VERSION if exact_type else 2),
             META_PREFIX + "stream": stream,
             META_PREFIX + "export_first_seq": str(first_seq),
             META_PREFIX + "export_last_seq": str(last_seq),
@@ -383,7 +386,7 @@ class RunWriter:
         }
         self.writers: dict[tuple[str, str | None], _PartWriter] = {}
         self.opened: dict[int, _PartWriter] = {}
-        self.schemas = {kind: file_schema(kind, unit) for kind in KINDS}  # once, not per partition
+        self.schemas = {kind: file_schema(kind, unit, exact_type=exact_type) for kind in KINDS}  # once, not per partition
         self.events = _EventBuffer(lambda partition: self._writer("events", partition))
         self.counts = dict.fromkeys(KINDS, 0)
         self.first_seq, self.first_digest = first_seq, None  # the stream identity's first message
@@ -428,6 +431,8 @@ class RunWriter:
         # Hash in stream order first: the chain is defined by it.
         hashes = chain_hashes(events, self.heads)
         body = file_columns(events, "events", self.unit).append_column(CHAIN_COLUMN, hashes)
+        if self.exact_type:
+            body = body.append_column(EXACT_TYPE_COLUMN, events.column("actor_type"))
         self.events.add(body, events.column("actor_type"))
 
     def _bound_memory(self) -> None:
@@ -924,7 +929,7 @@ def build_manifest(stream: str, previous: dict[str, Any] | None, continuing: boo
            "incremental": continuing, "exported_at": now().isoformat()}
     runs = previous.get("runs", []) + [run] if continuing else [run]
     return {
-        "format_version": FORMAT_VERSION,
+        "format_version": FORMAT_VERSION if not continuing or has_exact_type(previous) else previous["format_version"],
         "format": "parquet",
         "stream": stream,
         "stream_identity": identity,

@@ -29,7 +29,7 @@ from ..model.files import write_atomic
 from ..read.protocol import Reader
 from .compact import COMPACTORS, DEFAULT_TARGET_SIZE, DEFAULT_THRESHOLD
 from .delta import DeltaSink
-from .layout import KINDS, MANIFEST, manifest_bytes, read_manifest
+from .layout import KINDS, MANIFEST, has_exact_type, manifest_bytes, read_manifest
 from .pipeline import (
     ParquetSink,
     RunWriter,
@@ -126,7 +126,7 @@ async def export_stream(
         tag = secrets.token_hex(4)
         keep = sink.kept(previous, continuing)
         staging = stage(out_dir, tag, keep)
-        run = RunWriter(staging, stream, *seq_range, heads, unit)
+        run = RunWriter(staging, stream, *seq_range, heads, unit, has_exact_type(previous if continuing else None))
         try:
             if seq_range[1] >= seq_range[0]:
                 await consume(reader.scan(start_seq=seq_range[0], end_seq=seq_range[1], progress=progress), run)

@@ -30,12 +30,14 @@ from ..model.errors import ExportError
 from .readback import read_kind, require_manifest
 from .layout import (
     CHAIN_COLUMN,
+    EXACT_TYPE_COLUMN,
     KINDS,
     META_PREFIX,
     NS_SUFFIX,
     TIMESTAMP_COLUMNS,
     entries,
     file_schema,
+    has_exact_type,
     locate,
     partition_of,
     read_heads,
@@ -280,7 +282,7 @@ def _recheck_chain(root: Path, manifest: dict[str, Any], *, with_heads: bool = T
             continue
         for entry in files:
             try:
-                _recheck_file(locate(root, manifest, entry), heads, problems, later)
+                _recheck_file(locate(root, manifest, entry), heads, problems, later, partition_of(entry))
             except (OSError, pa.ArrowException) as exc:  # pages that do not decode: named, not a traceback
                 unreadable.append(_file_problem("changed", f"{entry['path']} cannot be read: {_one_line(exc)}"))
     for actor, count in later.items():
@@ -289,9 +291,20 @@ def _recheck_chain(root: Path, manifest: dict[str, Any], *, with_heads: bool = T
 
 
 def _recheck_file(path: Path, heads: dict[str, tuple[str, int, int]], problems: dict[str, dict[str, Any]],
-                  later: dict[str, int]) -> None:
-    """One events file's rows against the chain recomputed from their values (streaming)."""
-    _recheck_batches(pq.ParquetFile(path).iter_batches(batch_size=50_000), heads, problems, later)
+                  later: dict[str, int], actor_type: str | None = None) -> None:
+    """One events file's rows against the chain recomputed from their values
+    (streaming), and its ``actor_type_exact`` column against the actor type
+    its manifest entry names (the chain does not cover the type: the
+    manifest, signed, does)."""
+    def checked() -> Any:
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=50_000):
+            if EXACT_TYPE_COLUMN in batch.schema.names:
+                column = batch.column(EXACT_TYPE_COLUMN)
+                if column.null_count or not pc.all(pc.equal(column, pa.scalar(actor_type, pa.string()))).as_py():
+                    raise pa.ArrowInvalid(f"its {EXACT_TYPE_COLUMN} column is not the actor type of its manifest entry")
+            yield batch
+
+    _recheck_batches(checked(), heads, problems, later)
 
 
 def _recheck_batches(batches: Any, heads: dict[str, tuple[str, int, int]], problems: dict[str, dict[str, Any]],
@@ -448,7 +461,8 @@ def _footer_problems(path: Path, entry: dict[str, Any], manifest: dict[str, Any]
         return [_file_problem("changed", f"{name} is not a readable Parquet file: {exc}")]
     out = []
     if manifest.get("format", "parquet") == "parquet" and manifest.get("format_version", 1) >= 2:  # format 1: untested
-        expected = file_schema(entry.get("kind", name.split("/", 1)[0]), unit_of(manifest))
+        expected = file_schema(entry.get("kind", name.split("/", 1)[0]), unit_of(manifest),
+                               exact_type=has_exact_type(manifest))
         found = metadata.schema.to_arrow_schema()
         if [(f.name, f.type) for f in found] != [(f.name, f.type) for f in expected]:
             return [_file_problem("changed", f"{name} does not have the columns of an export's "
