@@ -38,7 +38,7 @@ from ..model.errors import ExportError
 from ..model.files import write_atomic
 from .layout import KINDS, MANIFEST, SEQ_DIGITS, entries, has_exact_type, locate, manifest_bytes, partition_of, read_manifest, unit_of
 from .delta import compact_tables
-from .pipeline import ROW_GROUP_ROWS, RunWriter, clean, locked, publish, stage, stop_at, sync_run
+from .pipeline import ROW_GROUP_ROWS, RunWriter, clean, locked, publish, stage, stop_at, sync_run, write_seal
 from .verify import check_base
 
 __all__ = ["COMPACTORS", "DEFAULT_TARGET_SIZE", "DEFAULT_THRESHOLD", "compact_export", "compact_locked", "plan_bins"]
@@ -138,7 +138,9 @@ def compact_export(export_dir: str | os.PathLike[str], *, target_size: int = DEF
             raise ExportError("--vacuum-hours is for Delta exports: a Parquet compaction deletes the files it replaced")
         publish(out_dir, manifest, stops=False)  # finish a commit a killed run left half done
         check_base(out_dir, manifest)
-        return compact_locked(out_dir, manifest, target_size=target_size, signer=signer)
+        manifest = compact_locked(out_dir, manifest, target_size=target_size, signer=signer)
+        write_seal(out_dir, manifest)
+        return manifest
 
 
 def compact_locked(out_dir: Path, manifest: dict[str, Any], *, target_size: int = DEFAULT_TARGET_SIZE,

@@ -205,6 +205,20 @@ def partition_of(entry: dict[str, Any]) -> str | None:
     return urllib.parse.unquote(segment.split("=", 1)[1])
 
 
+# What the last commit left, file by file (``pipeline.write_seal``): lets an
+# incremental run check what it builds on at the cost of a stat per file
+# instead of a read of every byte (``verify.check_base``).
+SEAL = ".seal.json"
+
+
+def file_stamp(path: Path) -> list[int]:
+    """What changes whenever a file's bytes do: inode, size, mtime and ctime
+    in nanoseconds (a write sets both times; restoring mtime with ``utime``
+    sets ctime, which no call sets back; a replacement is another inode)."""
+    info = os.lstat(path)
+    return [info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns]
+
+
 def sha256_file(path: Path) -> str:
     """A file's sha256, read without following a symbolic link."""
     digest = hashlib.sha256()

@@ -53,7 +53,7 @@ import pyarrow.parquet as pq
 
 from .chain import DESCRIPTION, Heads, chain_hashes
 from ..model.errors import ExportError
-from ..model.files import sync_path
+from ..model.files import sync_path, write_atomic
 from ..model.frames import DecodedBatch
 from .layout import (
     CHAIN_COLUMN,
@@ -69,10 +69,13 @@ from .layout import (
     NULL_PARTITION,
     PART_NAME,
     SEQ_DIGITS,
+    SEAL,
     STAGING_NAME,
     TIMESTAMP_COLUMNS,
     file_schema,
+    file_stamp,
     has_exact_type,
+    locate,
     part_name,
     partition_dir,
     read_heads,
@@ -108,6 +111,7 @@ __all__ = [
     "stop_at",
     "sync_run",
     "write_heads",
+    "write_seal",
 ]
 
 # Rows a partition gathers before they are written as one row group (pyarrow
@@ -660,7 +664,7 @@ def prepare_dir(out_dir: Path) -> None:
 
 def ours(name: str) -> bool:
     """Names an export writes at the top of its directory."""
-    return (name in KINDS or name in (MANIFEST, ".lock") or HEADS_NAME.fullmatch(name) is not None
+    return (name in KINDS or name in (MANIFEST, ".lock", SEAL) or HEADS_NAME.fullmatch(name) is not None
             or STAGING_NAME.fullmatch(name) is not None or (name.startswith(f".{MANIFEST}.") and name.endswith(".tmp")))
 
 
@@ -725,6 +729,23 @@ def publish(out_dir: Path, manifest: dict[str, Any], *, stops: bool = True) -> N
     if stops:
         stop_at("after_publish")
     clean(out_dir, manifest)
+
+
+def write_seal(out_dir: Path, manifest: dict[str, Any]) -> None:
+    """Record each listed file's stamp (``layout.file_stamp``) right after a
+    commit is published and cleaned (the last link changes of the run are
+    behind it), with the sha256 of the manifest it belongs to. The next
+    incremental run hashes only the files whose stamp differs. A cache, not
+    a proof: ``verify`` reads every byte; a seal that is missing, of another
+    manifest or unreadable only means a full check."""
+    listed = list(manifest["files"]) + ([manifest["chain_heads"]] if manifest.get("chain_heads") else [])
+    try:
+        stamps = {entry["path"]: file_stamp(locate(out_dir, manifest, entry)) for entry in listed}
+        seal = {"manifest_sha256": sha256_file(out_dir / MANIFEST), "files": stamps}
+        write_atomic(out_dir / SEAL, orjson.dumps(seal))
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(out_dir / SEAL)
 
 
 def clean(out_dir: Path, manifest: dict[str, Any] | None) -> None:

@@ -47,6 +47,7 @@ from .pipeline import (
     stage,
     stop_at,
     write_heads,
+    write_seal,
 )
 from .verify import check_base
 
@@ -121,6 +122,7 @@ async def export_stream(
             await check_identity(reader, state, previous, out_dir)
         seq_range = plan(previous, state, incremental, out_dir)
         if seq_range is None:
+            write_seal(out_dir, previous)  # checked just now: the next run need not read it again
             return previous
         heads = load_heads(out_dir, previous) if continuing else {}
         tag = secrets.token_hex(4)
@@ -158,4 +160,5 @@ async def export_stream(
         if continuing and compact_threshold is not None:
             manifest = await asyncio.to_thread(COMPACTORS[format], out_dir, manifest, target_size=target_size,
                                                over=compact_threshold, signer=signer)
+        write_seal(out_dir, manifest)
         return manifest

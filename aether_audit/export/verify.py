@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -32,11 +33,14 @@ from .layout import (
     CHAIN_COLUMN,
     EXACT_TYPE_COLUMN,
     KINDS,
+    MANIFEST,
     META_PREFIX,
     NS_SUFFIX,
+    SEAL,
     TIMESTAMP_COLUMNS,
     entries,
     file_schema,
+    file_stamp,
     has_exact_type,
     locate,
     partition_of,
@@ -392,9 +396,10 @@ def _file_problem(kind: str, message: str) -> dict[str, Any]:
     return {"kind": kind, "actor_id": None, "stream_seq": None, "event_id": None, "version": None, "message": message}
 
 
-def file_problems(root: Path, manifest: dict[str, Any]) -> list[dict[str, Any]]:
+def file_problems(root: Path, manifest: dict[str, Any], unchanged: frozenset[str] = frozenset()) -> list[dict[str, Any]]:
     """Every listed file against its size, sha256 and footer; files added to
-    or removed from the tables; the manifest's counts and ranges."""
+    or removed from the tables; the manifest's counts and ranges. Files in
+    ``unchanged`` (their stamp is the seal's: ``check_base``) are not read."""
     problems = []
     listed = list(manifest["files"]) + ([manifest["chain_heads"]] if manifest.get("chain_heads") else [])
     totals = dict.fromkeys(KINDS, 0)
@@ -403,6 +408,8 @@ def file_problems(root: Path, manifest: dict[str, Any]) -> list[dict[str, Any]]:
         name = entry["path"]
         if entry is not manifest.get("chain_heads"):
             totals[entry.get("kind", name.split("/", 1)[0])] += int(entry.get("rows", 0))
+        if name in unchanged:
+            continue
         try:
             size = os.lstat(path).st_size
             digest = sha256_file(path)
@@ -517,11 +524,38 @@ def _unlisted(root: Path, manifest: dict[str, Any]) -> list[dict[str, Any]]:
 def check_base(root: Path, manifest: dict[str, Any]) -> None:
     """Refuse (``ExportError``) to build on an export that is not what its
     manifest says: files, counts, ranges, and chain heads against the stored
-    last rows (cheap: the full recomputation is ``verify_export``'s)."""
-    problems = file_problems(root, manifest) or _stored_heads_problems(root, manifest)
+    last rows (cheap: the full recomputation is ``verify_export``'s).
+
+    What it costs is what changed since the last commit, not what the export
+    holds: a file whose stamp (inode, size, mtime, ctime) is the one the
+    seal recorded when that commit was published is not read again; every
+    other file is hashed and its footer read, as is every file when there
+    is no seal of this manifest. The chain heads are checked against the
+    stored last rows only when a file was read. Files added to a table and
+    listed files missing are found by a listing, every run."""
+    unchanged = _sealed(root, manifest)
+    listed = len(manifest["files"]) + (1 if manifest.get("chain_heads") else 0)
+    problems = file_problems(root, manifest, unchanged)
+    if not problems and len(unchanged) < listed:
+        problems = _stored_heads_problems(root, manifest)
     if problems:
         raise ExportError(f"refusing to add to {root}: {problems[0]['message']} "
                           f"(aether-audit verify {root} lists everything; or run a full export into a new directory)")
+
+
+def _sealed(root: Path, manifest: dict[str, Any]) -> frozenset[str]:
+    """The listed files whose stamp is the seal's (``pipeline.write_seal``),
+    when the seal is of this very manifest; else none."""
+    try:
+        seal = orjson.loads((root / SEAL).read_bytes())
+        if not isinstance(seal, dict) or seal.get("manifest_sha256") != sha256_file(root / MANIFEST):
+            return frozenset()
+        stamps = seal["files"]
+        listed = list(manifest["files"]) + ([manifest["chain_heads"]] if manifest.get("chain_heads") else [])
+        return frozenset(e["path"] for e in listed
+                         if stamps.get(e["path"]) == file_stamp(locate(root, manifest, e)))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, ExportError):
+        return frozenset()  # no seal, or not one: every file is read
 
 
 def _stored_heads_problems(root: Path, manifest: dict[str, Any]) -> list[dict[str, Any]]:

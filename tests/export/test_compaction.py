@@ -86,7 +86,7 @@ def test_a_hundred_rounds_then_compact_is_exact_and_verifies(store, nats_url, tm
     assert verify_export(out, signer=keys.public_key.decode()).ok
     assert verify_exports(old, out).ok  # the files differ, the history is the same
     assert cli("verify", str(old), str(out)).returncode == 0
-    assert not [p for p in out.iterdir() if p.name.startswith(".") and p.name != ".lock"]
+    assert not [p for p in out.iterdir() if p.name.startswith(".") and p.name not in (".lock", ".seal.json")]
 
     rounds(store, out, range(102, 104), compact_threshold=None)  # --incremental goes on, exact
     final = manifest_of(out)
@@ -192,3 +192,33 @@ def test_a_delta_export_is_compacted_by_optimize_and_vacuumed(store, tmp_path):
     auto = rounds(store, out, range(14, 20), compact_threshold=3, format="delta")
     assert max(Counter(e["actor_type"] for e in auto["files"] if e["kind"] == "events").values()) <= 4
     assert verify_export(out).ok and verify_exports(old, out).ok
+
+
+def test_the_incremental_check_reads_only_what_changed_and_still_catches_a_careful_rewrite(store, tmp_path):
+    import os
+
+    from aether_audit.export import verify
+
+    out = tmp_path / "export"
+    write(store, range(1, 2), actors=ACTORS)
+    store.export_parquet(out, progress=False)
+    rounds(store, out, range(2, 6), compact_threshold=None)
+    assert (out / ".seal.json").exists()
+    manifest = manifest_of(out)
+    listed = len(manifest["files"]) + 1
+    assert len(verify._sealed(out, manifest)) == listed  # nothing to read again
+    entry = next(e for e in manifest["files"] if e["kind"] == "events" and e["rows"])
+    path = out / entry["path"]
+    info = path.stat()
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size, mtime restored below: only ctime tells
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(info.st_atime_ns, info.st_mtime_ns))
+    assert path.stat().st_size == info.st_size and path.stat().st_mtime_ns == info.st_mtime_ns
+    assert entry["path"] not in verify._sealed(out, manifest)
+    write(store, range(6, 7), actors=ACTORS)
+    with pytest.raises(Exception, match="refusing to add"):
+        store.export_parquet(out, incremental=True, progress=False)
+    (out / ".seal.json").write_text("{}")  # a seal that is not one: a full check, the same refusal
+    with pytest.raises(Exception, match="refusing to add"):
+        store.export_parquet(out, incremental=True, progress=False)
