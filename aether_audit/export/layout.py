@@ -162,7 +162,7 @@ def partition_dir(value: str) -> str:
         >>> partition_dir("null"), partition_dir(".")
         ('actor_type=%6E%75%6C%6C', 'actor_type=%2E')
         >>> len(partition_dir("x" * 300)), partition_dir("x" * 300)[-17]
-        (228, '~')
+        (217, '~')
     """
     name = "actor_type=" + _encode(value)
     if len(name) <= MAX_NAME_BYTES:
