@@ -222,3 +222,21 @@ def test_the_incremental_check_reads_only_what_changed_and_still_catches_a_caref
     (out / ".seal.json").write_text("{}")  # a seal that is not one: a full check, the same refusal
     with pytest.raises(Exception, match="refusing to add"):
         store.export_parquet(out, incremental=True, progress=False)
+
+
+@pytest.mark.parametrize("point", ["after_delta_optimize_events", "before_manifest", "after_manifest"])
+def test_a_kill_in_a_delta_compaction_leaves_one_commit_and_the_next_run_completes(store, nats_url, tmp_path, point):
+    deltalake = pytest.importorskip("deltalake")
+    out = tmp_path / "delta"
+    write(store, range(1, 2), actors=ACTORS)
+    store.export_parquet(out, progress=False, format="delta")
+    rounds(store, out, range(2, 6), compact_threshold=None, format="delta")
+    killed = cli("export", "--out", str(out), "--compact", env={STOP_ENV: point})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    manifest = manifest_of(out)
+    assert deltalake.DeltaTable(str(out / "events")).to_pyarrow_table().num_rows == manifest["events"] == 10
+    assert verify_export(out).ok
+    write(store, range(6, 7), actors=ACTORS)
+    done = export_cli(nats_url, store.stream_name, out, "--incremental", "--format", "delta")
+    assert done.returncode == 0, done.stderr
+    assert manifest_of(out)["events"] == 12 and verify_export(out).ok
