@@ -31,10 +31,10 @@ from test_export_integrity import cli, export_cli, hive_rows, manifest_of
 ACTORS = ("order-1", "acct-7")
 
 
-def rounds(store, out: Path, versions: range, **options) -> dict:
+def rounds(store, out: Path, versions: range, actors: tuple[str, ...] = ACTORS, **options) -> dict:
     manifest = {}
     for version in versions:
-        write(store, range(version, version + 1), actors=ACTORS)
+        write(store, range(version, version + 1), actors=actors)
         manifest = store.export_parquet(out, incremental=True, progress=False, **options)
     return manifest
 
@@ -240,3 +240,42 @@ def test_a_kill_in_a_delta_compaction_leaves_one_commit_and_the_next_run_complet
     done = export_cli(nats_url, store.stream_name, out, "--incremental", "--format", "delta")
     assert done.returncode == 0, done.stderr
     assert manifest_of(out)["events"] == 12 and verify_export(out).ok
+
+
+def test_a_format_2_export_is_continued_and_compacted_in_its_own_layout(store, tmp_path):
+    """Exports written before format 3 (no actor_type_exact, pyarrow's
+    directory names) keep verifying, take --incremental and compaction."""
+    import hashlib
+
+    from aether_audit.export.layout import legacy_partition_dir
+
+    actors = ("Order-1", "acct-7")
+    out = tmp_path / "export"
+    write(store, range(1, 3), actors=actors)
+    store.export_parquet(out, progress=False)
+    manifest = manifest_of(out)
+    for entry in manifest["files"]:
+        if entry["kind"] != "events" or not entry["rows"]:
+            continue
+        table = pq.read_table(out / entry["path"]).drop_columns(["actor_type_exact"])
+        metadata = {**table.schema.metadata, b"aether_audit.format_version": b"2"}
+        target = out / "events" / legacy_partition_dir(entry["actor_type"]) / entry["path"].rsplit("/", 1)[1]
+        (out / entry["path"]).unlink()
+        (out / entry["path"]).parent.rmdir()
+        target.parent.mkdir()
+        pq.write_table(table.replace_schema_metadata(metadata), target)
+        entry.update(path=target.relative_to(out).as_posix(), bytes=target.stat().st_size,
+                     sha256=hashlib.sha256(target.read_bytes()).hexdigest())
+    manifest["format_version"] = 2
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    (out / ".seal.json").unlink()
+    assert (out / "events" / "actor_type=Order").is_dir() and verify_export(out).ok
+    old = tmp_path / "old"
+    shutil.copytree(out, old)
+    continued = rounds(store, out, range(3, 6), actors=actors, compact_threshold=None)
+    assert continued["format_version"] == 2 and verify_export(out).ok and verify_exports(old, out).ok
+    compacted = compact_export(out)
+    assert compacted["format_version"] == 2 and set(partition_file_counts(compacted).values()) == {1}
+    assert verify_export(out).ok and verify_exports(old, out).ok and counted(out) == (10, 10)
+    types = ds.dataset(out / "events", format="parquet", partitioning="hive").to_table().column("actor_type")
+    assert sorted(set(types.to_pylist())) == ["Order", "acct"]
