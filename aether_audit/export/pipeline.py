@@ -21,6 +21,10 @@ of the committed files it keeps. Then:
    file set or the whole new one, never a mix;
 3. the swapped-out old sets and unlisted heads files are deleted.
 
+After step 3 the run records each listed file's stamp in ``DIR/.seal.json``
+(``write_seal``), so the next incremental run re-reads only files changed
+since. A compaction (``export.compact``) commits through the same steps.
+
 A kill before 1 leaves the previous export exactly as it was (the staging
 directories are removed by the next run). A kill after 1 leaves tables that
 show the previous commit; the next run, ``read_export`` and ``verify`` first
