@@ -223,6 +223,7 @@ class _PartWriter:
         self.file_rows = self.first_seq = self.last_seq = 0
         self.finished: list[_Written] = []
         self.made = False  # the directory exists
+        self.max_rows = FILE_ROWS  # a compaction's writer rolls by size instead (its bins)
 
     def add(self, batch: pa.RecordBatch) -> None:
         self.pending.append(batch)
@@ -246,10 +247,10 @@ class _PartWriter:
         while table.num_rows:
             if self.writer is None:
                 self._open()
-            room = FILE_ROWS - self.file_rows
+            room = self.max_rows - self.file_rows
             part, table = table.slice(0, room), table.slice(room)
             self._write(part)
-            if self.file_rows >= FILE_ROWS:
+            if self.file_rows >= self.max_rows:
                 self._close_file()
             else:  # most recently written last
                 self.opened.pop(id(self), None)
