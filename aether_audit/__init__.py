@@ -29,6 +29,7 @@ from .model.errors import (
     StreamNotFound,
     VersionConflictError,
 )
+from .export.compact import compact_export
 from .export.readback import read_export
 from .export.verify import VerifyResult, verify_export, verify_exports
 from .model.frames import StreamFrames
@@ -87,6 +88,7 @@ __all__ = [
     "VersionConflictError",
     "actor_type",
     "audit_frames",
+    "compact_export",
     "connect",
     "connect_async",
     "event_subject",

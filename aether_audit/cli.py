@@ -296,13 +296,38 @@ def cmd_watch(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _size(text: str) -> int:
+    """``128M``, ``1G``, ``500000``: a size in bytes (K, M, G are powers of 1024)."""
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    scale = units.get(text[-1:].upper(), 1)
+    number = text[:-1] if scale > 1 else text
+    if not number.isdigit() or int(number) < 1:
+        raise argparse.ArgumentTypeError(f"not a size in bytes (like 128M): {text!r}")
+    return int(number) * scale
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     import signal
 
+    from .export.compact import DEFAULT_TARGET_SIZE, DEFAULT_THRESHOLD, compact_export
+
+    target = args.target_size or DEFAULT_TARGET_SIZE
+    if args.compact:  # offline: the export's own files, no server
+        if args.incremental or args.no_compact:
+            raise ValueError("--compact compacts the export as it is: run it without --incremental or --no-compact")
+        manifest = compact_export(args.out, target_size=target, sign=args.sign, vacuum_hours=args.vacuum_hours)
+        if args.json:
+            _print_json(manifest)
+        else:
+            print(f"compacted {args.out}: {len(manifest['files'])} files hold {manifest['events']} events, "
+                  f"{manifest['snapshots']} snapshots and {manifest['replay_errors']} replay errors")
+        return EXIT_OK
+    threshold = None if args.no_compact else (args.compact_threshold or DEFAULT_THRESHOLD)
     before = _manifest_before(args.out)
     with _store(args) as store:
         manifest = store.export_parquet(args.out, incremental=args.incremental, progress=_progress(args),
-                                        format=args.format, timestamp_unit=args.timestamp_unit, sign=args.sign)
+                                        format=args.format, timestamp_unit=args.timestamp_unit, sign=args.sign,
+                                        compact_threshold=threshold, target_size=target)
         # Committed: an interrupt from now on would only turn a finished
         # export into a traceback, so the rest (closing, exiting) ignores it.
         with contextlib.suppress(ValueError):  # not the main thread
@@ -612,6 +637,17 @@ def build_parser() -> argparse.ArgumentParser:
                         help="us (default): TIMESTAMP(MICROS) plus exact int64 *_ns columns, for every BI engine; "
                              "ns: nanosecond timestamps only")
     export.add_argument("--sign", metavar="SEED_FILE", help="sign the manifest with this NKey seed")
+    export.add_argument("--compact", action="store_true",
+                        help="rewrite each partition's small files into files of about --target-size (offline: "
+                             "no server), one commit")
+    export.add_argument("--target-size", type=_size, metavar="SIZE",
+                        help="size compacted files aim at, in bytes or with K/M/G (default: 128M)")
+    export.add_argument("--compact-threshold", type=int, metavar="N",
+                        help="--incremental compacts the partitions holding more than N files (default: 16)")
+    export.add_argument("--no-compact", action="store_true", help="--incremental keeps files as written")
+    export.add_argument("--vacuum-hours", type=int, metavar="HOURS",
+                        help="Delta: after --compact, delete files no version of the last HOURS needs "
+                             "(Delta's default retention is 168)")
 
     verify = commands.add_parser(
         "verify", help="check one export against itself, or that an older export is the start of a newer one",

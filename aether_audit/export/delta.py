@@ -26,7 +26,9 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 
 from ..model.errors import ExportError
-from .layout import KINDS, file_schema, sha256_file
+import pyarrow.parquet as pq
+
+from .layout import EXACT_TYPE_COLUMN, KINDS, file_schema, sha256_file
 from .pipeline import clean, ours, stop_at, sync_run
 
 __all__ = ["DeltaSink", "read_table", "table_data_files"]
@@ -161,8 +163,15 @@ def _commit_table(deltalake: Any, out_dir: Path, kind: str, staged: Path, contin
     done = table.transaction_version(APP_ID) if table is not None and continuing else None
     partitioning = ds.partitioning(pa.schema([("actor_type", pa.string())]), flavor="hive") if kind == "events" else None
     files = [str(p) for p in staged.rglob("part-*.parquet")]
-    data = ds.dataset(files, schema=schema, format="parquet", partitioning=partitioning,
-                      partition_base_dir=str(staged)) if files else None
+    columns: Any = schema.names
+    if kind == "events" and files and EXACT_TYPE_COLUMN in pq.read_schema(files[0]).names:
+        # The exact actor type from the files' own column, never from the
+        # staged directory name (cut when long, NULL for some values).
+        data = ds.dataset(files, schema=file_schema(kind, "us"), format="parquet")
+        columns = {n: ds.field(EXACT_TYPE_COLUMN if n == "actor_type" else n) for n in schema.names}
+    else:
+        data = ds.dataset(files, schema=schema, format="parquet", partitioning=partitioning,
+                          partition_base_dir=str(staged)) if files else None
     if table is not None and continuing and (data is None or (done is not None and done >= last_seq)):
         return table.version()  # nothing to add, or this run's rows are in already
     commit = deltalake.CommitProperties(app_transactions=[deltalake.Transaction(APP_ID, last_seq)])
@@ -170,7 +179,75 @@ def _commit_table(deltalake: Any, out_dir: Path, kind: str, staged: Path, contin
         rows: Any = schema.empty_table()
     else:
         keep = ds.field("stream_seq") > done if done is not None else None
-        rows = data.scanner(columns=schema.names, filter=keep).to_reader()
+        rows = data.scanner(columns=columns, filter=keep).to_reader()
     deltalake.write_deltalake(uri, rows, partition_by=partition_by, mode="append" if continuing else "overwrite",
                               commit_properties=commit, schema_mode=None if continuing else "overwrite")
     return _table(out_dir, kind).version()
+
+
+# Delta's own default (delta.deletedFileRetentionDuration): a week of time
+# travel, and no reader older than that loses its files.
+DEFAULT_RETENTION_HOURS = 168
+
+
+def compact_tables(out_dir: Path, manifest: dict[str, Any], *, target_size: int, over: int | None = None,
+                   signer: Any = None, vacuum_hours: int | None = None) -> dict[str, Any]:
+    """Delta's OPTIMIZE (``optimize.compact``) on each table holding more
+    files than ``over`` (every table when None), then the manifest lists the
+    new versions and files: the commit point, as for a run. Each OPTIMIZE is
+    one Delta commit of its own (readers of a table see the old version's
+    files or the new one's); a kill before the manifest leaves the manifest
+    naming the previous versions, whose files stay until a vacuum older than
+    them. ``vacuum_hours``: afterwards delete files no version of the last
+    that many hours needs (None: no vacuum)."""
+    from ..model.files import write_atomic
+    from .layout import MANIFEST, manifest_bytes
+
+    deltalake = _deltalake()
+    versions = dict(manifest.get("delta_versions") or {})
+    changed = False
+    for kind in KINDS:
+        table = _table(out_dir, kind)
+        if table is None:
+            continue
+        counts: dict[Any, int] = {}
+        for entry in manifest["files"]:
+            if entry.get("kind") == kind and entry["rows"]:
+                counts[entry.get("actor_type")] = counts.get(entry.get("actor_type"), 0) + 1
+        if over is not None and not any(n > over for n in counts.values()):
+            continue
+        commit = deltalake.CommitProperties(app_transactions=[deltalake.Transaction(APP_ID, manifest["last_seq"])])
+        metrics = table.optimize.compact(target_size=target_size, commit_properties=commit)
+        stop_at("after_delta_optimize_" + kind)
+        if metrics.get("numFilesRemoved"):
+            versions[kind] = _table(out_dir, kind).version()
+            changed = True
+    if changed:
+        new = {k: v for k, v in manifest.items() if k != "signature"}
+        new.update(files=sorted((e for kind in KINDS for e in _active_files(out_dir, kind)), key=lambda e: e["path"]),
+                   delta_versions=versions)
+        if signer is not None:
+            from ..model.signing import sign_manifest
+
+            new = sign_manifest(new, signer)
+        sync_run(out_dir, {})
+        stop_at("before_manifest")
+        write_atomic(out_dir / MANIFEST, manifest_bytes(new))  # the commit point
+        stop_at("after_manifest")
+        manifest = new
+    if vacuum_hours is not None:
+        vacuum_tables(out_dir, vacuum_hours)
+    return manifest
+
+
+def vacuum_tables(out_dir: Path, retention_hours: int) -> list[str]:
+    """Delete the data files no version of the last ``retention_hours``
+    hours references (Delta's VACUUM); the paths deleted. Time travel to an
+    older version fails afterwards; the manifest's version is always newer."""
+    deleted = []
+    for kind in KINDS:
+        table = _table(out_dir, kind)
+        if table is not None:
+            deleted += [f"{kind}/{p}" for p in table.vacuum(retention_hours=retention_hours, dry_run=False,
+                                                             enforce_retention_duration=False)]
+    return deleted

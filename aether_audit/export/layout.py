@@ -42,6 +42,7 @@ from ..model.frames import ERROR_SCHEMA, EVENT_SCHEMA, SNAPSHOT_SCHEMA
 
 __all__ = [
     "CHAIN_COLUMN",
+    "EXACT_TYPE_COLUMN",
     "FORMAT_VERSION",
     "KINDS",
     "MANIFEST",
@@ -53,7 +54,10 @@ __all__ = [
     "validate_manifest",
 ]
 
-FORMAT_VERSION = 2  # 2: microsecond timestamps + _ns columns by default, stream identity
+# 2: microsecond timestamps + _ns columns by default, stream identity;
+# 3: partition names safe on every file system, events files hold actor_type_exact
+FORMAT_VERSION = 3
+EXACT_TYPE_COLUMN = "actor_type_exact"
 MANIFEST = "manifest.json"
 KINDS = ("events", "snapshots", "replay_errors")
 CHAIN_COLUMN = "chain_hash"
@@ -78,10 +82,15 @@ STAGING_NAME = re.compile(r"\.(events|snapshots|replay_errors)-[0-9a-f]{8}")
 _FRAME_SCHEMAS = {"events": EVENT_SCHEMA, "snapshots": SNAPSHOT_SCHEMA, "replay_errors": ERROR_SCHEMA}
 
 
-def file_schema(kind: str, unit: str = "us", *, partitioned: bool = True) -> pa.Schema:
+def file_schema(kind: str, unit: str = "us", *, partitioned: bool = True, exact_type: bool = True) -> pa.Schema:
     """The columns of one kind's files: the SPEC §2 columns (events without
     ``actor_type`` when it is the hive directory), then ``stored_at_ns`` and
-    ``timestamp_ns`` in the microsecond layout, then ``chain_hash`` for events.
+    ``timestamp_ns`` in the microsecond layout, then ``chain_hash`` for
+    events, and, in a partitioned file of format 3 (``exact_type``),
+    ``actor_type_exact``: the exact actor type under a name of its own (a
+    file repeating the partition column clashes with hive readers), which a
+    directory name cannot always carry (a cut long name, one a reader
+    turns into NULL or casts to a number).
 
     Example:
         >>> file_schema("snapshots").names[-2:]
@@ -97,28 +106,84 @@ def file_schema(kind: str, unit: str = "us", *, partitioned: bool = True) -> pa.
         raise ExportError(f"timestamp unit must be one of {', '.join(UNITS)}, not {unit!r}")
     if kind == "events":
         fields.append(pa.field(CHAIN_COLUMN, pa.string()))
+        if partitioned and exact_type:
+            fields.append(pa.field(EXACT_TYPE_COLUMN, pa.string()))
     return pa.schema(fields)
 
 
-def partition_dir(value: str) -> str:
-    """The hive directory name of an actor type, encoded as pyarrow does.
+def has_exact_type(manifest: dict[str, Any] | None) -> bool:
+    """Whether an export's events files hold ``actor_type_exact`` (format 3;
+    an incremental run keeps the format of what it adds to)."""
+    return manifest is None or manifest.get("format_version", 1) >= 3
 
-    A name longer than a directory name allows (255 bytes) is cut and ends in
-    ``~`` and 16 hex digits of the value's sha256, so it stays unique; the
-    real value is then in the manifest entry's ``actor_type`` (which
-    ``read_export`` uses), hive readers see the cut name.
+
+# What a partition name keeps as it is: lowercase ASCII letters, digits, "_"
+# and "-". Everything else is percent-encoded (uppercase hex), which every
+# hive reader decodes (pyarrow, DuckDB, polars, Spark): uppercase letters,
+# so no two names are equal on a case-insensitive file system (macOS,
+# Windows, some object-store gateways); non-ASCII, so none changes under
+# NFC/NFD/NFKC normalisation; "." and " ", so no name is "." or ".." or
+# loses a trailing dot or space on Windows; "~", so it marks a cut name
+# only; "%" itself, so decoding reverses exactly.
+_PLAIN = frozenset(b"abcdefghijklmnopqrstuvwxyz0123456789_-")
+# Values a hive reader turns into NULL from the raw name (DuckDB compares
+# the undecoded value with NULL in any case): encoded byte for byte, so
+# the raw name is never one of them. (pyarrow and polars compare the
+# decoded value with __HIVE_DEFAULT_PARTITION__, which no encoding avoids:
+# the exact value is the files' actor_type_exact column.)
+_NULLISH = ("null", "__hive_default_partition__")
+MAX_NAME_BYTES = 255  # a directory name (ext4, APFS, NTFS: 255 UTF-16 units, all ASCII here)
+CUT_BYTES = 200
+
+
+def _encode(value: str) -> str:
+    raw = value.encode("utf-8", "surrogatepass")
+    every = value.lower() in _NULLISH
+    return "".join(chr(b) if b in _PLAIN and not every else f"%{b:02X}" for b in raw)
+
+
+def partition_dir(value: str) -> str:
+    """The hive directory name of an actor type: ``actor_type=`` and the
+    value percent-encoded except lowercase ASCII letters, digits, ``_`` and
+    ``-`` (see ``_PLAIN``). Hive readers decode it back exactly; no two
+    names are equal under case folding or Unicode normalisation, none is
+    ``.``, ``..``, a Windows device name (``CON``, ``NUL``: the prefix) or
+    what a reader turns into NULL, unencoded.
+
+    A name longer than a directory name allows (255 bytes) is cut at whole
+    characters and ends in ``~`` and 16 hex digits of the value's sha256, so
+    it stays unique; hive readers see the cut value, and the exact one is
+    the files' ``actor_type_exact`` column and the manifest entry's
+    ``actor_type``.
 
     Example:
-        >>> partition_dir("order"), partition_dir("a/b c")
-        ('actor_type=order', 'actor_type=a%2Fb%20c')
+        >>> partition_dir("order"), partition_dir("Order"), partition_dir("a/b c")
+        ('actor_type=order', 'actor_type=%4Frder', 'actor_type=a%2Fb%20c')
+        >>> partition_dir("null"), partition_dir(".")
+        ('actor_type=%6E%75%6C%6C', 'actor_type=%2E')
         >>> len(partition_dir("x" * 300)), partition_dir("x" * 300)[-17]
         (217, '~')
     """
+    name = "actor_type=" + _encode(value)
+    if len(name) <= MAX_NAME_BYTES:
+        return name
+    cut = "actor_type="
+    for char in value:  # whole characters only, never half an escape
+        quoted = _encode(char)
+        if len(cut) + len(quoted) > CUT_BYTES:
+            break
+        cut += quoted
+    return f"{cut}~{hashlib.sha256(value.encode('utf-8', 'surrogatepass')).hexdigest()[:16]}"
+
+
+def legacy_partition_dir(value: str) -> str:
+    """The directory name format 2 exports gave an actor type (pyarrow's
+    encoding, which keeps uppercase and ``.``): still read and verified."""
     name = "actor_type=" + urllib.parse.quote(value, safe="")
     if len(name.encode()) <= 255:
         return name
     cut, size = "actor_type=", len("actor_type=")
-    for char in value:  # whole characters only, never half an escape
+    for char in value:
         quoted = urllib.parse.quote(char, safe="")
         if size + len(quoted) > 200:
             break
@@ -138,6 +203,20 @@ def partition_of(entry: dict[str, Any]) -> str | None:
     if segment == NULL_PARTITION:
         return None
     return urllib.parse.unquote(segment.split("=", 1)[1])
+
+
+# What the last commit left, file by file (``pipeline.write_seal``): lets an
+# incremental run check what it builds on at the cost of a stat per file
+# instead of a read of every byte (``verify.check_base``).
+SEAL = ".seal.json"
+
+
+def file_stamp(path: Path) -> list[int]:
+    """What changes whenever a file's bytes do: inode, size, mtime and ctime
+    in nanoseconds (a write sets both times; restoring mtime with ``utime``
+    sets ctime, which no call sets back; a replacement is another inode)."""
+    info = os.lstat(path)
+    return [info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns]
 
 
 def sha256_file(path: Path) -> str:
@@ -435,7 +514,8 @@ def _validate(manifest: Any, root: Path) -> None:
             folder = rest.split("/", 1)[0]
             value = entry["actor_type"]
             same = (folder == NULL_PARTITION if value is None else
-                    folder == partition_dir(value) or (delta and folder == "actor_type=" + urllib.parse.quote(value)))
+                    folder in (partition_dir(value), legacy_partition_dir(value))
+                    or (delta and folder == "actor_type=" + urllib.parse.quote(value)))
             if not same:
                 raise _Invalid(f"{where}.actor_type {str(value)[:200]!r} is not the actor type of its directory "
                                f"{folder[:200]!r}")

@@ -21,6 +21,10 @@ of the committed files it keeps. Then:
    file set or the whole new one, never a mix;
 3. the swapped-out old sets and unlisted heads files are deleted.
 
+After step 3 the run records each listed file's stamp in ``DIR/.seal.json``
+(``write_seal``), so the next incremental run re-reads only files changed
+since. A compaction (``export.compact``) commits through the same steps.
+
 A kill before 1 leaves the previous export exactly as it was (the staging
 directories are removed by the next run). A kill after 1 leaves tables that
 show the previous commit; the next run, ``read_export`` and ``verify`` first
@@ -53,11 +57,12 @@ import pyarrow.parquet as pq
 
 from .chain import DESCRIPTION, Heads, chain_hashes
 from ..model.errors import ExportError
-from ..model.files import sync_path
+from ..model.files import sync_path, write_atomic
 from ..model.frames import DecodedBatch
 from .layout import (
     CHAIN_COLUMN,
     EMPTY_NAME,
+    EXACT_TYPE_COLUMN,
     FORMAT_VERSION,
     GENERATION_MARK,
     HEADS_NAME,
@@ -68,9 +73,13 @@ from .layout import (
     NULL_PARTITION,
     PART_NAME,
     SEQ_DIGITS,
+    SEAL,
     STAGING_NAME,
     TIMESTAMP_COLUMNS,
     file_schema,
+    file_stamp,
+    has_exact_type,
+    locate,
     part_name,
     partition_dir,
     read_heads,
@@ -86,6 +95,7 @@ from ..read.protocol import Reader
 __all__ = [
     "FORMAT_VERSION",
     "ParquetSink",
+    "ROW_GROUP_ROWS",
     "RunWriter",
     "Sink",
     "build_manifest",
@@ -105,6 +115,7 @@ __all__ = [
     "stop_at",
     "sync_run",
     "write_heads",
+    "write_seal",
 ]
 
 # Rows a partition gathers before they are written as one row group (pyarrow
@@ -149,14 +160,15 @@ def stop_at(point: str) -> None:
 
 
 def file_columns(batch: pa.RecordBatch, kind: str, unit: str, *, partitioned: bool = True) -> pa.RecordBatch:
-    """A frames batch in the file layout of ``unit`` (without ``chain_hash``).
+    """A frames batch in the file layout of ``unit`` (without ``chain_hash``
+    and ``actor_type_exact``).
 
     Microseconds are floored, so ``timestamp <= timestamp_ns`` always.
     """
     schema = file_schema(kind, unit, partitioned=partitioned)
     columns: dict[str, pa.Array] = {}
     for name in schema.names:
-        if name == CHAIN_COLUMN:
+        if name in (CHAIN_COLUMN, EXACT_TYPE_COLUMN):  # the run's own: appended after
             continue
         if unit == "us" and name in TIMESTAMP_COLUMNS:
             columns[name] = pc.cast(pc.floor_temporal(batch.column(name), unit="microsecond"),
@@ -211,6 +223,7 @@ class _PartWriter:
         self.file_rows = self.first_seq = self.last_seq = 0
         self.finished: list[_Written] = []
         self.made = False  # the directory exists
+        self.max_rows = FILE_ROWS  # a compaction's writer rolls by size instead (its bins)
 
     def add(self, batch: pa.RecordBatch) -> None:
         self.pending.append(batch)
@@ -234,10 +247,10 @@ class _PartWriter:
         while table.num_rows:
             if self.writer is None:
                 self._open()
-            room = FILE_ROWS - self.file_rows
+            room = self.max_rows - self.file_rows
             part, table = table.slice(0, room), table.slice(room)
             self._write(part)
-            if self.file_rows >= FILE_ROWS:
+            if self.file_rows >= self.max_rows:
                 self._close_file()
             else:  # most recently written last
                 self.opened.pop(id(self), None)
@@ -371,10 +384,10 @@ class RunWriter:
     they come, each kind into its staging dir."""
 
     def __init__(self, staging: dict[str, Path], stream: str, first_seq: int, last_seq: int,
-                 heads: Heads, unit: str) -> None:
-        self.staging, self.heads, self.unit = staging, heads, unit
+                 heads: Heads, unit: str, exact_type: bool = True) -> None:
+        self.staging, self.heads, self.unit, self.exact_type = staging, heads, unit, exact_type
         self.metadata = {
-            META_PREFIX + "format_version": str(FORMAT_VERSION),
+            META_PREFIX + "format_version": str(FORMAT_VERSION if exact_type else 2),
             META_PREFIX + "stream": stream,
             META_PREFIX + "export_first_seq": str(first_seq),
             META_PREFIX + "export_last_seq": str(last_seq),
@@ -382,7 +395,7 @@ class RunWriter:
         }
         self.writers: dict[tuple[str, str | None], _PartWriter] = {}
         self.opened: dict[int, _PartWriter] = {}
-        self.schemas = {kind: file_schema(kind, unit) for kind in KINDS}  # once, not per partition
+        self.schemas = {kind: file_schema(kind, unit, exact_type=exact_type) for kind in KINDS}  # once, not per partition
         self.events = _EventBuffer(lambda partition: self._writer("events", partition))
         self.counts = dict.fromkeys(KINDS, 0)
         self.first_seq, self.first_digest = first_seq, None  # the stream identity's first message
@@ -397,13 +410,17 @@ class RunWriter:
         key = (kind, partition)
         writer = self.writers.get(key)
         if writer is None:
-            directory, relative = self.staging[kind], kind
-            if partition is not None:
-                name = partition_dir(partition)
-                directory, relative = directory / name, f"{kind}/{name}"
-            writer = self.writers[key] = _PartWriter(kind, directory, relative, self.schema(kind, partition),
-                                                     partition, self.opened)
+            writer = self.writers[key] = self.fresh_writer(kind, partition)
         return writer
+
+    def fresh_writer(self, kind: str, partition: str | None = None) -> _PartWriter:
+        """A writer of new files of one partition that the run does not keep
+        (compaction: one per bin, each closed before the next opens)."""
+        directory, relative = self.staging[kind], kind
+        if partition is not None:
+            name = partition_dir(partition)
+            directory, relative = directory / name, f"{kind}/{name}"
+        return _PartWriter(kind, directory, relative, self.schema(kind, partition), partition, self.opened)
 
     def add(self, batch: DecodedBatch) -> None:
         if not any(self.counts.values()):  # the run's first batch holds its first message
@@ -423,6 +440,8 @@ class RunWriter:
         # Hash in stream order first: the chain is defined by it.
         hashes = chain_hashes(events, self.heads)
         body = file_columns(events, "events", self.unit).append_column(CHAIN_COLUMN, hashes)
+        if self.exact_type:
+            body = body.append_column(EXACT_TYPE_COLUMN, events.column("actor_type"))
         self.events.add(body, events.column("actor_type"))
 
     def _bound_memory(self) -> None:
@@ -650,7 +669,7 @@ def prepare_dir(out_dir: Path) -> None:
 
 def ours(name: str) -> bool:
     """Names an export writes at the top of its directory."""
-    return (name in KINDS or name in (MANIFEST, ".lock") or HEADS_NAME.fullmatch(name) is not None
+    return (name in KINDS or name in (MANIFEST, ".lock", SEAL) or HEADS_NAME.fullmatch(name) is not None
             or STAGING_NAME.fullmatch(name) is not None or (name.startswith(f".{MANIFEST}.") and name.endswith(".tmp")))
 
 
@@ -715,6 +734,23 @@ def publish(out_dir: Path, manifest: dict[str, Any], *, stops: bool = True) -> N
     if stops:
         stop_at("after_publish")
     clean(out_dir, manifest)
+
+
+def write_seal(out_dir: Path, manifest: dict[str, Any]) -> None:
+    """Record each listed file's stamp (``layout.file_stamp``) right after a
+    commit is published and cleaned (the last link changes of the run are
+    behind it), with the sha256 of the manifest it belongs to. The next
+    incremental run hashes only the files whose stamp differs. A cache, not
+    a proof: ``verify`` reads every byte; a seal that is missing, of another
+    manifest or unreadable only means a full check."""
+    listed = list(manifest["files"]) + ([manifest["chain_heads"]] if manifest.get("chain_heads") else [])
+    try:
+        stamps = {entry["path"]: file_stamp(locate(out_dir, manifest, entry)) for entry in listed}
+        seal = {"manifest_sha256": sha256_file(out_dir / MANIFEST), "files": stamps}
+        write_atomic(out_dir / SEAL, orjson.dumps(seal))
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(out_dir / SEAL)
 
 
 def clean(out_dir: Path, manifest: dict[str, Any] | None) -> None:
@@ -919,7 +955,7 @@ def build_manifest(stream: str, previous: dict[str, Any] | None, continuing: boo
            "incremental": continuing, "exported_at": now().isoformat()}
     runs = previous.get("runs", []) + [run] if continuing else [run]
     return {
-        "format_version": FORMAT_VERSION,
+        "format_version": FORMAT_VERSION if not continuing or has_exact_type(previous) else previous["format_version"],
         "format": "parquet",
         "stream": stream,
         "stream_identity": identity,

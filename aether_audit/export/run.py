@@ -27,8 +27,9 @@ from typing import Any
 from ..model.errors import ExportError
 from ..model.files import write_atomic
 from ..read.protocol import Reader
+from .compact import COMPACTORS, DEFAULT_TARGET_SIZE, DEFAULT_THRESHOLD
 from .delta import DeltaSink
-from .layout import KINDS, MANIFEST, manifest_bytes, read_manifest
+from .layout import KINDS, MANIFEST, has_exact_type, manifest_bytes, read_manifest
 from .pipeline import (
     ParquetSink,
     RunWriter,
@@ -46,6 +47,7 @@ from .pipeline import (
     stage,
     stop_at,
     write_heads,
+    write_seal,
 )
 from .verify import check_base
 
@@ -64,6 +66,8 @@ async def export_stream(
     format: str = "parquet",
     timestamp_unit: str | None = None,
     sign: str | os.PathLike[str] | None = None,
+    compact_threshold: int | None = DEFAULT_THRESHOLD,
+    target_size: int = DEFAULT_TARGET_SIZE,
 ) -> dict[str, Any]:
     """Export the stream of ``reader`` under ``out_dir``; returns the manifest.
 
@@ -82,11 +86,18 @@ async def export_stream(
     ``sign``: an NKey seed file; the manifest is signed with it. The commit
     protocol is in ``export.pipeline``'s module doc.
 
+    After an incremental run, each partition holding more than
+    ``compact_threshold`` files (None: never) is compacted into files of
+    about ``target_size`` bytes, a second commit (``export.compact``), so a
+    cron job's export keeps few files however many rounds it runs.
+
     Example:
         >>> manifest = await export_stream(store, Path("exports/orders"))  # doctest: +SKIP
         >>> manifest["events"], manifest["last_seq"]  # doctest: +SKIP
         (10432, 10440)
     """
+    if compact_threshold is not None and compact_threshold < 1:
+        raise ExportError(f"the compaction threshold must be a positive number of files, not {compact_threshold}")
     if format not in SINKS:
         raise ExportError(f"export format must be parquet or delta, not {format!r}")
     out_dir = Path(out_dir)
@@ -111,12 +122,13 @@ async def export_stream(
             await check_identity(reader, state, previous, out_dir)
         seq_range = plan(previous, state, incremental, out_dir)
         if seq_range is None:
+            write_seal(out_dir, previous)  # checked just now: the next run need not read it again
             return previous
         heads = load_heads(out_dir, previous) if continuing else {}
         tag = secrets.token_hex(4)
         keep = sink.kept(previous, continuing)
         staging = stage(out_dir, tag, keep)
-        run = RunWriter(staging, stream, *seq_range, heads, unit)
+        run = RunWriter(staging, stream, *seq_range, heads, unit, has_exact_type(previous if continuing else None))
         try:
             if seq_range[1] >= seq_range[0]:
                 await consume(reader.scan(start_seq=seq_range[0], end_seq=seq_range[1], progress=progress), run)
@@ -145,4 +157,8 @@ async def export_stream(
         write_atomic(out_dir / MANIFEST, manifest_bytes(manifest))  # the commit point
         stop_at("after_manifest")
         sink.publish(out_dir, manifest)
+        if continuing and compact_threshold is not None:
+            manifest = await asyncio.to_thread(COMPACTORS[format], out_dir, manifest, target_size=target_size,
+                                               over=compact_threshold, signer=signer)
+        write_seal(out_dir, manifest)
         return manifest

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -30,12 +31,17 @@ from ..model.errors import ExportError
 from .readback import read_kind, require_manifest
 from .layout import (
     CHAIN_COLUMN,
+    EXACT_TYPE_COLUMN,
     KINDS,
+    MANIFEST,
     META_PREFIX,
     NS_SUFFIX,
+    SEAL,
     TIMESTAMP_COLUMNS,
     entries,
     file_schema,
+    file_stamp,
+    has_exact_type,
     locate,
     partition_of,
     read_heads,
@@ -287,10 +293,20 @@ def _recheck_chain(root: Path, manifest: dict[str, Any], *, with_heads: bool = T
     by_partition: dict[str | None, list[dict[str, Any]]] = defaultdict(list)
     for entry in entries(manifest, "events"):
         by_partition[partition_of(entry)].append(entry)
+    delta = manifest.get("format") == "delta"
     for files in by_partition.values():  # an actor's events live in one partition
+        if delta:  # Delta's OPTIMIZE keeps no row order (it wrote a bin newest first): the partition sorted
+            try:
+                batches = pa.concat_tables(
+                    [pq.read_table(locate(root, manifest, e)).replace_schema_metadata(None) for e in files]
+                ).sort_by("stream_seq").to_batches(max_chunksize=50_000)
+                _recheck_batches(batches, files[0]["path"], heads, problems, later)
+            except (OSError, pa.ArrowException) as exc:
+                unreadable.append(_file_problem("changed", f"{files[0]['path']} cannot be read: {_one_line(exc)}"))
+            continue
         for entry in files:
             try:
-                _recheck_file(locate(root, manifest, entry), entry["path"], heads, problems, later)
+                _recheck_file(locate(root, manifest, entry), entry["path"], heads, problems, later, partition_of(entry))
             except (OSError, pa.ArrowException) as exc:  # pages that do not decode: named, not a traceback
                 unreadable.append(_file_problem("changed", f"{entry['path']} cannot be read: {_one_line(exc)}"))
     for actor, problem in problems.items():
@@ -318,12 +334,27 @@ def _first_difference(problem: dict[str, Any], later: int, last_seq: int) -> tup
 
 
 def _recheck_file(path: Path, name: str, heads: dict[str, tuple[str, int, int]],
-                  problems: dict[str, dict[str, Any]], later: dict[str, int]) -> None:
+                  problems: dict[str, dict[str, Any]], later: dict[str, int], actor_type: str | None = None) -> None:
     """One events file's rows against the chain recomputed from their values
-    (streaming); the first row of each actor that differs is kept with its
-    file ``name`` and row number (from 0) in it."""
+    (streaming), and its ``actor_type_exact`` column against the actor type
+    its manifest entry names (the chain does not cover the type: the
+    manifest, signed, does). The first row of each actor that differs is
+    kept with its file ``name`` and row number (from 0) in it."""
+    def checked() -> Any:
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=50_000):
+            if EXACT_TYPE_COLUMN in batch.schema.names:
+                column = batch.column(EXACT_TYPE_COLUMN)
+                if column.null_count or not pc.all(pc.equal(column, pa.scalar(actor_type, pa.string()))).as_py():
+                    raise pa.ArrowInvalid(f"its {EXACT_TYPE_COLUMN} column is not the actor type of its manifest entry")
+            yield batch
+
+    _recheck_batches(checked(), name, heads, problems, later)
+
+
+def _recheck_batches(batches: Any, name: str, heads: dict[str, tuple[str, int, int]],
+                     problems: dict[str, dict[str, Any]], later: dict[str, int]) -> None:
     offset = 0
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=50_000):
+    for batch in batches:
         batch.validate(full=True)  # a page that decodes may still hold invalid UTF-8 or offsets: never trusted
         why = _derived_problem(batch)
         if why:
@@ -420,9 +451,10 @@ def _file_problem(kind: str, message: str) -> dict[str, Any]:
     return {"kind": kind, "actor_id": None, "stream_seq": None, "event_id": None, "version": None, "message": message}
 
 
-def file_problems(root: Path, manifest: dict[str, Any]) -> list[dict[str, Any]]:
+def file_problems(root: Path, manifest: dict[str, Any], unchanged: frozenset[str] = frozenset()) -> list[dict[str, Any]]:
     """Every listed file against its size, sha256 and footer; files added to
-    or removed from the tables; the manifest's counts and ranges."""
+    or removed from the tables; the manifest's counts and ranges. Files in
+    ``unchanged`` (their stamp is the seal's: ``check_base``) are not read."""
     problems = []
     listed = list(manifest["files"]) + ([manifest["chain_heads"]] if manifest.get("chain_heads") else [])
     totals = dict.fromkeys(KINDS, 0)
@@ -431,6 +463,8 @@ def file_problems(root: Path, manifest: dict[str, Any]) -> list[dict[str, Any]]:
         name = entry["path"]
         if entry is not manifest.get("chain_heads"):
             totals[entry.get("kind", name.split("/", 1)[0])] += int(entry.get("rows", 0))
+        if name in unchanged:
+            continue
         try:
             size = os.lstat(path).st_size
             digest = sha256_file(path)
@@ -489,7 +523,8 @@ def _footer_problems(path: Path, entry: dict[str, Any], manifest: dict[str, Any]
         return [_file_problem("changed", f"{name} is not a readable Parquet file: {exc}")]
     out = []
     if manifest.get("format", "parquet") == "parquet" and manifest.get("format_version", 1) >= 2:  # format 1: untested
-        expected = file_schema(entry.get("kind", name.split("/", 1)[0]), unit_of(manifest))
+        expected = file_schema(entry.get("kind", name.split("/", 1)[0]), unit_of(manifest),
+                               exact_type=has_exact_type(manifest))
         found = metadata.schema.to_arrow_schema()
         if [(f.name, f.type) for f in found] != [(f.name, f.type) for f in expected]:
             return [_file_problem("changed", f"{name} does not have the columns of an export's "
@@ -520,12 +555,19 @@ def _unlisted(root: Path, manifest: dict[str, Any]) -> list[dict[str, Any]]:
             present |= table_data_files(root, kind, manifest.get("delta_versions", {}).get(kind))
     else:
         present = set()
+        tag = manifest.get("generation")
         for kind in KINDS:
-            files, links = table_files(root, kind)
-            present |= files | set(links)
-            if manifest.get("generation"):  # a commit not yet published: its files count as present
-                staged = table_files(root, f".{kind}-{manifest['generation']}")[0]
-                present |= {f"{kind}/{f.split('/', 1)[1]}" for f in staged}
+            mark = f".generation-{tag}"
+            if tag and not os.path.lexists(root / kind / mark) and os.path.lexists(root / f".{kind}-{tag}" / mark):
+                # A commit not yet published (a kill between the manifest and
+                # the swap): the table is its staged file set, which the next
+                # run swaps in whole; the live set is the previous commit's
+                # (a compaction's replaced files are in it, listed no more).
+                files, links = table_files(root, f".{kind}-{tag}")
+                present |= {f"{kind}/{f.split('/', 1)[1]}" for f in files | set(links)}
+            else:
+                files, links = table_files(root, kind)
+                present |= files | set(links)
     listed = {e["path"] for e in manifest["files"]}
     problems = [_file_problem("added", f"{path} is in the export but not in its manifest") for path in sorted(present - listed)]
     if manifest.get("format") == "delta":  # a missing file is named by file_problems; this is one the log dropped
@@ -537,11 +579,38 @@ def _unlisted(root: Path, manifest: dict[str, Any]) -> list[dict[str, Any]]:
 def check_base(root: Path, manifest: dict[str, Any]) -> None:
     """Refuse (``ExportError``) to build on an export that is not what its
     manifest says: files, counts, ranges, and chain heads against the stored
-    last rows (cheap: the full recomputation is ``verify_export``'s)."""
-    problems = file_problems(root, manifest) or _stored_heads_problems(root, manifest)
+    last rows (cheap: the full recomputation is ``verify_export``'s).
+
+    What it costs is what changed since the last commit, not what the export
+    holds: a file whose stamp (inode, size, mtime, ctime) is the one the
+    seal recorded when that commit was published is not read again; every
+    other file is hashed and its footer read, as is every file when there
+    is no seal of this manifest. The chain heads are checked against the
+    stored last rows only when a file was read. Files added to a table and
+    listed files missing are found by a listing, every run."""
+    unchanged = _sealed(root, manifest)
+    listed = len(manifest["files"]) + (1 if manifest.get("chain_heads") else 0)
+    problems = file_problems(root, manifest, unchanged)
+    if not problems and len(unchanged) < listed:
+        problems = _stored_heads_problems(root, manifest)
     if problems:
         raise ExportError(f"refusing to add to {root}: {problems[0]['message']} "
                           f"(aether-audit verify {root} lists everything; or run a full export into a new directory)")
+
+
+def _sealed(root: Path, manifest: dict[str, Any]) -> frozenset[str]:
+    """The listed files whose stamp is the seal's (``pipeline.write_seal``),
+    when the seal is of this very manifest; else none."""
+    try:
+        seal = orjson.loads((root / SEAL).read_bytes())
+        if not isinstance(seal, dict) or seal.get("manifest_sha256") != sha256_file(root / MANIFEST):
+            return frozenset()
+        stamps = seal["files"]
+        listed = list(manifest["files"]) + ([manifest["chain_heads"]] if manifest.get("chain_heads") else [])
+        return frozenset(e["path"] for e in listed
+                         if stamps.get(e["path"]) == file_stamp(locate(root, manifest, e)))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, ExportError):
+        return frozenset()  # no seal, or not one: every file is read
 
 
 def _stored_heads_problems(root: Path, manifest: dict[str, Any]) -> list[dict[str, Any]]:

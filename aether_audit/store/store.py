@@ -34,6 +34,7 @@ from ..nats.connection import (
 )
 from ..model.errors import InvalidEventError, JetStreamAPIError, ReadOnlyStream, StreamNotFound, VersionConflictError
 from ..export.run import export_stream
+from ..export.compact import DEFAULT_TARGET_SIZE, DEFAULT_THRESHOLD
 from ..read.reader import Head, StreamReader
 from ..model.records import ActorSnapshot, Event, JetStreamConfig
 from ..audit.run import audit_stream
@@ -321,11 +322,16 @@ class AsyncEventStore(StreamReader):
         format: str = "parquet",
         timestamp_unit: str | None = None,
         sign: str | Path | None = None,
+        compact_threshold: int | None = DEFAULT_THRESHOLD,
+        target_size: int = DEFAULT_TARGET_SIZE,
     ) -> dict[str, Any]:
         """Export events, snapshots and replay errors to Parquet (or Delta
-        Lake tables) under ``out_dir`` and return the manifest (SPEC §4)."""
+        Lake tables) under ``out_dir`` and return the manifest (SPEC §4);
+        an incremental run compacts partitions of more than
+        ``compact_threshold`` files (None: never; ``export.compact``)."""
         return await export_stream(self, Path(out_dir), incremental=incremental, progress=progress,
-                                   format=format, timestamp_unit=timestamp_unit, sign=sign)
+                                   format=format, timestamp_unit=timestamp_unit, sign=sign,
+                                   compact_threshold=compact_threshold, target_size=target_size)
 
 
 class _Connecting:

@@ -22,6 +22,7 @@ from ..model.frames import DecodedBatch, StreamFrames
 from ..read.index import SubjectIndex
 from ..model.records import ActorSnapshot, Event, JetStreamConfig, ReplayResult, StreamState
 from ..audit.report import AuditReport
+from ..export.compact import DEFAULT_TARGET_SIZE, DEFAULT_THRESHOLD
 from .store import AsyncEventStore, connect_async
 
 __all__ = ["EventStore", "connect", "run_sync"]
@@ -257,9 +258,11 @@ class EventStore:
 
     def export_parquet(self, out_dir: str | Path, *, incremental: bool = False, progress: bool | None = None,
                        format: str = "parquet", timestamp_unit: str | None = None,
-                       sign: str | Path | None = None) -> dict[str, Any]:
+                       sign: str | Path | None = None, compact_threshold: int | None = DEFAULT_THRESHOLD,
+                       target_size: int = DEFAULT_TARGET_SIZE) -> dict[str, Any]:
         return run_sync(self.core.export_parquet(out_dir, incremental=incremental, progress=progress, format=format,
-                                                 timestamp_unit=timestamp_unit, sign=sign))
+                                                 timestamp_unit=timestamp_unit, sign=sign,
+                                                 compact_threshold=compact_threshold, target_size=target_size))
 
 
 def connect(

@@ -124,11 +124,13 @@ def listed(manifest: dict) -> set[str]:
 # --- pure parts ----------------------------------------------------------------------------
 
 
-def test_partition_dirs_match_pyarrows_hive_encoding(tmp_path):
-    values = ["order", "a/b", "x y", "100%", "ü", "a=b", "~.-_"]
-    table = pa.table({"n": list(range(len(values))), "actor_type": values})
-    ds.write_dataset(table, tmp_path, format="parquet", partitioning=["actor_type"], partitioning_flavor="hive")
-    assert sorted(partition_dir(v) for v in values) == sorted(p.name for p in tmp_path.iterdir())
+def test_partition_dirs_reverse_exactly_through_pyarrows_hive_decoding(tmp_path):
+    values = ["order", "a/b", "x y", "100%", "ü", "a=b", "~.-_", "Order", "CON", "a%2Fb"]
+    for n, value in enumerate(values):
+        (tmp_path / partition_dir(value)).mkdir()
+        pq.write_table(pa.table({"n": [n]}), tmp_path / partition_dir(value) / "part-0.parquet")
+    table = ds.dataset(tmp_path, format="parquet", partitioning="hive").to_table()
+    assert dict(zip(table.column("n").to_pylist(), table.column("actor_type").to_pylist())) == dict(enumerate(values))
 
 
 def test_chain_hashes_continue_across_batches_and_cover_content():
@@ -216,7 +218,7 @@ def test_parquet_files_carry_us_timestamps_with_exact_ns_columns_by_default(stor
     schema = parquet.schema_arrow
     assert schema.field("timestamp").type == pa.timestamp("us", tz="UTC") == schema.field("stored_at").type
     assert schema.field("timestamp_ns").type == pa.int64() == schema.field("stored_at_ns").type
-    assert schema.names[-3:] == ["stored_at_ns", "timestamp_ns", "chain_hash"]
+    assert schema.names[-4:] == ["stored_at_ns", "timestamp_ns", "chain_hash", "actor_type_exact"]
     column = parquet.metadata.schema.column(schema.get_field_index("timestamp"))
     assert "isAdjustedToUTC=true" in str(column.logical_type) and "microseconds" in str(column.logical_type)
     assert manifest["timestamp_unit"] == "us"
@@ -232,7 +234,7 @@ def test_parquet_files_carry_ns_utc_timestamps_compression_and_metadata(store, t
     parquet = pq.ParquetFile(out / entry["path"])
     schema = parquet.schema_arrow
     assert "actor_type" not in schema.names  # it is the directory, as hive readers expect
-    assert schema.names[-1] == "chain_hash"
+    assert schema.names[-2:] == ["chain_hash", "actor_type_exact"]  # the exact type under a name of its own
     assert schema.field("timestamp").type == pa.timestamp("ns", tz="UTC")
     column = parquet.metadata.schema.column(schema.get_field_index("timestamp"))
     assert "isAdjustedToUTC=true" in str(column.logical_type) and "nanoseconds" in str(column.logical_type)

@@ -180,3 +180,57 @@ def test_the_docs_spark_example_runs(demo, spark):
         expected = manifest(path)
         assert (result["rows"], result["replay_errors"]) == (expected["events"], expected["replay_errors"])
         assert result["types"] == demo["loaded"][stream]["actor_type"].nunique()
+
+
+# --- hostile actor types: what every hive reader gets back -----------------------------------
+
+HOSTILE = [
+    "__HIVE_DEFAULT_PARTITION__", "__hive_default_partition__", "x" * 261, "x" * 260 + "y",
+    "CON", "con", "Con", "NUL", "nul", "PRN", "prn", "AUX", "aux", "COM1", "com1", "LPT1", "lpt1", "CON_txt",
+    "NULL", "null", "Null", "nULL", "None", "NaN", "nan", "true", "TRUE",
+    "\u00e9", "e\u0301", "\u00c5", "\u212b", "K", "k", "\u212a", "\ufb01", "fi", "\u00df", "SS", "ss",
+    "a\u200bb", "ab", "Order", "order", "ORDER",
+    "123", "0123", "1e5", "-7", "0x1F", "2026/01/01", "1.5",
+    "a/b", "a%2Fb", "a%252Fb", "a%", "100%25", "a=b", "a\\b", "a:b", "~", "x~0123456789abcdef", "a,b", "a'b", 'a"b',
+    "\u65e5\u672c\u8a9e", "\U0001f600", "a\u00a0b", "_",
+]
+
+
+@pytest.fixture
+def hostile_export(nats_url, tmp_path):
+    stream = f"hostile_{os.getpid()}"
+    with connect(nats_url, stream=stream) as store:
+        for n, kind in enumerate(HOSTILE):
+            for v in (1, 2)[: 1 + n % 2]:
+                store.save_event(Event.new(f"{kind}-{n}", "Made", v))
+        loaded = store.load()
+        out = tmp_path / "hostile"
+        store.export_parquet(out, progress=False)
+    return out, loaded
+
+
+def test_every_hostile_actor_type_reads_back_exactly_as_docs_bi_shows(hostile_export):
+    import unicodedata
+
+    out, loaded = hostile_export
+    expected = loaded["actor_type"].value_counts().to_dict()
+    assert set(expected) == set(HOSTILE)  # the stream holds each type as written
+    for engine in ("pyarrow", "duckdb", "polars"):
+        result = run_example(engine, out)
+        assert result["per_type"] == expected, engine
+        assert result["rows"] == len(loaded) and result["types"] == len(HOSTILE), engine
+    dirs = [p.name for p in (out / "events").iterdir() if not p.name.startswith(".")]
+    assert len(dirs) == len(HOSTILE)
+    for form in ("NFC", "NFD", "NFKC", "NFKD"):  # distinct on case-insensitive, normalising file systems
+        assert len({unicodedata.normalize(form, d).casefold() for d in dirs}) == len(dirs), form
+    assert all(d.isascii() and len(d.encode()) <= 255 and not d.endswith((".", " ")) for d in dirs)
+    values = [d.split("=", 1)[1] for d in dirs]
+    assert not {v.lower() for v in values} & {"", ".", "..", "null", "__hive_default_partition__"}
+    assert verify_export(out).ok
+    # What hive readers take from the directory alone: exact but for a cut long name and the one value
+    # pyarrow's decoding maps to its null fallback.
+    table = ds.dataset(out / "events", format="parquet", partitioning="hive").to_table(
+        columns=["actor_type", "actor_type_exact"])
+    wrong = {e for d, e in zip(table.column("actor_type").to_pylist(), table.column("actor_type_exact").to_pylist())
+             if d != e}
+    assert wrong <= {"__HIVE_DEFAULT_PARTITION__", "x" * 261, "x" * 260 + "y"}, wrong

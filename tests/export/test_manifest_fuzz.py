@@ -379,7 +379,7 @@ def _edited(base: Base, tmp: Path, change) -> Path:
     (lambda m: m["files"][0].update(path="/etc/passwd"), "outside the export"),
     (lambda m: m["files"][0].update(path="events/../../outside/x.parquet"), "outside the export"),
     (lambda m: m["files"][0].update(kind="snapshots"), "but in table"),
-    (lambda m: m.update(format_version=3), "format_version 3; this version reads 2"),
+    (lambda m: m.update(format_version=4), "format_version 4; this version reads 3"),
 ], ids=["path-number", "first_seq-string", "format_version-string", "identity-list", "identity-seq-string",
         "last_seq-1e30", "last_seq-1e30-int", "last_seq-2**63", "count-bool", "count-negative", "first-after-last",
         "entry-range", "unknown-key", "no-runs", "generation-path", "listed-twice", "absolute-path", "dotdot-path",
