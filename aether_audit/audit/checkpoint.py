@@ -60,7 +60,7 @@ from ..model.signing import sign_bytes, signer_of, verify_bytes
 __all__ = ["CheckpointError", "compare", "keys_dir", "load_checkpoint", "save_checkpoint", "thin", "MAX_SAMPLES"]
 
 MAGIC = b"aether-audit checkpoint\n"
-FORMAT = 2  # 1: before the header had a schema (sections written by pandas, unchecked)
+FORMAT = 3  # 1: before the header had a schema (sections written by pandas, unchecked); 2: before business rules
 SIGNATURE = "signature"
 SIGNATURE_SIZE = 64  # ed25519
 _HEADER_KEYS = {"format", "stream", "created", "first_seq", "last_seq", "clock_skew_ns", "engine", "extra", "sections",
@@ -201,7 +201,8 @@ def _check_header(header: Any, size: int) -> None:
                 or type(item[1]) is not int or not 0 <= item[1] <= size):
             raise CheckpointError(f"a section must be [name, size], not {str(item)[:60]}")
         name, length = item
-        known = name in ("actors", "subjects", "groups", "snapshot_subjects", "pending") or name.startswith("kept/")
+        known = (name in ("actors", "subjects", "groups", "snapshot_subjects", "pending", "rules/last", "rules/waiting")
+                 or name.startswith("kept/"))
         if name == SIGNATURE:
             if signer is None or i != len(sections) - 1 or length != SIGNATURE_SIZE:
                 raise CheckpointError(f"the signature must be the last section, {SIGNATURE_SIZE} bytes, of a signed checkpoint")

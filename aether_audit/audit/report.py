@@ -46,7 +46,7 @@ def audit_frames(frames: StreamFrames, checks: Sequence[str] | None = None, **op
     from .engine import engine_of_frames
 
     check_options = CheckOptions.of(**options)
-    names = check_names(checks)
+    names = check_names(checks, rules=check_options.rules is not None)
     engine = engine_of_frames(frames, check_options)
     try:
         found = engine.findings(frames.state, names, check_options)

@@ -83,8 +83,8 @@ async def watch_stream(
         >>> async for finding in watch_stream(store, checkpoint="watch.ckpt"):  # doctest: +SKIP
         ...     print(finding["code"], finding["message"])
     """
-    names = check_names(checks)
     base = CheckOptions.of(**options)
+    names = check_names(checks, rules=base.rules is not None)
     scratch = None
     if checkpoint is None:
         scratch = tempfile.TemporaryDirectory(prefix="aether-audit-watch-")
@@ -112,7 +112,7 @@ async def watch_stream(
     last_save, dirty, backoff, failing = time.monotonic(), False, interval, False
     try:
         while not stop.is_set():
-            audit.options = audit.engine.options = CheckOptions(clock_skew=base.clock_skew, now=utc_now())
+            audit.options = audit.engine.options = CheckOptions(clock_skew=base.clock_skew, now=utc_now(), rules=base.rules)
             try:
                 state = await audit.step(progress=False)
             except (ConnectionFailed, StreamNotFound, JetStreamAPIError) as exc:
