@@ -384,8 +384,9 @@ def parse_rules(text: str, source: str = "<rules>") -> RuleSet:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         found = re.search(r"\(at line (\d+), column \d+\)", str(exc))
-        what = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(exc)) or "not TOML"
-        where = f", line {found.group(1)}" if found else ""
+        what = re.sub(r"\s*\(at (line \d+, column \d+|end of document)\)", "", str(exc)) or "not TOML"
+        line = found.group(1) if found else (str(len(reader.lines)) if "end of document" in str(exc) else None)
+        where = f", line {line}" if line else ""
         raise RulesError(f"rules file {source}{where}: not valid TOML: {what}") from None
     unknown = set(data) - {"actor"}
     if unknown:
