@@ -352,8 +352,9 @@ def cmd_seed(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    rules = _rules_option(args)
     with _store(args) as store:
-        report = store.audit(progress=_progress(args))
+        report = store.audit(progress=_progress(args), **rules)
     page = report.write_html(Path(args.out))
     kind, sentence = report.verdict
     if args.json:
@@ -488,6 +489,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = command("report", cmd_report, "write one self-contained HTML page: summary, findings, plots")
     report.add_argument("--out", required=True, metavar="FILE.html")
+    report.add_argument("--rules", metavar="FILE", help="also check these business rules: a rules section and process map")
 
     history = command("history", cmd_history, "print one actor's history as a table")
     history.add_argument("actor_id", metavar="ACTOR_ID")

@@ -34,9 +34,10 @@ from ..model.files import write_atomic
 from ..model.frames import StreamFrames, to_pandas
 from ..read.protocol import Reader
 from .checks import has_actor, in_stream_order, subjects_of
-from .rules import json_type, parse_rules
+from .rules import RuleSet, json_type, parse_rules
 
-__all__ = ["Inference", "event_log", "history_rows", "infer_rules", "infer_stream", "process_map", "variants"]
+__all__ = ["Inference", "event_log", "history_rows", "infer_rules", "infer_stream", "process_map", "rule_counts",
+           "variants"]
 
 _BARE = re.compile(r"[A-Za-z0-9_-]+")
 _COLUMNS = ["stream_seq", "subject", "actor_type", "actor_id", "version", "event_type", "timestamp", "data"]
@@ -241,3 +242,24 @@ def event_log(source: StreamFrames | pd.DataFrame) -> pd.DataFrame:
         "case:actor_type": rows["actor_type"].astype(object).to_numpy(),
         "stream_seq": rows["stream_seq"].to_numpy(),
     })
+
+
+def rule_counts(findings: pd.DataFrame, rules: RuleSet) -> pd.DataFrame:
+    """Each rule of ``rules`` with its findings: ``rule, code, findings,
+    actors`` (rules broken first, then in file order). The rule is the
+    ``[name]`` that opens a rule finding's message.
+
+    Example:
+        >>> rule_counts(report.findings, report.options.rules)  # doctest: +SKIP
+    """
+    names = rules.rule_names()
+    code_of = dict(names)
+    ruled = findings[findings["code"].isin(set(code_of.values()))] if len(findings) else findings
+    named = ruled["message"].astype(str).str.extract(r"^\[([^\]]+)\]", expand=False) if len(ruled) else pd.Series(dtype=object)
+    counts = named.value_counts()
+    actors = ruled.assign(rule=named).groupby("rule")["actor_id"].nunique() if len(ruled) else pd.Series(dtype="int64")
+    frame = pd.DataFrame({"rule": [n for n, _ in names], "code": [c for _, c in names]})
+    frame["findings"] = frame["rule"].map(counts).fillna(0).astype("int64")
+    frame["actors"] = frame["rule"].map(actors).fillna(0).astype("int64")
+    order = np.argsort(-(frame["findings"].to_numpy() > 0).astype(int), kind="stable")
+    return frame.iloc[order].reset_index(drop=True)

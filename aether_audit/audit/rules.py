@@ -159,6 +159,22 @@ class RuleSet:
         """Every deadline, ``(actor_type, deadline)``, in a fixed order."""
         return [(name, d) for name, rules in self.actors.items() for d in rules.deadlines]
 
+    def rule_names(self) -> list[tuple[str, str]]:
+        """Every rule the set declares, ``(name, code of its findings)``, in
+        file order: the names findings' messages carry (``[order.types]``)."""
+        out = []
+        for name, r in self.actors.items():
+            out.append((f"{name}.types", "unknown_event_type"))
+            if r.initial is not None:
+                out.append((f"{name}.initial", "lifecycle_violation"))
+            if r.terminal:
+                out.append((f"{name}.terminal", "lifecycle_violation"))
+            if r.transitions is not None:
+                out.append((f"{name}.transitions", "lifecycle_violation"))
+            out += [(f"{name}.contract.{t}.{f.name}", "data_contract") for t, fields in r.contracts.items() for f in fields]
+            out += [(f"{name}.deadline.{d.name}", "overdue") for d in r.deadlines]
+        return out
+
     def fingerprint(self) -> str:
         """A hash of what the rules say (not of the file's comments): a
         checkpoint made with other rules is refused."""

@@ -1,0 +1,56 @@
+"""The lifecycle drawn and tabled (issue 24), from hand-made frames (no
+server): the process map's data, the variants, the pm4py-convention event
+log, each rule's count in the report, and the figure."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from aether_audit import StreamFrames, audit_frames, event_log, infer_rules, process_map, variants
+from aether_audit.audit.checks import errors_frame, events_frame, snapshots_frame
+from aether_audit.audit.lifecycle import rule_counts
+from aether_audit.audit.rules import parse_rules
+from aether_audit.present.plots import figure_to_png
+from aether_audit.present.plots import process_map as process_map_figure
+
+T0 = pd.Timestamp("2026-11-01T00:00:00Z")
+PATHS = {"order-1": ["Placed", "Paid", "Shipped"], "order-2": ["Placed", "Paid", "Shipped"],
+         "order-3": ["Placed", "Cancelled"]}
+
+
+def frames(paths=PATHS) -> StreamFrames:
+    rows, seq = [], 0
+    for step in range(max(map(len, paths.values()))):
+        for actor, path in paths.items():
+            if step < len(path):
+                seq += 1
+                at = T0 + pd.Timedelta(minutes=10 * step + seq)
+                rows.append({"stream_seq": seq, "stored_at": at, "subject": f"s.events.order.{actor}",
+                             "actor_type": "order", "actor_id": actor, "version": step + 1, "event_type": path[step],
+                             "event_id": f"e{seq}", "timestamp": at, "data": '{"n": %d}' % seq})
+    return StreamFrames(events_frame(rows), snapshots_frame([]), errors_frame([]))
+
+
+def test_process_map_variants_and_event_log():
+    edges = process_map(frames())
+    placed_paid = edges[(edges["source"] == "Placed") & (edges["target"] == "Paid")].iloc[0]
+    assert placed_paid["count"] == 2 and placed_paid["median_seconds"] > 0
+    assert set(edges.loc[edges["target"] == "(end)", "source"]) == {"Shipped", "Cancelled"}
+    table = variants(frames())
+    assert table[["variant", "actors"]].values.tolist() == [["Placed > Paid > Shipped", 2], ["Placed > Cancelled", 1]]
+    log = event_log(frames())
+    assert list(log.columns[:3]) == ["case:concept:name", "concept:name", "time:timestamp"]
+    assert len(log) == 8 and str(log["time:timestamp"].dtype).startswith("datetime64")
+    assert figure_to_png(process_map_figure(frames()))[:4] == b"\x89PNG"
+
+
+def test_each_rule_with_its_count_in_the_report():
+    rules = parse_rules(infer_rules(frames()), "inferred.toml")
+    broken = frames({**PATHS, "order-4": ["Placed", "Shipped"]})
+    report = audit_frames(broken, rules=rules)
+    counts = rule_counts(report.findings, rules)
+    assert counts.iloc[0][["rule", "code", "findings", "actors"]].tolist() == ["order.transitions", "lifecycle_violation", 1, 1]
+    assert counts["findings"].sum() == 1
+    page = report.to_html_page()
+    assert "Business rules" in page and "order.transitions" in page and "process map" in page
+    assert "Business rules" not in audit_frames(broken).to_html_page()
