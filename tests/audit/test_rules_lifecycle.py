@@ -54,3 +54,19 @@ def test_each_rule_with_its_count_in_the_report():
     page = report.to_html_page()
     assert "Business rules" in page and "order.transitions" in page and "process map" in page
     assert "Business rules" not in audit_frames(broken).to_html_page()
+
+
+def test_the_dashboard_filters_by_rule():
+    import pytest
+
+    pytest.importorskip("ipywidgets")
+    from aether_audit.widgets import AuditDashboard
+
+    rules = parse_rules(infer_rules(frames()), "inferred.toml")
+    report = audit_frames(frames({**PATHS, "order-4": ["Placed", "Shipped"], "order-5": ["Placed", "Teleported"]}),
+                          rules=rules)
+    dashboard = AuditDashboard(report)
+    assert "order.transitions" in dashboard.rules.value
+    dashboard.rule.value = "order.types"
+    assert dashboard.current_findings["actor_id"].tolist() == ["order-5"]
+    assert "order.types" in dashboard.static_html()
