@@ -141,9 +141,10 @@ class Inference:
                 out += ["", f"[actor.{_key(atype)}.contract.{_key(etype)}]",
                         f"# fields present in all {total:,} events, with the JSON types seen"]
                 for name in sorted(fields):
-                    kinds = sorted(fields[name])
-                    if "integer" in kinds and "number" in kinds:
-                        kinds.remove("integer")
+                    # JSON has one number type: whole numbers seen so far
+                    # propose "number" (tighten to "integer" by hand), so a
+                    # first 100.5 after 100.0 written as 100 breaks nothing.
+                    kinds = sorted({"number" if kind == "integer" else kind for kind in fields[name]})
                     kind = _string(kinds[0]) if len(kinds) == 1 else "[" + ", ".join(map(_string, kinds)) + "]"
                     out.append(f"{_key(name)} = {{ type = {kind} }}")
                 sometimes = sorted((n, c) for n, c in self.present[(atype, etype)].items() if n not in fields)
