@@ -85,7 +85,9 @@ def test_the_contract_fast_path_only_clears_rows_python_would_clear(monkeypatch)
               '{"n": 1, "c": "EUR", "s": "SKU-0001\\n"}', '{"n": 1, "c": "EUR", "s": "xSKU-0001"}',
               '{"n": -1, "c": "EUR", "s": "SKU-0001"}', '{"n": 1000, "c": "EUR", "s": "SKU-0001"}',
               '{"c": "EUR", "s": "SKU-0001"}', '{"n": 1, "s": "SKU-0001"}', '[1]', 'null', '{"n": NaN}', 'not json',
-              '{"n": 2,\n "c": "USD", "s": "SKU-0002"}', '{"n": 3, "c": "USD", "s": "SKU-0003", "more": {"deep": [1]}}']
+              '{"n": 2,\n "c": "USD", "s": "SKU-0002"}', '{"n": 3, "c": "USD", "s": "SKU-0003", "more": {"deep": [1]}}',
+              # Two values on one line, and blank rows: JSON lines must not let them balance out.
+              '{"n": 1, "c": "EUR"} {"n": 2, "c": "EUR"}', '', '   ', '{"n": 1, "c": "EUR", "s": "', '"}']
     paths = {f"order-{i}": ["Placed"] for i in range(100)}
     events = frames(paths).events
     events["data"] = pd.array([tricky[i % len(tricky)] for i in range(len(events))], dtype=events["data"].dtype)
