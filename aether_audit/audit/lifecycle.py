@@ -80,6 +80,8 @@ class Inference:
     def add(self, events: pd.DataFrame) -> None:
         """One batch (an events frame, after every batch before it)."""
         rows = history_rows(events)
+        if len(rows):  # an event without a type is a missing_field, not a type (the rule checks skip it too)
+            rows = rows[(rows["event_type"].fillna("") != "").to_numpy(dtype=bool)]
         self.events += len(rows)
         for atype, actor, etype, data in zip(rows["actor_type"].astype(object), rows["actor_id"].astype(object),
                                              rows["event_type"].astype(object), rows["data"].astype(object)):

@@ -523,7 +523,8 @@ class RuleState:
             if len(valid):
                 self.clock = max(self.clock, int(valid.max()))
         at = self._codes_of(history["actor_type"], self.atypes) if len(history) else np.zeros(0, np.int64)
-        checked = at >= 0
+        # An event without a type is a missing_field already: one finding per fault.
+        checked = (at >= 0) & (history["event_type"].fillna("") != "").to_numpy(dtype=bool)
         rows = history[checked] if not checked.all() else history
         codes, stamps, at = codes[checked], stamps[checked], at[checked]
         tc = self._codes_of(rows["event_type"], self.vocab) if len(rows) else np.zeros(0, np.int64)

@@ -124,6 +124,17 @@ def test_inferred_rules_hold_for_their_stream_and_each_planted_violation_is_foun
     assert not set(store.audit().checks) & set(RULE_CHECKS)
 
 
+def test_rules_inferred_from_the_anomalies_hold_for_them(store, tmp_path):
+    """Bad bytes, foreign subjects, gaps, duplicates, deletions: whatever
+    the integrity checks find, rules inferred from a stream hold for it."""
+    run_sync(seed_scenario(store.core, SAMPLES / "anomalies.jsonl"))
+    path = tmp_path / "anomalies.toml"
+    run_sync(infer_stream(store.core, out=path))
+    report = store.audit(rules=path)
+    assert rule_findings(report).empty, rule_findings(report)[["code", "actor_id", "message"]]
+    assert report.counts["version_gap"] and report.counts["malformed_payload"]
+
+
 def _cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "aether_audit", *args], capture_output=True, text=True,
                           check=False, timeout=120)
@@ -150,6 +161,16 @@ def test_check_and_infer_through_the_cli(store, tmp_path):
     done = _cli("check", "--rules", str(inferred), "--fail-on", "error", "--checks", "overdue", *where)
     assert done.returncode == 0, done.stderr  # overdue is a warning
     assert "account-9" in done.stdout
+    # With a checkpoint: the second run reads nothing new and reports the same.
+    checkpoint = tmp_path / "cli.ckpt"
+    runs = [_cli("check", "--rules", str(inferred), "--checkpoint", str(checkpoint), "--json", *where) for _ in range(2)]
+    assert [r.returncode for r in runs] == [1, 1], runs[1].stderr
+    first, second = (json.loads(r.stdout) for r in runs)
+    assert first["counts"] == second["counts"] == result["counts"]
+    ruled = [[f for f in r["findings"] if f["code"] in RULE_CHECKS] for r in (first, second)]
+    assert ruled[0] == ruled[1] and len(ruled[0]) == len(PLANTED)  # (retention_expiry's countdown moves)
+    done = _cli("check", "--checkpoint", str(checkpoint), *where)  # made with rules, asked without
+    assert done.returncode == 2 and "rules" in done.stderr and len(done.stderr.strip().splitlines()) == 1
 
 
 def table(found: pd.DataFrame) -> pd.DataFrame:
