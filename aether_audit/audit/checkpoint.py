@@ -263,6 +263,16 @@ def _load(path: Path, options: CheckOptions, signer: Any) -> Checkpoint:
         raise CheckpointError(
             f"checkpoint {path} was made with clock_skew {skew / 1e9:g} s, not "
             f"{wanted / 1e9:g} s: use the same, or a new checkpoint")
+    # Business rules: the state is per rule set (type codes, waits), so a
+    # checkpoint serves only the rules it was made with (said before the
+    # engine's own check, with the file's name).
+    made = header["engine"].get("rules") if isinstance(header["engine"], dict) else None
+    if (made is None) != (options.rules is None):
+        raise CheckpointError(f"checkpoint {path} was made {'without' if made is None else 'with'} rules: audit it as "
+                              "it was made (the same --rules, or none), or start a new checkpoint")
+    if options.rules is not None and isinstance(made, dict) and made.get("fingerprint") != options.rules.fingerprint():
+        raise CheckpointError(f"checkpoint {path} was made with other rules than {options.rules.source}: use the same "
+                              "rules, or start a new checkpoint")
     tables = {}
     for name, size in header["sections"]:
         if name != SIGNATURE:

@@ -170,7 +170,13 @@ def test_check_and_infer_through_the_cli(store, tmp_path):
     ruled = [[f for f in r["findings"] if f["code"] in RULE_CHECKS] for r in (first, second)]
     assert ruled[0] == ruled[1] and len(ruled[0]) == len(PLANTED)  # (retention_expiry's countdown moves)
     done = _cli("check", "--checkpoint", str(checkpoint), *where)  # made with rules, asked without
-    assert done.returncode == 2 and "rules" in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1
+    assert f"checkpoint {checkpoint} was made with rules" in done.stderr
+    page = tmp_path / "page.html"
+    done = _cli("report", "--rules", str(inferred), "--out", str(page), *where)
+    assert done.returncode == 0, done.stderr
+    assert "Business rules" in page.read_text() and "order.deadline" not in page.read_text()
+    assert "account.deadline.first-deposit" in page.read_text()
 
 
 def table(found: pd.DataFrame) -> pd.DataFrame:
