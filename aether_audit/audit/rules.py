@@ -393,6 +393,18 @@ def _actor(name: str, spec: Any, reader: _Reader) -> ActorRules:
     return ActorRules(name, types, initial, terminal, transitions, contracts, tuple(deadlines))
 
 
+def _table_at(lines: list[str], line: str | None) -> str:
+    """``rule NAME: `` for the table a syntax error is in (the last
+    ``[actor.…]`` header at or above its line), else nothing."""
+    if not line:
+        return ""
+    for text in reversed(lines[: int(line)]):
+        header = re.match(r"^\s*\[\[?\s*actor\.([^\]]+?)\s*\]\]?", text)
+        if header:
+            return f"rule {header.group(1).replace(chr(34), '')}: "
+    return ""
+
+
 def parse_rules(text: str, source: str = "<rules>") -> RuleSet:
     """The ``RuleSet`` a rules file's ``text`` declares (see the module doc)."""
     reader = _Reader(text, source)
@@ -403,7 +415,7 @@ def parse_rules(text: str, source: str = "<rules>") -> RuleSet:
         what = re.sub(r"\s*\(at (line \d+, column \d+|end of document)\)", "", str(exc)) or "not TOML"
         line = found.group(1) if found else (str(len(reader.lines)) if "end of document" in str(exc) else None)
         where = f", line {line}" if line else ""
-        raise RulesError(f"rules file {source}{where}: not valid TOML: {what}") from None
+        raise RulesError(f"rules file {source}{where}: {_table_at(reader.lines, line)}not valid TOML: {what}") from None
     unknown = set(data) - {"actor"}
     if unknown:
         key = sorted(unknown)[0]

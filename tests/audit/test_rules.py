@@ -248,7 +248,7 @@ def test_watch_yields_each_rule_finding_once_and_resolves_the_overdue_actor(stor
 
 
 BAD = {
-    "syntax": ('[actor.order]\ntypes = ["A", "B"\ninitial = ["A"]\n', "line 3", "not valid TOML"),
+    "syntax": ('[actor.order]\ntypes = ["A", "B"\ninitial = ["A"]\n', "line 3", "rule order: not valid TOML"),
     "syntax-end": ('[actor.order]\ntypes = ["A", "B"\n', "line 2", "not valid TOML"),
     "type": ('[actor.order]\ntypes = "A"\n', "line 2", "rule order.types"),
     "reference": ('[actor.order]\ntypes = ["A", "B"]\n\n[actor.order.transitions]\nA = ["B", "C"]\n',
