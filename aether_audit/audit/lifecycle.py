@@ -34,12 +34,16 @@ from ..model.files import write_atomic
 from ..model.frames import StreamFrames, to_pandas
 from ..read.protocol import Reader
 from .checks import has_actor, in_stream_order, subjects_of
-from .rules import RuleSet, json_type, parse_rules
+from .rules import RuleSet, parse_rules
 
 __all__ = ["Inference", "event_log", "history_rows", "infer_rules", "infer_stream", "process_map", "rule_counts",
            "variants"]
 
+# Python's type of a decoded JSON value -> its JSON type (``rules.json_type``'s table).
+_JSON_OF = {type(None): "null", bool: "boolean", int: "integer", float: "number", str: "string", list: "array",
+            dict: "object"}
 _BARE = re.compile(r"[A-Za-z0-9_-]+")
+MAX_SHAPES = 1024  # distinct data shapes kept per event type before they are folded (memory: not per event)
 _COLUMNS = ["stream_seq", "subject", "actor_type", "actor_id", "version", "event_type", "timestamp", "data"]
 
 
@@ -73,8 +77,14 @@ class Inference:
         self.types: dict[str, Counter[str]] = defaultdict(Counter)  # actor type -> event type -> events
         self.initial: dict[str, Counter[str]] = defaultdict(Counter)  # -> actors
         self.follows: dict[str, Counter[tuple[str, str]]] = defaultdict(Counter)
-        self.fields: dict[tuple[str, str], dict[str, set[str]]] = {}  # (actor type, event type) -> field -> JSON types
-        self.present: dict[tuple[str, str], Counter[str]] = defaultdict(Counter)
+        # (actor type, event type) -> the data's shapes (field names and
+        # Python types, in order) -> events: a stream has few shapes, so a
+        # row costs one decode and one tuple (what each field's JSON type
+        # is, and whether it is in every event, is worked out per shape).
+        self.shapes: dict[tuple[str, str], Counter[tuple[tuple[str, type], ...]]] = defaultdict(Counter)
+        # Shapes folded once a key has more than MAX_SHAPES (field names that
+        # are IDs, say): (fields in every event so far, JSON types, counts).
+        self.folded: dict[tuple[str, str], tuple[set[str], dict[str, set[str]], Counter[str]]] = {}
         self.events = 0
 
     def add(self, events: pd.DataFrame) -> None:
@@ -98,18 +108,36 @@ class Inference:
                 value = orjson.loads(data) if isinstance(data, str) else None
             except orjson.JSONDecodeError:
                 value = None
-            key = (atype, etype)
-            names = value if isinstance(value, dict) else {}
-            self.present[key].update(names.keys())
-            seen = self.fields.get(key)
-            if seen is None:
-                self.fields[key] = {name: {json_type(v)} for name, v in names.items()}
-            else:
-                for name in list(seen):  # a field missing once is not in every event
-                    if name in names:
-                        seen[name].add(json_type(names[name]))
-                    else:
-                        del seen[name]
+            shape = tuple((k, type(v)) for k, v in value.items()) if isinstance(value, dict) else ()
+            shapes = self.shapes[(atype, etype)]
+            shapes[shape] += 1
+            if len(shapes) > MAX_SHAPES:
+                self._fold((atype, etype))
+
+    def _fold(self, key: tuple[str, str]) -> None:
+        every, kinds, present = self._aggregate(key)
+        self.folded[key] = (every, kinds, present)
+        self.shapes[key] = Counter()
+
+    def _fields(self, key: tuple[str, str]) -> tuple[dict[str, set[str]], Counter[str]]:
+        """The fields in every event of ``key`` with their JSON types, and
+        how many events hold each field."""
+        every, kinds, present = self._aggregate(key)
+        return {k: kinds[k] for k in every}, present
+
+    def _aggregate(self, key: tuple[str, str]) -> tuple[set[str], dict[str, set[str]], Counter[str]]:
+        folded = self.folded.get(key)
+        every: set[str] | None = None if folded is None else set(folded[0])
+        kinds: dict[str, set[str]] = defaultdict(set, {} if folded is None else {k: set(v) for k, v in folded[1].items()})
+        present: Counter[str] = Counter() if folded is None else Counter(folded[2])
+        shapes = self.shapes.get(key, {})
+        for shape, n in shapes.items():
+            names = {k for k, _ in shape}
+            every = names if every is None else every & names
+            for k, kind in shape:
+                kinds[k].add(_JSON_OF[kind])
+            present.update(dict.fromkeys(names, n))
+        return every or set(), kinds, present
 
     def to_toml(self, stream: str | None = None) -> str:
         """The rules file: every line holds for what was read, commented with counts."""
@@ -136,7 +164,7 @@ class Inference:
                 out.append(f"{_key(source)} = [{', '.join(_string(b) for b, _ in nexts)}]  "
                            f"# {', '.join(f'{n:,}' for _, n in nexts)}")
             for etype in sorted(counts):
-                fields = self.fields.get((atype, etype), {})
+                fields, present = self._fields((atype, etype))
                 if not fields:
                     continue
                 total = counts[etype]
@@ -149,7 +177,7 @@ class Inference:
                     kinds = sorted({"number" if kind == "integer" else kind for kind in fields[name]})
                     kind = _string(kinds[0]) if len(kinds) == 1 else "[" + ", ".join(map(_string, kinds)) + "]"
                     out.append(f"{_key(name)} = {{ type = {kind} }}")
-                sometimes = sorted((n, c) for n, c in self.present[(atype, etype)].items() if n not in fields)
+                sometimes = sorted((n, c) for n, c in present.items() if n not in fields)
                 if sometimes:
                     out.append("# also seen, not in every event: " + ", ".join(f"{n} ({c:,} of {total:,})" for n, c in sometimes))
             out.append("")

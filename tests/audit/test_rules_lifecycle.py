@@ -100,3 +100,16 @@ def test_the_contract_fast_path_only_clears_rows_python_would_clear(monkeypatch)
     slow = audit_frames(stream, rules=rules).findings
     pd.testing.assert_frame_equal(fast, slow)
     assert (fast["code"] == "data_contract").sum() > 50  # the tricky rows are found, by either path
+
+
+def test_inference_folds_many_data_shapes_into_the_same_file(monkeypatch):
+    from aether_audit.audit import lifecycle
+
+    events = frames({f"order-{i}": ["Placed", "Paid"] for i in range(40)}).events
+    shapes = ['{"n": %d, "k%d": 1}' % (i, i % 7) for i in range(len(events))]  # 7 shapes of one field in all
+    shapes[3] = '{"n": 2.5, "k3": null}'
+    events["data"] = pd.array(shapes, dtype=events["data"].dtype)
+    whole = infer_rules(events)
+    monkeypatch.setattr(lifecycle, "MAX_SHAPES", 2)
+    assert infer_rules(events) == whole
+    assert 'n = { type = "number" }' in whole and "also seen, not in every event: k0" in whole
