@@ -43,7 +43,7 @@ from aether_audit.model.errors import CheckpointError
 from aether_audit.store.scenario import seed_scenario
 from aether_audit.store.sync import run_sync
 
-SAMPLES = Path(__file__).resolve().parent.parent / "data_samples"
+SAMPLES = Path(__file__).resolve().parents[2] / "data_samples"  # tests/audit/ -> the repository
 PACKAGE = Path(aether_audit.__file__).resolve().parent
 NOW = "2026-12-01T00:00:00Z"
 INT64 = 2**63 - 1
@@ -329,7 +329,7 @@ def test_the_recorder_sees_a_read_outside(made, tmp_path, monkeypatch):
 WORKER = textwrap.dedent("""
     import json, random, sys
     from pathlib import Path
-    sys.path.insert(0, sys.argv[4])
+    sys.path[:0] = sys.argv[4].split("|")  # tests/ (the support module) and tests/audit/ (this file)
     from _checkpoint_support import join, split
     from test_checkpoint_fuzz import _mutate_bytes
     from aether_audit.audit.checkpoint import load_checkpoint
@@ -377,7 +377,7 @@ def test_arrow_section_bytes_never_kill_the_process(made, tmp_path):
     copy = _copy(home, tmp_path / "c")
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
-    done = subprocess.run([sys.executable, str(script), str(copy / "a.ckpt"), "400", "3", str(Path(__file__).parent)],
+    done = subprocess.run([sys.executable, str(script), str(copy / "a.ckpt"), "400", "3", f"{Path(__file__).parents[1]}|{Path(__file__).parent}"],
                           capture_output=True, text=True, timeout=240, check=False)
     lines = [json.loads(line) for line in done.stdout.splitlines()]
     last = lines[-1] if lines else None
