@@ -275,3 +275,47 @@ def test_a_bad_rules_file_is_one_line_and_exit_2(tmp_path, case):
     assert str(path) in lines[0] and line in lines[0] and rule in lines[0], lines[0]
     with pytest.raises(aether_audit.RulesError):
         aether_audit.load_rules(path)
+
+
+def _ipc(table) -> bytes:
+    import pyarrow as pa
+
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def test_a_checkpoints_rule_state_is_checked_in_full(store, tmp_path):
+    """The rule state is input when read back: each damage below is one
+    CheckpointError naming the checkpoint, never a traceback or a wrong audit."""
+    import shutil
+
+    import pyarrow as pa
+
+    from _checkpoint_support import rewrite
+
+    seed(store)
+    path = rules_file(store, tmp_path)
+    plant(store)
+    made = tmp_path / "made"
+    made.mkdir()
+    run_sync(audit_stream(store.core, now=NOW, rules=path, checkpoint=made / "a.ckpt"))
+    waiting = pa.schema([pa.field(n, pa.int64(), nullable=False) for n in ("actor", "deadline", "start", "seq")])
+    last = pa.schema([pa.field("last_type", pa.int64(), nullable=False)])
+    damages = {
+        "clock text": dict(header=lambda h: {**h, "engine": {**h["engine"], "rules": {**h["engine"]["rules"], "clock": "x"}}}),
+        "rules keys": dict(header=lambda h: {**h, "engine": {**h["engine"], "rules": {"fingerprint": "x"}}}),
+        "type out of range": dict(sections=lambda s: {**s, "rules/last": _ipc(pa.table(
+            [pa.array([99] * pa.ipc.open_stream(s["rules/last"]).read_all().num_rows, pa.int64())], schema=last))}),
+        "waiting twice": dict(sections=lambda s: {**s, "rules/waiting": _ipc(pa.table(
+            [pa.array([0, 0]), pa.array([0, 0]), pa.array([1, 2]), pa.array([1, 1])], schema=waiting))}),
+        "no rules section": dict(sections=lambda s: {k: v for k, v in s.items() if k != "rules/waiting"}),
+    }
+    for name, change in damages.items():
+        copy = tmp_path / name.replace(" ", "-")
+        shutil.copytree(made, copy)
+        rewrite(copy / "a.ckpt", **change)
+        with pytest.raises(aether_audit.CheckpointError, match="checkpoint") as caught:
+            run_sync(audit_stream(store.core, now=NOW, rules=path, checkpoint=copy / "a.ckpt"))
+        assert "\n" not in str(caught.value), name
