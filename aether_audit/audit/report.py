@@ -172,8 +172,8 @@ class AuditReport:
         self.findings = findings.reset_index(drop=True)
         self.frames = frames
         self.state = state if state is not None else getattr(frames, "state", None)
-        self.checks = list(CHECKS) if checks is None else list(checks)
         self.options = options or CheckOptions()
+        self.checks = check_names(None, rules=self.options.rules is not None) if checks is None else list(checks)
         self.stats = dict(stats) if stats is not None else _stats_of(frames)
         self.checkpoint = checkpoint
         self.read = read
