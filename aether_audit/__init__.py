@@ -9,6 +9,8 @@ Example:
 
 from .store.broadcast import EventBroadcaster, InMemoryBroadcaster, NatsBroadcaster
 from .audit.checks import CHECKS, CheckOptions
+from .audit.lifecycle import event_log, infer_rules, process_map, variants
+from .audit.rules import RuleSet, load_rules
 from .nats.connection import ConnectOptions, redact_url
 from .model.errors import (
     AuditError,
@@ -24,6 +26,7 @@ from .model.errors import (
     MalformedMessageError,
     NotFoundError,
     PermissionDenied,
+    RulesError,
     ScenarioError,
     SnapshotNotFoundError,
     StreamNotFound,
@@ -79,6 +82,8 @@ __all__ = [
     "PermissionDenied",
     "ReplayError",
     "ReplayResult",
+    "RuleSet",
+    "RulesError",
     "ScenarioError",
     "SnapshotNotFoundError",
     "StreamFrames",
@@ -91,12 +96,17 @@ __all__ = [
     "compact_export",
     "connect",
     "connect_async",
+    "event_log",
     "event_subject",
+    "infer_rules",
+    "load_rules",
+    "process_map",
     "read_export",
     "redact_url",
     "sanitize",
     "snapshot_subject",
     "stream_name",
+    "variants",
     "verify_export",
     "verify_exports",
 ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import re
 import os
 import sys
 import traceback
@@ -228,11 +229,22 @@ def _check_options(args: argparse.Namespace) -> dict[str, Any]:
     return options
 
 
+def _rules_option(args: argparse.Namespace) -> dict[str, Any]:
+    """``--rules FILE`` read and validated in full before anything connects
+    (a bad file is one line and exit 2, with or without a server)."""
+    if not getattr(args, "rules", None):
+        return {}
+    from .audit.rules import load_rules
+
+    return {"rules": load_rules(args.rules)}
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     checks = args.checks.split(",") if args.checks else None
+    options = {**_rules_option(args), **_check_options(args)}
     with _store(args) as store:
         report = store.audit(checks, checkpoint=args.checkpoint, keep_frames=False, progress=_progress(args),
-                             sign=_checkpoint_seed(args), **_check_options(args))
+                             sign=_checkpoint_seed(args), **options)
     if args.json:
         _print_json(report.to_dict())
     else:
@@ -261,6 +273,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
     checks = args.checks.split(",") if args.checks else None
     sign = _checkpoint_seed(args)
+    rules = _rules_option(args)
 
     async def follow() -> None:
         stop = asyncio.Event()
@@ -283,7 +296,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
         try:
             async for finding in stores[0].watch(checks, checkpoint=args.checkpoint, interval=args.interval,
                                                  settle=args.settle, stop=stop, reopen=reopen, sign=sign,
-                                                 **_check_options(args)):
+                                                 **rules, **_check_options(args)):
                 if args.json:
                     print(json.dumps(finding), flush=True)
                 else:  # worded as check words it (present.text): one formatter for both
@@ -304,6 +317,21 @@ def _size(text: str) -> int:
     if not number.isdigit() or int(number) < 1:
         raise argparse.ArgumentTypeError(f"not a size in bytes (like 128M): {text!r}")
     return int(number) * scale
+
+
+def cmd_rules(args: argparse.Namespace) -> int:
+    """``rules infer --out FILE``: a rules file the stream's history satisfies."""
+    from .audit.lifecycle import infer_stream
+    from .store.sync import run_sync
+
+    with _store(args) as store:
+        text = run_sync(infer_stream(store.core, out=args.out, progress=_progress(args)))
+    actors = len(re.findall(r"^\[actor\.[^.\]]+\]$", text, flags=re.M))
+    if args.json:
+        _print_json({"out": args.out, "actor_types": actors})
+    else:
+        print(escape(f"wrote {args.out}: rules for {actors} actor type{'s' if actors != 1 else ''}"))
+    return EXIT_OK
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -499,8 +527,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     if not folder.is_dir():
         what = "is not a directory" if folder.exists() else "does not exist"
         raise UsageError(f"--out {args.out}: directory {folder} {what}; create it first")
+    rules = _rules_option(args)
     with _store(args) as store:
-        report = store.audit(progress=_progress(args))
+        report = store.audit(progress=_progress(args), **rules)
     page = report.write_html(Path(args.out))
     kind, sentence = report.verdict
     if args.json:
@@ -616,16 +645,22 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--checkpoint", metavar="FILE",
                        help="read only what is newer than FILE, report the cumulative findings, update FILE")
     check.add_argument("--sign", metavar="SEED_FILE", help=SIGN_HELP)
+    check.add_argument("--rules", metavar="FILE", help="also check the business rules of this TOML file (docs/reference.md)")
 
     watch = command("watch", cmd_watch, "follow the stream and print each finding once, as soon as it is certain",
                     "print each finding as one JSON object per line on stdout (JSON Lines), as it is found")
     watch.add_argument("--checkpoint", metavar="FILE", help="resume from FILE and keep it current")
     watch.add_argument("--sign", metavar="SEED_FILE", help=SIGN_HELP)
+    watch.add_argument("--rules", metavar="FILE", help="also check the business rules of this TOML file (docs/reference.md)")
     watch.add_argument("--checks", metavar="CODES", help="comma-separated subset of checks to run")
     watch.add_argument("--clock-skew", type=float, metavar="SECONDS", help="clock_skew threshold (default: 300)")
     watch.add_argument("--interval", type=float, default=0.5, metavar="SECONDS", help="poll interval (default: 0.5)")
     watch.add_argument("--settle", type=float, default=30.0, metavar="SECONDS",
                        help="hold snapshot findings until the snapshot is this old (default: 30)")
+
+    rules = command("rules", cmd_rules, "business rules: infer a rules file from the stream's history")
+    rules.add_argument("action", choices=["infer"], help="infer: write a rules file the history satisfies")
+    rules.add_argument("--out", required=True, metavar="FILE.toml", help="the rules file to write (atomically)")
 
     export = command("export", cmd_export, "export events, snapshots and replay errors to Parquet or Delta Lake")
     export.add_argument("--out", required=True, metavar="DIR", help="export directory")
@@ -684,6 +719,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = command("report", cmd_report, "write one self-contained HTML page: summary, findings, plots")
     report.add_argument("--out", required=True, metavar="FILE.html")
+    report.add_argument("--rules", metavar="FILE", help="also check these business rules: a rules section and process map")
 
     history = command("history", cmd_history, "print one actor's history as a table",
                       "print one JSON array on stdout: an object per event, every event (--limit is the table's)")

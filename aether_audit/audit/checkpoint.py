@@ -60,7 +60,7 @@ from ..model.signing import sign_bytes, signer_of, verify_bytes
 __all__ = ["CheckpointError", "compare", "keys_dir", "load_checkpoint", "save_checkpoint", "thin", "MAX_SAMPLES"]
 
 MAGIC = b"aether-audit checkpoint\n"
-FORMAT = 2  # 1: before the header had a schema (sections written by pandas, unchecked)
+FORMAT = 3  # 1: before the header had a schema (sections written by pandas, unchecked); 2: before business rules
 SIGNATURE = "signature"
 SIGNATURE_SIZE = 64  # ed25519
 _HEADER_KEYS = {"format", "stream", "created", "first_seq", "last_seq", "clock_skew_ns", "engine", "extra", "sections",
@@ -201,7 +201,8 @@ def _check_header(header: Any, size: int) -> None:
                 or type(item[1]) is not int or not 0 <= item[1] <= size):
             raise CheckpointError(f"a section must be [name, size], not {str(item)[:60]}")
         name, length = item
-        known = name in ("actors", "subjects", "groups", "snapshot_subjects", "pending") or name.startswith("kept/")
+        known = (name in ("actors", "subjects", "groups", "snapshot_subjects", "pending", "rules/last", "rules/waiting")
+                 or name.startswith("kept/"))
         if name == SIGNATURE:
             if signer is None or i != len(sections) - 1 or length != SIGNATURE_SIZE:
                 raise CheckpointError(f"the signature must be the last section, {SIGNATURE_SIZE} bytes, of a signed checkpoint")
@@ -262,6 +263,16 @@ def _load(path: Path, options: CheckOptions, signer: Any) -> Checkpoint:
         raise CheckpointError(
             f"checkpoint {path} was made with clock_skew {skew / 1e9:g} s, not "
             f"{wanted / 1e9:g} s: use the same, or a new checkpoint")
+    # Business rules: the state is per rule set (type codes, waits), so a
+    # checkpoint serves only the rules it was made with (said before the
+    # engine's own check, with the file's name).
+    made = header["engine"].get("rules") if isinstance(header["engine"], dict) else None
+    if (made is None) != (options.rules is None):
+        raise CheckpointError(f"checkpoint {path} was made {'without' if made is None else 'with'} rules: audit it as "
+                              "it was made (the same --rules, or none), or start a new checkpoint")
+    if options.rules is not None and isinstance(made, dict) and made.get("fingerprint") != options.rules.fingerprint():
+        raise CheckpointError(f"checkpoint {path} was made with other rules than {options.rules.source}: use the same "
+                              "rules, or start a new checkpoint")
     tables = {}
     for name, size in header["sections"]:
         if name != SIGNATURE:

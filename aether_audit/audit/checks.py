@@ -56,6 +56,7 @@ from ..model.records import StreamState
 from ..model.records import now as utc_now
 from ..model.records import to_timestamp
 from ..model.wire import actor_type, sanitize
+from .rules import RuleBatch, RuleSet, RuleState, contract_faults, lifecycle_faults, rules_of, unknown_types
 
 __all__ = [
     "BatchView",
@@ -65,6 +66,7 @@ __all__ = [
     "DEPLOYMENT_CODES",
     "EndView",
     "FINDING_COLUMNS",
+    "RULE_CHECKS",
     "SEVERITIES",
     "STREAM_WIDE",
     "SettledView",
@@ -96,15 +98,19 @@ class CheckOptions:
 
     clock_skew: timedelta = timedelta(minutes=5)
     now: pd.Timestamp = field(default_factory=utc_now)
+    rules: RuleSet | None = None  # business rules (``audit.rules``): the rule checks run only with them
 
     @classmethod
     def of(cls, **options: Any) -> CheckOptions:
         """Options from keywords: ``clock_skew`` as a timedelta or seconds,
-        ``now`` as anything ``pandas.Timestamp`` reads. Unknown names raise."""
-        unknown = set(options) - {"clock_skew", "now"}
+        ``now`` as anything ``pandas.Timestamp`` reads, ``rules`` a
+        ``RuleSet`` or the path of a rules file. Unknown names raise."""
+        unknown = set(options) - {"clock_skew", "now", "rules"}
         if unknown:
-            raise TypeError(f"unknown check option(s): {', '.join(sorted(unknown))}; known: clock_skew, now")
+            raise TypeError(f"unknown check option(s): {', '.join(sorted(unknown))}; known: clock_skew, now, rules")
         values: dict[str, Any] = {}
+        if options.get("rules") is not None:
+            values["rules"] = rules_of(options["rules"])
         if options.get("clock_skew") is not None:
             skew = options["clock_skew"]
             values["clock_skew"] = skew if isinstance(skew, timedelta) else timedelta(seconds=float(skew))
@@ -140,6 +146,7 @@ class Check:
     final: Callable[..., pd.DataFrame] | None = None
     stream_wide: bool = False
     marker: tuple[str, str, str] | None = None
+    rule: bool = False  # a business rule's check: runs only with rules (``CheckOptions.rules``)
 
 
 # --- the findings shape ------------------------------------------------------------
@@ -326,6 +333,7 @@ class BatchView:
     snapshot_subjects: _Subjects
     errors: pd.DataFrame
     collisions: tuple[pd.DataFrame, pd.DataFrame]
+    rules: RuleBatch | None = None  # what the rule checks read (with rules only)
 
 
 @dataclass(frozen=True)
@@ -354,6 +362,8 @@ class EndView:
     pending: pd.DataFrame
     latest: pd.Series
     groups: tuple[Mapping[str, Sequence[str]], Mapping[str, Sequence[str]]]
+    rules: RuleState | None = None  # the per-actor rule state (overdue actors)
+    actor_names: Sequence[str] = ()
 
 
 def _iso(values: pd.Series) -> pd.Series:
@@ -862,6 +872,93 @@ def config_removes(state: StreamState | None) -> str | None:
     return None
 
 
+# --- the business rules' checks (``audit.rules`` declares the rules and computes) -------------
+
+
+def _ruled(code: str, rows: pd.DataFrame, rules: list[str], expected: Any, found: Any, what: Any) -> pd.DataFrame:
+    """Findings naming their rule first in the message: ``[order.transitions] ...``."""
+    if rows.empty:
+        return findings()
+    rows = rows.reset_index(drop=True)
+    index = rows.index
+    named = pd.Series(rules, index=index, dtype=object)
+    return _emit(code, rows, expected=pd.Series(expected, index=index, dtype=object),
+                 found=pd.Series(found, index=index, dtype=object),
+                 message="[" + named + "] actor " + rows["actor_id"].astype(str) + ": " + pd.Series(what, index=index, dtype=object))
+
+
+def check_unknown_event_type(view: BatchView, options: CheckOptions) -> pd.DataFrame:
+    """An event whose type is not one its actor type's rules declare."""
+    if view.rules is None:
+        return findings()
+    rows, rules, allowed = unknown_types(view.rules)
+    types = rows["event_type"].astype(str).tolist()
+    return _ruled("unknown_event_type", rows, rules, allowed, types,
+                  [f"event type {t} is not declared for its actor type" for t in types])
+
+
+def check_lifecycle_violation(view: BatchView, options: CheckOptions) -> pd.DataFrame:
+    """An event its actor's lifecycle does not allow there: a first event
+    not of an initial type, anything after a terminal type, a transition
+    not declared."""
+    if view.rules is None:
+        return findings()
+    rows, rules, expected, found = lifecycle_faults(view.rules)
+    return _ruled("lifecycle_violation", rows, rules, expected, found,
+                  [f"{f} is not allowed (allowed: {e})" for e, f in zip(expected, found)])
+
+
+def check_data_contract(view: BatchView, options: CheckOptions) -> pd.DataFrame:
+    """An event's data breaking its type's contract: a required field
+    missing, a value of another JSON type, out of range, not in its enum
+    or not matching its pattern (one finding per field)."""
+    if view.rules is None:
+        return findings()
+    rows, rules, expected, found = contract_faults(view.rules)
+    return _ruled("data_contract", rows, rules, expected, found,
+                  [f"{f} (expected {e})" for e, f in zip(expected, found)])
+
+
+def check_overdue(view: BatchView, options: CheckOptions) -> pd.DataFrame:
+    """The awaited event arrived, but after its deadline (at that event)."""
+    if view.rules is None or view.rules.late.empty:
+        return findings()
+    late = view.rules.late
+    deadlines = view.rules.rules.deadlines
+    rules, expected, found, what = [], [], [], []
+    for d, waited in zip(late["deadline"], late["waited"]):
+        atype, deadline = deadlines[int(d)]
+        rules.append(f"{atype}.deadline.{deadline.name}")
+        expected.append(f"{deadline.expect} within {duration_text(deadline.within)} of {deadline.after}")
+        found.append(f"after {duration_text(pd.Timedelta(int(waited)))}")
+        what.append(f"{deadline.expect} came {duration_text(pd.Timedelta(int(waited)))} after {deadline.after}, "
+                    f"past its deadline of {duration_text(deadline.within)}")
+    return _ruled("overdue", late, rules, expected, found, what)
+
+
+def final_overdue(parts: Sequence[pd.DataFrame], end: EndView, options: CheckOptions) -> pd.DataFrame:
+    """The late arrivals kept, then the actors still waiting past a deadline
+    at the end of the read (at the event that started the wait; time: the
+    latest event timestamp read). Withdrawn as soon as the awaited event
+    arrives (``watch`` then yields ``overdue_resolved``)."""
+    late = concat_findings(parts)
+    if end.rules is None:
+        return findings(late)
+    waiting = end.rules.overdue(end.actor_names)
+    if waiting.empty:
+        return findings(late)
+    deadlines = end.rules.deadlines
+    rules, expected, found, what = [], [], [], []
+    for d, waited in zip(waiting["deadline"], waiting["waited"]):
+        atype, deadline = deadlines[int(d)]
+        rules.append(f"{atype}.deadline.{deadline.name}")
+        expected.append(f"{deadline.expect} within {duration_text(deadline.within)} of {deadline.after}")
+        found.append(f"still waiting after {duration_text(pd.Timedelta(int(waited)))}")
+        what.append(f"waiting {duration_text(pd.Timedelta(int(waited)))} for {deadline.expect} since {deadline.after} "
+                    f"(deadline {duration_text(deadline.within)})")
+    return concat_findings([late, _ruled("overdue", waiting.assign(subject=None), rules, expected, found, what)])
+
+
 # --- registry ----------------------------------------------------------------------------
 
 
@@ -909,7 +1006,19 @@ CHECKS: dict[str, Check] = _registry(
           final=final_per_subject_limit, stream_wide=True),
     Check("limits_discard_old", "info", "max_msgs or max_bytes discard the oldest events",
           final=final_limits_discard, stream_wide=True),
+    # The business rules (``--rules FILE``): each finding names its rule.
+    Check("unknown_event_type", "error", "an event type its actor type's rules do not declare",
+          batch=check_unknown_event_type, rule=True),
+    Check("lifecycle_violation", "error", "an event the lifecycle does not allow: not initial, after a terminal type, "
+          "or an undeclared transition", batch=check_lifecycle_violation, rule=True),
+    Check("data_contract", "error", "an event's data breaks its type's contract (a field missing, of another JSON "
+          "type, or out of its constraints)", batch=check_data_contract, rule=True),
+    Check("overdue", "warning", "an actor waited past a deadline of its rules (still waiting at the end of the read, "
+          "or the awaited event came late)", batch=check_overdue, final=final_overdue, rule=True),
+    Check("overdue_resolved", "info", "watch only: the awaited event of an actor reported overdue arrived",
+          rule=True),
 )
+RULE_CHECKS = tuple(code for code, check in CHECKS.items() if check.rule)
 STREAM_WIDE = frozenset(code for code, check in CHECKS.items() if check.stream_wide)
 
 
@@ -920,9 +1029,11 @@ def concat_findings(parts: Sequence[pd.DataFrame]) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0].reset_index(drop=True)
 
 
-def check_names(checks: Sequence[str] | None) -> list[str]:
-    """The codes to run, in order (all by default); unknown names raise ``ValueError``."""
-    names = list(CHECKS) if checks is None else list(dict.fromkeys(checks))
+def check_names(checks: Sequence[str] | None, rules: bool = False) -> list[str]:
+    """The codes to run, in order (by default all, the rule checks only
+    with ``rules``); unknown names raise ``ValueError``."""
+    names = ([code for code, check in CHECKS.items() if rules or not check.rule] if checks is None
+             else list(dict.fromkeys(checks)))
     unknown = [name for name in names if name not in CHECKS]
     if unknown:
         raise ValueError(f"unknown check(s): {', '.join(unknown)}; known: {', '.join(CHECKS)}")

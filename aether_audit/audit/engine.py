@@ -52,6 +52,7 @@ from .checks import (
 from ..model.errors import CheckpointError
 from ..model.frames import FINDING_SCHEMA, SNAPSHOT_SCHEMA, DecodedBatch, StreamFrames, to_pandas
 from .keys import KeyStore
+from .rules import RuleState
 from ..model.records import StreamState
 
 __all__ = ["AuditEngine", "EngineState", "engine_of_frames", "run_checks"]
@@ -264,6 +265,10 @@ class AuditEngine:
         self.run_from: int | None = None
         self.samples: list[list[int]] = []  # [seq, stored_ns] of each batch's last message (retention)
         self.floor = 0  # messages below it expired (retention): their keys no longer count
+        # Business rules: per actor its last type and its waits (``rules.RuleState``).
+        rules = self.options.rules
+        self.rule_state = RuleState(rules) if rules is not None else None
+        self.columns = CHECKED_COLUMNS + (["actor_type", "data"] if rules is not None else [])
 
     def close(self) -> None:
         self.ids.close()
@@ -290,6 +295,8 @@ class AuditEngine:
             self.max_version = np.concatenate([self.max_version, np.zeros(grow, dtype=np.int64)])
             self.last_ts = np.concatenate([self.last_ts, np.full(grow, _NAT, dtype=np.int64)])
             self.has_history = np.concatenate([self.has_history, np.zeros(grow, dtype=bool)])
+            if self.rule_state is not None:
+                self.rule_state.grow(size)
         return codes
 
     # --- a run ---------------------------------------------------------------------
@@ -304,7 +311,7 @@ class AuditEngine:
 
     def feed(self, batch: DecodedBatch) -> None:
         """One batch of the stream, after every batch before it."""
-        events = to_pandas(batch.events.select(CHECKED_COLUMNS))
+        events = to_pandas(batch.events.select(self.columns))
         snapshots = to_pandas(batch.snapshots.select(_SNAPSHOT_COLUMNS))
         errors = to_pandas(batch.errors.select(_ERROR_COLUMNS))
         self._feed_frames(events, snapshots, errors)
@@ -382,13 +389,14 @@ class AuditEngine:
         self._pending_snapshots(snapshots, snapshot_subjects)
         self._candidates(history, prev_max, is_first)
         self._keys(events, history)
+        rules = self.rule_state.step(history, codes) if self.rule_state is not None else None
         index = history.index
         return BatchView(
             events=events, event_subjects=subjects, history=history,
             prev_max=pd.Series(prev_max, index=index), is_first=pd.Series(is_first, index=index),
             prev_ts=_timestamps(prev_ts, index),
             snapshots=snapshots, snapshot_subjects=snapshot_subjects, errors=errors,
-            collisions=collisions,
+            collisions=collisions, rules=rules,
         )
 
     def _history_collisions(self, firsts: pd.DataFrame) -> pd.DataFrame:
@@ -545,7 +553,11 @@ class AuditEngine:
             "snapshot_ord": self.snapshot_ord, "floor": self.floor,
             "parts": {code: len(parts) for code, parts in self.kept.items()},
             "keys": {"ids": [dict(s) for s in self.ids.segments], "versions": [dict(s) for s in self.versions.segments]},
+            "rules": None,
         }
+        if self.rule_state is not None:
+            scalars["rules"], rule_tables = self.rule_state.to_state(n)
+            tables.update(rule_tables)
         return EngineState(scalars, tables)
 
     @classmethod
@@ -560,7 +572,11 @@ class AuditEngine:
         is built. ``CheckpointError`` (one line) for anything else.
         """
         scalars = _exact_keys(state.scalars, {"runs", "next_seq", "lowest_seq", "counts", "samples", "ord",
-                                              "snapshot_ord", "floor", "parts", "keys"}, "the state")
+                                              "snapshot_ord", "floor", "parts", "keys", "rules"}, "the state")
+        rules = (options or CheckOptions()).rules
+        if (scalars["rules"] is None) != (rules is None):
+            raise CheckpointError("the checkpoint was written " + ("without" if rules is not None else "with")
+                                  + " rules: audit it as it was made (the same --rules, or none), or start a new checkpoint")
         counts = _exact_keys(scalars["counts"], {"events", "snapshots", "replay_errors"}, "counts")
         for kind, value in counts.items():
             _int(value, f"counts.{kind}")
@@ -587,6 +603,8 @@ class AuditEngine:
                 raise _bad(f"keys.{name} hold more rows than events were counted")
 
         wanted = dict(STATE_SCHEMAS)
+        if rules is not None:
+            wanted.update({"rules/last": RuleState.SCHEMA, "rules/waiting": RuleState.WAITING})
         wanted.update({f"kept/{code}/{i}": kept_schema(code, i) for code, count in parts.items() for i in range(count)})
         tables = state.tables
         if not isinstance(tables, dict) or set(tables) != set(wanted):
@@ -647,6 +665,8 @@ class AuditEngine:
         engine.samples = [list(sample) for sample in samples]
         engine.ord = engine.run_ord = counts["events"]
         engine.snapshot_ord = counts["snapshots"]
+        if rules is not None:
+            engine.rule_state = RuleState.from_state(rules, scalars["rules"], tables, n, top)
         return engine
 
     # --- results -----------------------------------------------------------------------
@@ -665,7 +685,8 @@ class AuditEngine:
             index=pending.index, dtype="Int64",
         )
         return EndView(state=state, expired=expired, runs=runs, pending=pending, latest=latest,
-                       groups=(self.groups, self.snapshot_subjects))
+                       groups=(self.groups, self.snapshot_subjects), rules=self.rule_state,
+                       actor_names=self.actor_names)
 
     def findings(self, state: StreamState | None, checks: Sequence[str], options: CheckOptions) -> pd.DataFrame:
         """The findings of ``checks`` (in that order, then stream order) as of
@@ -707,7 +728,7 @@ def engine_of_frames(frames: StreamFrames, options: CheckOptions | None = None, 
     for i in range(len(cuts) + 1):
         engine._feed_frames(*[
             f.iloc[b[i]:b[i + 1]][columns].reset_index(drop=True)
-            for f, b, columns in zip((events, snapshots, errors), bounds, (CHECKED_COLUMNS, _SNAPSHOT_COLUMNS, _ERROR_COLUMNS))
+            for f, b, columns in zip((events, snapshots, errors), bounds, (engine.columns, _SNAPSHOT_COLUMNS, _ERROR_COLUMNS))
         ])
     engine.settle(state, state.last_seq if _ranged(state) else None)
     return engine
@@ -728,7 +749,7 @@ def run_checks(
         >>> run_checks(frames, ["version_gap"]).columns.tolist()
         ['code', 'severity', 'actor_id', 'stream_seq', 'subject', 'expected', 'found', 'message']
     """
-    names = check_names(checks)
+    names = check_names(checks, rules=(options or CheckOptions()).rules is not None)
     options = options or CheckOptions()
     engine = engine_of_frames(frames, options)
     try:

@@ -46,7 +46,7 @@ def audit_frames(frames: StreamFrames, checks: Sequence[str] | None = None, **op
     from .engine import engine_of_frames
 
     check_options = CheckOptions.of(**options)
-    names = check_names(checks)
+    names = check_names(checks, rules=check_options.rules is not None)
     engine = engine_of_frames(frames, check_options)
     try:
         found = engine.findings(frames.state, names, check_options)
@@ -177,8 +177,8 @@ class AuditReport:
         self.findings = findings.reset_index(drop=True)
         self.frames = frames
         self.state = state if state is not None else getattr(frames, "state", None)
-        self.checks = list(CHECKS) if checks is None else list(checks)
         self.options = options or CheckOptions()
+        self.checks = check_names(None, rules=self.options.rules is not None) if checks is None else list(checks)
         self.stats = dict(stats) if stats is not None else _stats_of(frames)
         self.checkpoint = checkpoint
         self.read = read

@@ -287,7 +287,7 @@ async def audit_stream(
     if keep_frames and checkpoint is not None:
         raise ValueError("keep_frames and checkpoint exclude each other: an incremental run does not reread old frames")
     check_options = CheckOptions.of(**options)
-    names = check_names(checks)
+    names = check_names(checks, rules=check_options.rules is not None)
     audit = IncrementalAudit(reader, check_options, checkpoint, sign=sign)
     try:
         parts: dict[str, list[pa.RecordBatch]] | None = (

@@ -6,7 +6,14 @@ soon as it is certain.
 asked of the reader) and yields the findings not yielded before. A finding
 is known by ``(code, actor_id, stream_seq, subject, expected)``: its found
 and message texts may still grow (a third actor on a collided subject, the
-retention countdown), it is not yielded again for that. Snapshot findings
+retention countdown), it is not yielded again for that. Business rules (``rules=``): an ``overdue`` actor (still waiting past a
+deadline: its finding has no subject and points at the event that started
+the wait) is yielded once; when its awaited event arrives the finding is
+withdrawn from the audit, and the watch yields an ``overdue_resolved``
+record (severity info, at the arriving event's actor and the same start
+sequence, its message saying so) and forgets the overdue one. An awaited
+event that came after its deadline is its own ``overdue`` finding, at that
+event. Snapshot findings
 are held until the snapshot has been stored for ``settle`` seconds (its
 actor's events may still be on their way).
 
@@ -83,8 +90,8 @@ async def watch_stream(
         >>> async for finding in watch_stream(store, checkpoint="watch.ckpt"):  # doctest: +SKIP
         ...     print(finding["code"], finding["message"])
     """
-    names = check_names(checks)
     base = CheckOptions.of(**options)
+    names = check_names(checks, rules=base.rules is not None)
     scratch = None
     if checkpoint is None:
         scratch = tempfile.TemporaryDirectory(prefix="aether-audit-watch-")
@@ -114,7 +121,7 @@ async def watch_stream(
     last_save, dirty, backoff, failing = time.monotonic(), False, interval, False
     try:
         while not stop.is_set():
-            audit.options = audit.engine.options = CheckOptions(clock_skew=base.clock_skew, now=utc_now())
+            audit.options = audit.engine.options = CheckOptions(clock_skew=base.clock_skew, now=utc_now(), rules=base.rules)
             try:
                 state = await audit.step(progress=False)
             except (ConnectionFailed, StreamNotFound, JetStreamAPIError) as exc:
@@ -135,6 +142,7 @@ async def watch_stream(
                 failing, backoff = False, interval
             dirty = dirty or audit.read["from_seq"] is not None
             fresh = _new_findings(audit, names, emitted, settle)
+            fresh += _resolved(audit, names, emitted)
             for record in fresh:
                 yield record
             if fresh:
@@ -198,6 +206,32 @@ def _new_findings(audit: IncrementalAudit, names: Sequence[str], emitted: set[tu
             continue
         if _identity(record) not in emitted:
             out.append(record)
+    return out
+
+
+def _resolved(audit: IncrementalAudit, names: Sequence[str], emitted: set[tuple]) -> list[dict[str, Any]]:
+    """``overdue_resolved`` records for the waits yielded as overdue that
+    the audit no longer reports (the awaited event arrived); their keys
+    leave ``emitted``, the resolution's enter it (both in the checkpoint)."""
+    waits = [key for key in emitted if key[0] == "overdue" and key[3] is None]
+    if not waits or "overdue" not in names:
+        return []
+    found = audit.findings(["overdue"])
+    still = {(a, s, e) for a, s, e, subject in zip(found["actor_id"], found["stream_seq"], found["expected"],
+                                                     found["subject"]) if pd.isna(subject)}
+    out = []
+    for key in sorted(waits, key=str):
+        _, actor, seq, _, expected = key
+        if (actor, seq, expected) in still:
+            continue
+        emitted.discard(key)
+        resolution = ("overdue_resolved", actor, seq, None, expected)
+        if resolution in emitted:
+            continue
+        emitted.add(resolution)
+        out.append({"code": "overdue_resolved", "severity": "info", "actor_id": actor, "stream_seq": seq,
+                    "subject": None, "expected": expected, "found": "arrived",
+                    "message": f"actor {actor}: no longer overdue ({expected}): the awaited event arrived"})
     return out
 
 

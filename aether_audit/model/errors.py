@@ -20,6 +20,7 @@ from nats-py and from the raw protocol are translated at the one boundary
     ├── MalformedMessageError     a stored message that does not decode
     ├── EmbeddedServerError       no usable nats-server binary, or it failed
     ├── ScenarioError             a scenario file that cannot be seeded
+    ├── RulesError                a rules file that cannot be read or names an undeclared type
     ├── ExportError               an export directory that cannot be used
     ├── CheckpointError           an audit checkpoint that cannot be used
     │   └── CheckpointInUse       another run holds the checkpoint's lock
@@ -43,6 +44,7 @@ __all__ = [
     "NotFoundError",
     "PermissionDenied",
     "ReadOnlyStream",
+    "RulesError",
     "ScenarioError",
     "SnapshotNotFoundError",
     "StreamLayoutError",
@@ -144,6 +146,11 @@ class EmbeddedServerError(AuditError):
 
 class ScenarioError(AuditError):
     """A scenario file that cannot be read or seeded."""
+
+
+class RulesError(AuditError):
+    """A rules file (``check --rules``) that cannot be read: not TOML, a
+    value of the wrong type, or a rule naming an event type not declared."""
 
 
 class ExportError(AuditError):

@@ -519,6 +519,34 @@ def _most_affected(findings: pd.DataFrame, frames: Any, limit: int = TIMELINE_AC
     return ranked[:limit].tolist() or None
 
 
+def rules_html(report: Any) -> str:
+    """The business rules section: each rule with its findings (a link that
+    filters the table to its code), then the process map when the frames
+    were kept. Empty without rules."""
+    rules = getattr(getattr(report, "options", None), "rules", None)
+    if rules is None:
+        return ""
+    from ..audit.lifecycle import rule_counts
+
+    counts = rule_counts(_findings(report), rules)
+    rows = []
+    for rule, code, n, actors in counts.itertuples(index=False):
+        status = '<span class="fail">&#x2717;</span>' if n else '<span class="pass">&#x2713;</span>'
+        total = f'<a href="#filter:code={_e(code)}">{n:,}</a>' if n else "0"
+        rows.append(f'<tr><td class="nowrap">{status}</td><td class="code">{_e(rule)}</td><td class="code">{_e(code)}</td>'
+                    f'<td class="num">{total}</td><td class="num">{actors:,}</td></tr>')
+    parts = [f'<p class="note">rules file {_e(rules.source)}: {len(counts):,} rules over '
+             f'{len(rules.actors):,} actor type{"s" if len(rules.actors) != 1 else ""}</p>',
+             '<table class="aa checks"><thead><tr><th></th><th>rule</th><th>code</th><th>findings</th><th>actors</th>'
+             f'</tr></thead><tbody>{"".join(rows)}</tbody></table>']
+    frames = getattr(report, "frames", None)
+    if frames is not None and len(frames.events):
+        from .plots import process_map
+
+        parts.append(_img(process_map(frames), "process map"))
+    return "\n".join(parts)
+
+
 # --- the page ---------------------------------------------------------------------------
 
 
@@ -537,6 +565,7 @@ def render_report_html(report: Any, *, title: str | None = None) -> str:
     generated = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     anchors = _anchors(report, findings)
     histories, listed = _histories(report, findings, anchors)
+    rules = rules_html(report)
     body = "\n".join([
         f"<h1>{_e(title)}</h1>",
         f'<p class="meta">generated {generated} by aether_audit</p>',
@@ -549,6 +578,7 @@ def render_report_html(report: Any, *, title: str | None = None) -> str:
         _checks_html(report, links=True),
         f'<h2 id="findings">Findings ({len(findings):,})</h2>',
         _findings_page_table(findings, anchors, listed),
+        *(['<h2 id="rules">Business rules</h2>', rules] if rules else []),
         '<h2 id="actors">Actors with findings</h2>', histories,
         '<h2 id="plots">Plots</h2>', _figures_html(report),
     ])

@@ -33,6 +33,7 @@ __all__ = [
     "events_over_time",
     "figure_to_png",
     "findings_by_code",
+    "process_map",
     "report_figures",
     "sequence_holes",
     "version_marks",
@@ -605,3 +606,125 @@ def report_figures(findings: pd.DataFrame | None, frames: Any = None, *, actors:
         shown = list(dict.fromkeys(list(versions["actor_id"].astype(str)) + list(actors or [])))[:MAX_ACTORS]
         out.figures.append((name, version_timeline(events, shown, findings if len(findings) else None)))
     return out
+
+
+# --- the lifecycle (issue 24) ---------------------------------------------------------------------
+
+# Process maps with more event types than this per actor type are unreadable: the rarest are left out (said in the title).
+MAX_MAP_TYPES = 14
+
+
+def _layers(edges: pd.DataFrame) -> dict[str, int]:
+    """Each node's column: the longest path to it from ``(start)`` once the
+    edges that go back (to a node on the current path of a depth-first walk
+    taking the most-taken steps first) are set aside; ``(end)`` after every other."""
+    nexts: dict[str, list[str]] = {}
+    for source, target, _ in sorted(zip(edges["source"], edges["target"], edges["count"]), key=lambda e: -e[2]):
+        nexts.setdefault(source, []).append(target)
+    forward: dict[str, list[str]] = {}
+    state: dict[str, int] = {}  # 1 on the path, 2 done
+    stack = [("(start)", iter(nexts.get("(start)", [])))]
+    state["(start)"] = 1
+    while stack:
+        node, targets = stack[-1]
+        target = next(targets, None)
+        if target is None:
+            state[node] = 2
+            stack.pop()
+            continue
+        if target == "(end)" or state.get(target) == 1:
+            continue  # a step back (or the end): not a column constraint
+        forward.setdefault(node, []).append(target)
+        if target not in state:
+            state[target] = 1
+            stack.append((target, iter(nexts.get(target, []))))
+    layer = {"(start)": 0}
+    for node in _topological(forward):
+        for target in forward.get(node, []):
+            layer[target] = max(layer.get(target, 0), layer.get(node, 0) + 1)
+    layer["(end)"] = max(layer.values()) + 1
+    return layer
+
+
+def _topological(forward: dict[str, list[str]]) -> list[str]:
+    incoming: dict[str, int] = {}
+    for targets in forward.values():
+        for target in targets:
+            incoming[target] = incoming.get(target, 0) + 1
+    ready, out = ["(start)"], []
+    while ready:
+        node = ready.pop()
+        out.append(node)
+        for target in forward.get(node, []):
+            incoming[target] -= 1
+            if incoming[target] == 0:
+                ready.append(target)
+    return out
+
+
+def process_map(source: Any, actor_type: str | None = None, *, max_types: int = MAX_MAP_TYPES) -> Figure:
+    """The directly-follows graph of event types (``audit.lifecycle.process_map``):
+    one panel per actor type (or the one named), a box per event type,
+    an arrow per step seen, labelled with how many times it was taken and
+    the median event time between the two steps; the arrow's width grows
+    with its count. ``source``: frames, an events frame, or the map's frame.
+
+    Example:
+        >>> fig = process_map(store.load_all(), "order")  # doctest: +SKIP
+    """
+    from matplotlib.patches import FancyArrowPatch
+
+    from ..audit.lifecycle import process_map as map_data
+    from .text import human_duration
+
+    edges = source if isinstance(source, pd.DataFrame) and "median_seconds" in source.columns else map_data(source)
+    if actor_type is not None:
+        edges = edges[edges["actor_type"] == actor_type]
+    types = sorted(edges["actor_type"].unique()) if len(edges) else []
+    if not types:
+        fig, ax = _figure()
+        return _no_data(ax, "process map" + (f" of {actor_type}" if actor_type else ""), "no actor history")
+    from matplotlib.figure import Figure as _Figure
+
+    fig = _Figure(figsize=(11.0, 4.2 * len(types)), layout="constrained")
+    axes = fig.subplots(len(types), 1, squeeze=False)[:, 0]
+    for ax, atype in zip(axes, types):
+        part = edges[edges["actor_type"] == atype]
+        volume = part.groupby("target")["count"].sum()
+        kept = set(volume.drop(["(end)"], errors="ignore").sort_values(ascending=False).index[:max_types])
+        left = len(set(volume.index) - kept - {"(end)"})
+        part = part[(part["source"].isin(kept | {"(start)"})) & (part["target"].isin(kept | {"(end)"}))]
+        layer = _layers(part)
+        part = part[part["source"].isin(layer) & part["target"].isin(layer)]
+        columns: dict[int, list[str]] = {}
+        for node in sorted(layer, key=lambda n: (layer[n], -int(volume.get(n, 0)), n)):
+            columns.setdefault(layer[node], []).append(node)
+        where = {node: (x, (len(nodes) - 1) / 2 - i) for x, nodes in columns.items() for i, node in enumerate(nodes)}
+        top = max(part["count"].max(), 1)
+        for source_, target, count, median in zip(part["source"], part["target"], part["count"], part["median_seconds"]):
+            (x0, y0), (x1, y1) = where[source_], where[target]
+            back = x1 <= x0
+            # Steps back, and steps over a column, bend: they would cross the boxes between.
+            rad = 0.35 if back else (0.25 if x1 - x0 > 1 else 0.0)
+            arrow = FancyArrowPatch((x0, y0), (x1, y1), arrowstyle="-|>", mutation_scale=12,
+                                    connectionstyle=f"arc3,rad={rad}", shrinkA=28, shrinkB=28,
+                                    linewidth=0.8 + 3.2 * np.log1p(count) / np.log1p(top),
+                                    color="#c0392b" if back else "#34495e", alpha=0.75)
+            ax.add_patch(arrow)
+            label = f"{int(count):,}" + ("" if pd.isna(median) else f" · {human_duration(pd.Timedelta(seconds=float(median)))}")
+            # The label at the curve's middle: the quadratic Bezier's midpoint (arc3), in data units.
+            lx, ly = (x0 + x1) / 2 + 0.5 * rad * (y1 - y0), (y0 + y1) / 2 - 0.5 * rad * (x1 - x0) * 0.5
+            ax.text(lx, ly + 0.04, label, ha="center", va="bottom",
+                    fontsize=7.5, color="#2c3e50", bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.8})
+        for node, (x, y) in where.items():
+            special = node.startswith("(")
+            ax.text(x, y, node if special else f"{node}\n{int(volume.get(node, 0)):,}", ha="center", va="center",
+                    fontsize=8.5, color="white" if special else "#1b2631",
+                    bbox={"boxstyle": "round,pad=0.4", "fc": "#7f8c8d" if special else "#d6eaf8", "ec": "#2e86c1"})
+        ax.set_xlim(-0.6, max(columns) + 0.6)
+        height = max(len(nodes) for nodes in columns.values())
+        ax.set_ylim(-height / 2 - 0.3, height / 2 + 0.3)
+        ax.axis("off")
+        note = f" ({left} rarer type{'s' if left != 1 else ''} left out)" if left else ""
+        ax.set_title(f"process map of {atype}: steps taken (count · median time between){note}", loc="left")
+    return fig

@@ -24,10 +24,12 @@ import numpy as np
 import pandas as pd
 
 from . import plots
+from ..audit.checks import RULE_CHECKS
 from ..model.frames import FINDING_SCHEMA, SCHEMAS, StreamFrames, to_pandas
 from .html import (
     findings_table_html,
     frame_table_html,
+    rules_html,
     scoped,
     sort_findings,
     summary_html,
@@ -362,7 +364,9 @@ class AuditDashboard(_Displayed):
     """An audit report at a glance: summary, findings by code, filterable findings.
 
     Controls: ``codes`` and ``severities`` (none selected means all) and
-    ``search`` (substring of actor ID, subject or message). Shown now:
+    ``search`` (substring of actor ID, subject or message); with business
+    rules (``store.audit(rules=...)``) also ``rule`` (one rule's findings)
+    and the rules table (``rules``: each rule with its count). Shown now:
     ``current_findings`` (the filtered findings, worst first), ``figure``
     (findings by code, of every finding; None when its bars would all be of
     one length, and ``by_code_note`` says so instead, as the report does). ``explore(actor_id)`` opens an
@@ -398,9 +402,19 @@ class AuditDashboard(_Displayed):
         self.status = w.HTML()
         self.table = w.HTML()
         self.current_findings = self._findings
-        self.widget = w.VBox([self.summary, self.plot, self.by_code,
-                              w.HBox([self.codes, self.severities, self.search]), self.status, self.table])
-        for control in (self.codes, self.severities, self.search):
+        # Business rules: the rules table and a filter by rule (the "[rule]" a rule finding's message opens with).
+        ruled = rules_html(report)
+        self.rules = w.HTML(_scrolled(ruled))
+        named = self._findings["message"].astype("string").str.extract(r"^\[([^\]]+)\]", expand=False)
+        self._rule_of = named.where(self._findings["code"].isin(RULE_CHECKS))
+        broken = self._rule_of.value_counts()
+        self.rule = w.Dropdown(options=[("all rules", "")] + [(f"{rule} ({n:,})", rule) for rule, n in broken.items()],
+                               value="", description="rule")
+        filters = [self.codes, self.severities, self.search] + ([self.rule] if ruled else [])
+        self.widget = w.VBox([self.summary, *([self.rules] if ruled else []), self.plot, self.by_code,
+                              w.HBox(filters),
+                              self.status, self.table])
+        for control in (self.codes, self.severities, self.search, self.rule):
             control.observe(self._refresh, "value")
         self._refresh()
 
@@ -410,6 +424,8 @@ class AuditDashboard(_Displayed):
             mask &= self._findings["code"].isin(self.codes.value)
         if self.severities.value:
             mask &= self._findings["severity"].isin(self.severities.value)
+        if self.rule.value:
+            mask &= (self._rule_of == self.rule.value).fillna(False).astype(bool)
         needle = self.search.value.strip().casefold()
         if needle:
             mask &= self._haystack.str.contains(needle, regex=False).fillna(False).astype(bool)
@@ -428,6 +444,6 @@ class AuditDashboard(_Displayed):
         """What is shown now, as static HTML (the fallback where widgets do not run)."""
         chart = (_image_html(self.plot.value, "findings by code") if self.figure is not None
                  else _by_code_note(self.by_code_note))
-        return scoped(summary_html(self.report) + chart + f"<p>{self.status.value}</p>"
+        return scoped(summary_html(self.report) + rules_html(self.report) + chart + f"<p>{self.status.value}</p>"
                       + findings_table_html(self.current_findings, max_rows=STATIC_ROWS))
 

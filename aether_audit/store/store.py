@@ -295,7 +295,9 @@ class AsyncEventStore(StreamReader):
         the checks.
 
         ``checkpoint``: a file; reads only what is newer than it and reports
-        the cumulative findings (``audit.run.audit_stream``). ``keep_frames``
+        the cumulative findings (``audit.run.audit_stream``). ``rules``: a
+        rules file or ``RuleSet`` (``audit.rules``): the business rules'
+        checks run too (``docs/reference.md``). ``keep_frames``
         (default: yes, unless a checkpoint is given) keeps what was read as
         ``report.frames`` for plots and drilling in; pass False for memory
         that does not grow with the stream. ``sign``: an NKey seed file; the

@@ -356,7 +356,7 @@ def test_a_format_1_checkpoint_says_to_start_a_new_one(store, tmp_path):
 
     checkpoint = _made(store, tmp_path)
     rewrite(checkpoint, header=lambda h: {**h, "format": 1})
-    _one_line_exit_2(_check_cli(store, checkpoint), "has format 1, not 2", "start a new checkpoint")
+    _one_line_exit_2(_check_cli(store, checkpoint), "has format 1, not 3", "start a new checkpoint")
 
 
 def test_watch_given_a_bad_checkpoint_exits_2_at_once(store, tmp_path):
