@@ -36,7 +36,7 @@ from typing import Any
 
 import pandas as pd
 
-from ..audit.checks import CHECKS, FINDING_COLUMNS, SEVERITIES
+from ..audit.checks import CHECKS, FINDING_COLUMNS, SEVERITIES, check_names
 from ..audit.report import HtmlRenderer, register_html, verdict_of
 from ..model.files import write_atomic
 from .text import human_time, humanize
@@ -269,7 +269,7 @@ def _mark(kind: str) -> str:
 def _checks_run(report: Any) -> int:
     """How many checks ran: the verdict's "from 2 of 17 checks" and the
     heading's "Checks (17 run)" count the same."""
-    return len(getattr(report, "checks", None) or CHECKS)
+    return len(getattr(report, "checks", None) or check_names(None))
 
 
 def _worst(findings: pd.DataFrame, code: str) -> str:

@@ -19,6 +19,7 @@ import sys
 import textwrap
 import threading
 import time
+from pathlib import Path
 from collections import Counter
 
 import pandas as pd
@@ -229,7 +230,10 @@ def wait_until_locked(checkpoint, process: subprocess.Popen) -> None:
         try:
             CheckpointLock(checkpoint).release()
         except CheckpointInUse:
-            return
+            # Locked; its pid is written just after the flock: wait for it too,
+            # or a SIGSTOP between the two leaves a message without the pid.
+            if Path(f"{checkpoint}.lock").read_text().strip() == str(process.pid):
+                return
         time.sleep(0.005)
     raise AssertionError("the first run never locked the checkpoint")
 
