@@ -88,10 +88,11 @@ class RawBatch:
     stored_ns: list[int] = field(default_factory=list)  # JetStream stored time, ns since epoch
     subjects: list[str] = field(default_factory=list)
     payloads: list[bytes] = field(default_factory=list)  # without the header block
-    # The header block of each header-only message (an empty payload), by
-    # stream sequence: a TTL delete marker is one (``Nats-Marker-Reason``),
-    # and an empty payload is rare enough to keep its headers for the one
-    # place a message is judged (``model.frames.decode_messages``).
+    # The header blocks worth keeping (``keeps_header``), by stream
+    # sequence: a header-only message's (an empty payload: a TTL delete
+    # marker is one, ``Nats-Marker-Reason``) and an atomic batch member's
+    # (``Nats-Batch-Id``...). Both are rare enough to keep their headers for
+    # the one place a message is judged (``model.frames.decode_messages``).
     headers: dict[int, bytes] = field(default_factory=dict)
 
     def __len__(self) -> int:
@@ -224,6 +225,24 @@ def _epoch_seconds(whole: str) -> int:
     return int(datetime.datetime.fromisoformat(whole).replace(tzinfo=datetime.timezone.utc).timestamp())
 
 
+# What every atomic batch header's name starts with (``Nats-Batch-Id``,
+# ``-Sequence``, ``-Commit``): nats-server 2.12+ stores them as published
+# on each message of a committed batch (measured on 2.12.8, 2.14.6 and
+# 2.15.1); it matches them case-sensitively, and so does this.
+BATCH_HEADER = b"Nats-Batch-"
+
+
+def keeps_header(header: bytes, payload: bytes) -> bool:
+    """Whether a delivery's header block is kept (``RawBatch.headers``):
+    a header-only message's, or one naming an atomic batch.
+
+    Example:
+        >>> keeps_header(b"NATS/1.0\\r\\nNats-Batch-Id: b1\\r\\n\\r\\n", b"{}"), keeps_header(b"NATS/1.0\\r\\n\\r\\n", b"{}")
+        (True, False)
+    """
+    return bool(header) and (not payload or BATCH_HEADER in header)
+
+
 def _add_message(batch: RawBatch, message: dict[str, Any]) -> None:
     """Append a ``STREAM.MSG.GET`` answer's message to ``batch``."""
     seq = int(message["seq"])
@@ -232,16 +251,20 @@ def _add_message(batch: RawBatch, message: dict[str, Any]) -> None:
     batch.subjects.append(message["subject"])
     payload = base64.b64decode(message.get("data") or b"")
     batch.payloads.append(payload)
-    if not payload and message.get("hdrs"):
-        batch.headers[seq] = base64.b64decode(message["hdrs"])
+    if message.get("hdrs"):
+        header = base64.b64decode(message["hdrs"])
+        if keeps_header(header, payload):
+            batch.headers[seq] = header
 
 
-def _empty_payload_headers(buf: bytes, start: int, stop: int, sid: bytes, headers: dict[int, bytes]) -> None:
-    """The header blocks of the header-only deliveries in ``buf[start:stop]``
-    (frames the fast path took and dropped the headers of), by sequence.
+def _kept_headers(buf: bytes, start: int, stop: int, sid: bytes, headers: dict[int, bytes]) -> None:
+    """The header blocks ``keeps_header`` keeps of the deliveries in
+    ``buf[start:stop]`` (frames the fast path took and dropped the headers
+    of), by sequence.
 
-    Called only when that run held an empty payload: the fast path (and its
-    C twin) stays as it is, and this slow parse touches only such runs.
+    Called only when that run held an empty payload or the bytes of
+    ``BATCH_HEADER`` (one ``bytes.find`` over the run): the fast path (and
+    its C twin) stays as it is, and this slow parse touches only such runs.
     """
     pos = start
     while pos < stop:
@@ -249,7 +272,7 @@ def _empty_payload_headers(buf: bytes, start: int, stop: int, sid: bytes, header
         if got is None:
             return
         pos, op, args, header, payload = got
-        if op == b"HMSG" and not payload and header and args[1] == sid:
+        if op == b"HMSG" and keeps_header(header, payload) and args[1] == sid:
             ack = _ack_fields(args[2])
             if ack is not None:
                 headers[ack[1]] = header
@@ -703,8 +726,9 @@ class StreamScanner:
                     taken_from = pos
                     pos, done = _DELIVERIES(buf, pos, sid, ack_prefix, batch_size - counted, end,
                                             batch.seqs, batch.stored_ns, batch.subjects, batch.payloads)
-                    if not headers_only and len(batch.seqs) > counted and b"" in batch.payloads[counted:]:
-                        _empty_payload_headers(buf, taken_from, pos, sid, batch.headers)
+                    if not headers_only and len(batch.seqs) > counted and (
+                            b"" in batch.payloads[counted:] or buf.find(BATCH_HEADER, taken_from, pos) >= 0):
+                        _kept_headers(buf, taken_from, pos, sid, batch.headers)
                 received += len(batch.seqs) - counted
                 while not done and requested - received <= _PULL_BATCH:
                     self._send(pull)  # keep two requests outstanding: the pipe never idles
@@ -749,7 +773,7 @@ class StreamScanner:
                 stamps(ns)
                 subjects(args[0].decode(errors="replace"))
                 payloads(payload)
-                if not payload and header and not headers_only:
+                if not headers_only and keeps_header(header, payload):
                     batch.headers[seq] = header
                 received += 1
                 done = seq >= end or pending == 0

@@ -108,21 +108,24 @@ def test_a_delivery_is_taken_whole():
 
 def test_the_headers_of_header_only_deliveries_are_kept():
     """The fast path drops headers; a run that held an empty payload is parsed
-    again for them (``_empty_payload_headers``): a delete marker keeps its
-    ``Nats-Marker-Reason``, other messages keep nothing."""
+    again for them (``_kept_headers``): a delete marker keeps its
+    ``Nats-Marker-Reason``, an atomic batch member its ``Nats-Batch-*``,
+    other messages keep nothing."""
     marker = b"NATS/1.0\r\nNats-Marker-Reason: MaxAge\r\n\r\n"
     plain = b"NATS/1.0\r\nNats-Msg-Id: 1\r\n\r\n"
+    member = b"NATS/1.0\r\nNats-Batch-Id: b1\r\nNats-Batch-Sequence: 1\r\nNats-Batch-Commit: 1\r\n\r\n"
 
     def hmsg(seq: int, header: bytes, payload: bytes) -> bytes:
         reply = PREFIX + b"1.%d.%d.1700000000000000000.%d" % (seq, seq, 9 - seq)
         return (b"HMSG s.events.a.a-%d %s %s %d %d\r\n" % (seq, SID, reply, len(header), len(header) + len(payload))
                 + header + payload + b"\r\n")
 
-    buf = hmsg(1, plain, b"{}") + hmsg(2, marker, b"") + hmsg(3, plain, b"{}") + hmsg(4, marker, b"")
+    buf = (hmsg(1, plain, b"{}") + hmsg(2, marker, b"") + hmsg(3, plain, b"{}") + hmsg(4, marker, b"")
+           + hmsg(5, member, b"{}"))
     for parse in PARSERS:
         lists: tuple[list, ...] = ([], [], [], [])
         pos, _ = parse(buf, 0, SID, PREFIX, 100, 100, *lists)
-        assert lists[0] == [1, 2, 3, 4] and lists[3] == [b"{}", b"", b"{}", b""]
+        assert lists[0] == [1, 2, 3, 4, 5] and lists[3] == [b"{}", b"", b"{}", b"", b"{}"]
         headers: dict[int, bytes] = {}
-        _scan._empty_payload_headers(buf, 0, pos, SID, headers)
-        assert headers == {2: marker, 4: marker}
+        _scan._kept_headers(buf, 0, pos, SID, headers)
+        assert headers == {2: marker, 4: marker, 5: member}
