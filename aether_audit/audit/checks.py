@@ -944,8 +944,9 @@ class BatchLedger:
                     "actor_id": actor_from_subject(subject), "stream_seq": seq, "subject": subject,
                     "expected": "; ".join(p[0] for p in problems),
                     "found": "; ".join(p[1] for p in problems),
-                    "message": f"atomic batch {batch_id} (batch sequence {number}, stream sequence {seq}): "
-                               + "; ".join(p[2] for p in problems),
+                    "message": f"atomic batch {batch_id} ("
+                               + (f"batch sequence {number}, " if number is not None else "")
+                               + f"stream sequence {seq}): " + "; ".join(p[2] for p in problems),
                 })
         return findings(out) if out else findings()
 
