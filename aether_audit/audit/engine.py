@@ -5,8 +5,8 @@ What it carries between batches, per actor (arrays indexed by an actor
 code): the highest version, the last timestamp, whether it has a history;
 per subject the actors using it (subject collisions); the snapshots that
 may still turn out ahead or orphaned (only those above their actor's
-highest version so far: rare); the runs of missing sequences; the findings
-so far. Event IDs and actor versions, which need an exact "stored before?"
+highest version so far: rare); the runs of missing sequences; the atomic
+batches open and committed (``checks.BatchLedger``); the findings so far. Event IDs and actor versions, which need an exact "stored before?"
 over the whole stream, go to ``audit.keys.KeyStore`` (spills to disk).
 
 A *run* reads a range of the stream (``begin_run``, ``feed``...,
@@ -525,7 +525,7 @@ class AuditEngine:
         Example:
             >>> engine = AuditEngine()
             >>> sorted(engine.to_state().tables)[:3]
-            ['actors', 'groups', 'pending']
+            ['actors', 'batches', 'groups']
         """
         self.ids.flush()
         self.versions.flush()
