@@ -153,6 +153,13 @@ def _ack_fields(reply: bytes) -> tuple[bytes, int, int, int] | None:
     return prefix, int(tokens[base + 3]), int(tokens[base + 5]), int(tokens[base + 6])
 
 
+# What every atomic batch header's name starts with (``Nats-Batch-Id``,
+# ``-Sequence``, ``-Commit``): nats-server 2.12+ stores them as published
+# on each message of a committed batch (measured on 2.12.8, 2.14.6 and
+# 2.15.1); it matches them case-sensitively, and so does this.
+BATCH_HEADER = b"Nats-Batch-"
+
+
 @functools.lru_cache(maxsize=64)
 def _fast_regex(sid: bytes, prefix: bytes) -> re.Pattern[bytes]:
     """Matches the control line of one consumer's deliveries.
@@ -179,8 +186,9 @@ def _deliveries(buf: bytes, pos: int, sid: bytes, prefix: bytes, limit: int, end
     done), done being true at the cut: a sequence beyond ``end_seq`` (not
     taken), ``end_seq`` itself or a pending count of 0. It stops, not done,
     at anything else (an incomplete frame, a status, another sid, a line it
-    does not parse): the caller's general parser takes that frame. The two
-    may differ only in where they stop.
+    does not parse, a header block holding ``BATCH_HEADER``: an atomic batch
+    member, whose header is kept): the caller's general parser takes that
+    frame. The two may differ only in where they stop.
     """
     match, size_of_buf = _fast_regex(sid, prefix).match, len(buf)
     add_seq, add_stamp, add_subject, add_payload = seqs.append, stamps.append, subjects.append, payloads.append
@@ -192,6 +200,8 @@ def _deliveries(buf: bytes, pos: int, sid: bytes, prefix: bytes, limit: int, end
         stop = start + int(size)
         if stop + 2 > size_of_buf:
             break  # the payload is not all here yet
+        if hlen and buf.find(BATCH_HEADER, start, min(start + int(hlen), stop)) >= 0:
+            break  # an atomic batch member: the general parser keeps its header
         seq = int(seq)
         if seq > end_seq:
             return pos, True
@@ -225,13 +235,6 @@ def _epoch_seconds(whole: str) -> int:
     return int(datetime.datetime.fromisoformat(whole).replace(tzinfo=datetime.timezone.utc).timestamp())
 
 
-# What every atomic batch header's name starts with (``Nats-Batch-Id``,
-# ``-Sequence``, ``-Commit``): nats-server 2.12+ stores them as published
-# on each message of a committed batch (measured on 2.12.8, 2.14.6 and
-# 2.15.1); it matches them case-sensitively, and so does this.
-BATCH_HEADER = b"Nats-Batch-"
-
-
 def keeps_header(header: bytes, payload: bytes) -> bool:
     """Whether a delivery's header block is kept (``RawBatch.headers``):
     a header-only message's, or one naming an atomic batch.
@@ -262,9 +265,9 @@ def _kept_headers(buf: bytes, start: int, stop: int, sid: bytes, headers: dict[i
     ``buf[start:stop]`` (frames the fast path took and dropped the headers
     of), by sequence.
 
-    Called only when that run held an empty payload or the bytes of
-    ``BATCH_HEADER`` (one ``bytes.find`` over the run): the fast path (and
-    its C twin) stays as it is, and this slow parse touches only such runs.
+    Called only when that run held an empty payload: the fast path (and its
+    C twin) stays as it is, and this slow parse touches only such runs. (An
+    atomic batch member never gets here: the fast path declines it.)
     """
     pos = start
     while pos < stop:
@@ -726,8 +729,7 @@ class StreamScanner:
                     taken_from = pos
                     pos, done = _DELIVERIES(buf, pos, sid, ack_prefix, batch_size - counted, end,
                                             batch.seqs, batch.stored_ns, batch.subjects, batch.payloads)
-                    if not headers_only and len(batch.seqs) > counted and (
-                            b"" in batch.payloads[counted:] or buf.find(BATCH_HEADER, taken_from, pos) >= 0):
+                    if not headers_only and len(batch.seqs) > counted and b"" in batch.payloads[counted:]:
                         _kept_headers(buf, taken_from, pos, sid, batch.headers)
                 received += len(batch.seqs) - counted
                 while not done and requested - received <= _PULL_BATCH:
