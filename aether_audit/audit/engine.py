@@ -6,8 +6,9 @@ code): the highest version, the last timestamp, whether it has a history;
 per subject the actors using it (subject collisions); the snapshots that
 may still turn out ahead or orphaned (only those above their actor's
 highest version so far: rare); the runs of missing sequences; the atomic
-batches open and committed (``checks.BatchLedger``); the findings so far. Event IDs and actor versions, which need an exact "stored before?"
-over the whole stream, go to ``audit.keys.KeyStore`` (spills to disk).
+batches open and committed (``checks.BatchLedger``); the findings so far.
+Event IDs and actor versions, which need an exact "stored before?" over the
+whole stream, go to ``audit.keys.KeyStore`` (spills to disk).
 
 A *run* reads a range of the stream (``begin_run``, ``feed``...,
 ``settle``); an incremental audit is several runs over one engine, its
@@ -52,7 +53,7 @@ from .checks import (
     sorted_unique,
 )
 from ..model.errors import CheckpointError
-from ..model.frames import BATCH_SCHEMA, FINDING_SCHEMA, SNAPSHOT_SCHEMA, DecodedBatch, StreamFrames, to_pandas
+from ..model.frames import FINDING_SCHEMA, SNAPSHOT_SCHEMA, DecodedBatch, StreamFrames, to_pandas
 from .keys import KeyStore
 from ..model.records import StreamState
 
