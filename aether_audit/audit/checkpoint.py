@@ -201,8 +201,8 @@ def _check_header(header: Any, size: int) -> None:
                 or type(item[1]) is not int or not 0 <= item[1] <= size):
             raise CheckpointError(f"a section must be [name, size], not {str(item)[:60]}")
         name, length = item
-        known = (name in ("actors", "subjects", "groups", "snapshot_subjects", "pending", "rules/last", "rules/waiting")
-                 or name.startswith("kept/"))
+        known = (name in ("actors", "subjects", "groups", "snapshot_subjects", "pending", "batches", "rules/last",
+                          "rules/waiting") or name.startswith("kept/"))
         if name == SIGNATURE:
             if signer is None or i != len(sections) - 1 or length != SIGNATURE_SIZE:
                 raise CheckpointError(f"the signature must be the last section, {SIGNATURE_SIZE} bytes, of a signed checkpoint")

@@ -55,10 +55,11 @@ from ..model.frames import (
 from ..model.records import StreamState
 from ..model.records import now as utc_now
 from ..model.records import to_timestamp
-from ..model.wire import actor_type, sanitize
+from ..model.wire import actor_from_subject, actor_type, sanitize
 from .rules import RuleBatch, RuleSet, RuleState, contract_faults, lifecycle_faults, rules_of, unknown_types
 
 __all__ = [
+    "BatchLedger",
     "BatchView",
     "CHECKS",
     "Check",
@@ -334,6 +335,9 @@ class BatchView:
     errors: pd.DataFrame
     collisions: tuple[pd.DataFrame, pd.DataFrame]
     rules: RuleBatch | None = None  # what the rule checks read (with rules only)
+    # The atomic batch members of the batch that break their batch's
+    # protocol, as ``BatchLedger.advance`` judged them (findings' columns).
+    batch_breaks: pd.DataFrame = field(default_factory=lambda: _EMPTY.copy())
 
 
 @dataclass(frozen=True)
@@ -354,7 +358,8 @@ class EndView:
     was cut (``expired``), the runs of missing sequences, the snapshots
     that may be ahead or orphaned (``pending``) with their actors' highest
     event version (``latest``: NA for an actor without events), and the
-    actors sharing each subject (``groups``: events, snapshots)."""
+    actors sharing each subject (``groups``: events, snapshots), and the
+    atomic batches still open, never committed (``BatchLedger.unfinished``)."""
 
     state: StreamState | None
     expired: bool
@@ -364,6 +369,7 @@ class EndView:
     groups: tuple[Mapping[str, Sequence[str]], Mapping[str, Sequence[str]]]
     rules: RuleState | None = None  # the per-actor rule state (overdue actors)
     actor_names: Sequence[str] = ()
+    open_batches: pd.DataFrame = field(default_factory=lambda: _EMPTY.copy())
 
 
 def _iso(values: pd.Series) -> pd.Series:
@@ -760,7 +766,7 @@ def history_rewritten(state: StreamState, *, expected: str, found: str, why: str
 # Their codes (docs/reference.md, "Deployments"): a scenario written through
 # the Go store's stream config plants none of them.
 DEPLOYMENT_CODES = ("expired_by_ttl", "message_ttl_allowed", "rollup_allowed", "schedules_allowed",
-                    "async_persist", "per_subject_limit", "limits_discard_old")
+                    "async_persist", "per_subject_limit", "limits_discard_old", "batch_integrity")
 
 
 def _config_finding(code: str, end: EndView, expected: str, found: str, why: str) -> pd.DataFrame:
@@ -858,6 +864,131 @@ def check_expired_by_ttl(view: BatchView, options: CheckOptions) -> pd.DataFrame
         + " before stream sequence " + rows["stream_seq"].astype(str)
         + " expired (the server's delete marker: a message TTL or max age), not deleted",
     )
+
+
+# --- atomic batches ----------------------------------------------------------------------
+# nats-server 2.12+ (``allow_atomic``) stores every member of a committed
+# atomic batch with the headers it was published with: ``Nats-Batch-Id``,
+# ``Nats-Batch-Sequence`` 1..n and ``Nats-Batch-Commit: 1`` on the last (a
+# commit by ``eob`` is stored so too), at n consecutive stream sequences,
+# and it lets no reader see a batch before its commit (measured on 2.12.8,
+# 2.14.6, 2.15.1). So, in stream order, each batch ID must read 1, 2, ..., n
+# at consecutive sequences, the last one committing, and never again after
+# it: the server does accept a new batch under an ID already committed
+# (measured: its ack says ``count 1``), and a message published with such
+# headers outside the protocol, or a member deleted, breaks the pattern.
+# A fast batch (``allow_batched``, 2.14+) keeps its protocol in reply
+# subjects and stores no header: nothing of it is left to check. A mirror or
+# a sourced copy drops the headers (the server strips ``Nats-Batch-*``).
+
+
+@dataclass
+class BatchLedger:
+    """The atomic batches seen so far, in stream order: the open ones
+    (``open``: ID -> first and last stream sequence, first and last batch
+    sequence, subject) and the committed ones (``committed``: ID -> the
+    stream sequence of its commit). Memory: the open batches (none between
+    two reads of a consistent cut) plus one entry per committed batch ID.
+
+    Example:
+        >>> ledger = BatchLedger()
+        >>> rows = pd.DataFrame({"stream_seq": [4, 5], "subject": ["s.events.a.a-1"] * 2,
+        ...                      "batch_id": ["b1", "b1"], "batch_seq": [1, 2], "commit": [None, "1"]})
+        >>> len(ledger.advance(rows)), ledger.committed
+        (0, {'b1': 5})
+    """
+
+    open: dict[str, tuple[int, int, int, int, str]] = field(default_factory=dict)
+    committed: dict[str, int] = field(default_factory=dict)
+
+    def advance(self, rows: pd.DataFrame, first_read: int | None = None) -> pd.DataFrame:
+        """Take the next batch members (``model.frames.BATCH_SCHEMA`` rows, in
+        stream order); the findings of those that break their batch.
+        ``first_read``: the lowest sequence ever read: a batch whose start
+        lies before it (retention, a later start) is not reported for it."""
+        out = []
+        for seq, subject, batch_id, number, commit in zip(
+                rows["stream_seq"].tolist(), rows["subject"].tolist(), rows["batch_id"].tolist(),
+                rows["batch_seq"].tolist(), rows["commit"].tolist()):
+            problems: list[tuple[str, str, str]] = []  # (expected, found, why)
+            if number is None or pd.isna(number):
+                problems.append(("Nats-Batch-Sequence 1..n", "not a number", "its batch sequence is not a number"))
+                number = None
+            else:
+                number = int(number)
+            known = self.open.get(batch_id)
+            if number is None:
+                pass
+            elif known is None:
+                if batch_id in self.committed:
+                    problems.append((f"no message after its commit (stream sequence {self.committed[batch_id]})",
+                                     f"batch sequence {number}",
+                                     f"the batch was already committed at stream sequence {self.committed[batch_id]}: "
+                                     f"the ID is used again"))
+                elif number != 1 and (first_read is None or seq - (number - 1) >= first_read):
+                    problems.append(("batch sequence 1", f"batch sequence {number}",
+                                     f"it starts at batch sequence {number}: "
+                                     + ("batch sequence 1 is missing" if number == 2 else
+                                        f"batch sequences 1..{number - 1} are missing")))
+                self.open[batch_id] = (seq, seq, number, number, subject)
+            else:
+                first, last, lowest, highest, where = known
+                if number != highest + 1:
+                    problems.append((f"batch sequence {highest + 1}", f"batch sequence {number}",
+                                     f"batch sequence {number} again (after {highest})" if number <= highest else
+                                     f"batch sequence {highest + 1} is missing" if number == highest + 2 else
+                                     f"batch sequences {highest + 1}..{number - 1} are missing"))
+                if seq != last + 1:
+                    problems.append((f"stream sequence {last + 1}", f"stream sequence {seq}",
+                                     f"not contiguous: it follows the batch's stream sequence {last} at {seq}"))
+                self.open[batch_id] = (first, seq, lowest, max(highest, number), where)
+            if commit is not None and not pd.isna(commit):
+                if commit != "1":
+                    problems.append(("Nats-Batch-Commit: 1", f"Nats-Batch-Commit: {commit}",
+                                     f"its commit header is {commit!r}, which the server never stores"))
+                self.open.pop(batch_id, None)
+                self.committed.setdefault(batch_id, seq)
+            if problems:
+                out.append({
+                    "code": "batch_integrity", "severity": CHECKS["batch_integrity"].severity,
+                    "actor_id": actor_from_subject(subject), "stream_seq": seq, "subject": subject,
+                    "expected": "; ".join(p[0] for p in problems),
+                    "found": "; ".join(p[1] for p in problems),
+                    "message": f"atomic batch {batch_id} ("
+                               + (f"batch sequence {number}, " if number is not None else "")
+                               + f"stream sequence {seq}): " + "; ".join(p[2] for p in problems),
+                })
+        return findings(out) if out else findings()
+
+    def unfinished(self) -> pd.DataFrame:
+        """One finding per batch still open: never committed."""
+        return findings([{
+            "code": "batch_integrity", "severity": CHECKS["batch_integrity"].severity,
+            "actor_id": actor_from_subject(subject), "stream_seq": last, "subject": subject,
+            "expected": "Nats-Batch-Commit: 1", "found": "no commit",
+            "message": f"atomic batch {batch_id} was never committed: batch sequences {lowest}..{highest} at stream "
+                       f"sequences {first}..{last} and no Nats-Batch-Commit (its commit was deleted, or the "
+                       f"messages were published outside the batch protocol)",
+        } for batch_id, (first, last, lowest, highest, subject) in self.open.items()])
+
+    def drop_before(self, first_seq: int) -> None:
+        """Retention removed the messages before ``first_seq``."""
+        self.open = {k: v for k, v in self.open.items() if v[1] >= first_seq}
+        self.committed = {k: v for k, v in self.committed.items() if v >= first_seq}
+
+
+def check_batch_integrity(view: BatchView, options: CheckOptions) -> pd.DataFrame:
+    """The atomic batch members that break their batch (``BatchLedger``)."""
+    return view.batch_breaks
+
+
+def final_batch_integrity(parts: Sequence[pd.DataFrame], end: EndView, options: CheckOptions) -> pd.DataFrame:
+    """What ``check_batch_integrity`` kept, then the batches never committed;
+    silent on a stream that does not allow atomic batches (a 2.11 server
+    stores such headers as any others: they promise nothing there)."""
+    if end.state is not None and not end.state.allow_atomic:
+        return findings()
+    return concat_findings([*parts, end.open_batches])
 
 
 def config_removes(state: StreamState | None) -> str | None:
@@ -1006,6 +1137,8 @@ CHECKS: dict[str, Check] = _registry(
           final=final_per_subject_limit, stream_wide=True),
     Check("limits_discard_old", "info", "max_msgs or max_bytes discard the oldest events",
           final=final_limits_discard, stream_wide=True),
+    Check("batch_integrity", "error", "an atomic batch whose members are not 1..n at consecutive sequences, "
+          "committed exactly once", batch=check_batch_integrity, final=final_batch_integrity),
     # The business rules (``--rules FILE``): each finding names its rule.
     Check("unknown_event_type", "error", "an event type its actor type's rules do not declare",
           batch=check_unknown_event_type, rule=True),

@@ -5,9 +5,10 @@ What it carries between batches, per actor (arrays indexed by an actor
 code): the highest version, the last timestamp, whether it has a history;
 per subject the actors using it (subject collisions); the snapshots that
 may still turn out ahead or orphaned (only those above their actor's
-highest version so far: rare); the runs of missing sequences; the findings
-so far. Event IDs and actor versions, which need an exact "stored before?"
-over the whole stream, go to ``audit.keys.KeyStore`` (spills to disk).
+highest version so far: rare); the runs of missing sequences; the atomic
+batches open and committed (``checks.BatchLedger``); the findings so far.
+Event IDs and actor versions, which need an exact "stored before?" over the
+whole stream, go to ``audit.keys.KeyStore`` (spills to disk).
 
 A *run* reads a range of the stream (``begin_run``, ``feed``...,
 ``settle``); an incremental audit is several runs over one engine, its
@@ -18,6 +19,7 @@ after ``settle``, without changing the engine (``watch`` asks after every poll).
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -34,6 +36,7 @@ from .checks import (
     CHECKED_COLUMNS,
     CHECKS,
     SEVERITIES,
+    BatchLedger,
     BatchView,
     CheckOptions,
     EndView,
@@ -95,7 +98,16 @@ STATE_SCHEMAS: dict[str, pa.Schema] = {
     "snapshot_subjects": pa.schema([pa.field("subject", pa.string(), nullable=False),
                                     pa.field("actors", pa.string(), nullable=False)]),
     "pending": pa.schema([SNAPSHOT_SCHEMA.field(name) for name in _PENDING_COLUMNS]),
+    # The atomic batches (``checks.BatchLedger``): open ones, and committed
+    # ones (``committed``: first_seq..last_seq ends at the commit).
+    "batches": pa.schema([pa.field("batch_id", pa.string(), nullable=False),
+                          pa.field("first_seq", pa.int64(), nullable=False), pa.field("last_seq", pa.int64(), nullable=False),
+                          pa.field("lowest", pa.int64(), nullable=False), pa.field("highest", pa.int64(), nullable=False),
+                          pa.field("subject", pa.string(), nullable=False), pa.field("committed", pa.bool_(), nullable=False)]),
 }
+# A checkpoint written before atomic batches were checked has no "batches"
+# section: read as none (a batch ID committed before it is then not known).
+_OPTIONAL_SECTIONS = {"batches"}
 _KEPT_SCHEMA = FINDING_SCHEMA
 _GAP_SCHEMA = FINDING_SCHEMA.append(pa.field("first", pa.bool_()))  # version_gap keeps whether it is the actor's first
 
@@ -269,6 +281,7 @@ class AuditEngine:
         rules = self.options.rules
         self.rule_state = RuleState(rules) if rules is not None else None
         self.columns = CHECKED_COLUMNS + (["actor_type", "data"] if rules is not None else [])
+        self.batches = BatchLedger()  # the atomic batches seen (checks.BatchLedger)
 
     def close(self) -> None:
         self.ids.close()
@@ -314,9 +327,10 @@ class AuditEngine:
         events = to_pandas(batch.events.select(self.columns))
         snapshots = to_pandas(batch.snapshots.select(_SNAPSHOT_COLUMNS))
         errors = to_pandas(batch.errors.select(_ERROR_COLUMNS))
-        self._feed_frames(events, snapshots, errors)
+        self._feed_frames(events, snapshots, errors, batch.batches.to_pandas() if batch.batches.num_rows else None)
 
-    def _feed_frames(self, events: pd.DataFrame, snapshots: pd.DataFrame, errors: pd.DataFrame) -> None:
+    def _feed_frames(self, events: pd.DataFrame, snapshots: pd.DataFrame, errors: pd.DataFrame,
+                     members: pd.DataFrame | None = None) -> None:
         events.index = pd.RangeIndex(self.ord, self.ord + len(events))
         snapshots.index = pd.RangeIndex(self.snapshot_ord, self.snapshot_ord + len(snapshots))
         errors.index = pd.RangeIndex(0, len(errors))
@@ -331,6 +345,9 @@ class AuditEngine:
             if not pd.isna(stored):
                 self.samples.append([seq, int(stored.value)])
         view = self._view(events, snapshots, errors)
+        if members is not None and len(members):
+            # Few rows (only atomic batch members): walked one by one.
+            view = dataclasses.replace(view, batch_breaks=self.batches.advance(members, self.lowest_seq))
         for code, check in CHECKS.items():
             if check.batch is not None:
                 self._keep(code, check.batch(view, self.options))
@@ -501,6 +518,7 @@ class AuditEngine:
                 parts[i] = [f for f in frames if len(f)]
         self.pending = [p[p["stream_seq"] >= first_seq] for p in self.pending]
         self.runs = [(max(a, first_seq), b) for a, b in self.runs if b >= first_seq]
+        self.batches.drop_before(first_seq)
 
     def record(self, code: str, found: pd.DataFrame) -> None:
         """Keep findings raised outside the checks (``history_rewritten``)."""
@@ -516,7 +534,7 @@ class AuditEngine:
         Example:
             >>> engine = AuditEngine()
             >>> sorted(engine.to_state().tables)[:3]
-            ['actors', 'groups', 'pending']
+            ['actors', 'batches', 'groups']
         """
         self.ids.flush()
         self.versions.flush()
@@ -537,6 +555,7 @@ class AuditEngine:
                                  schema=STATE_SCHEMAS["subjects"]),
             "groups": groups(self.groups, "groups"),
             "snapshot_subjects": groups(self.snapshot_subjects, "snapshot_subjects"),
+            "batches": self._batch_table(),
             "pending": pending if isinstance(pending, pa.Table)
             else pa.Table.from_pandas(pending, schema=STATE_SCHEMAS["pending"], preserve_index=False).replace_schema_metadata(None),
         }
@@ -559,6 +578,35 @@ class AuditEngine:
             scalars["rules"], rule_tables = self.rule_state.to_state(n)
             tables.update(rule_tables)
         return EngineState(scalars, tables)
+
+    def _batch_table(self) -> pa.Table:
+        rows = [(k, *v, False) for k, v in self.batches.open.items()]
+        rows += [(k, v, v, 1, 1, "", True) for k, v in self.batches.committed.items()]
+        schema = STATE_SCHEMAS["batches"]
+        if not rows:
+            return schema.empty_table()
+        return pa.table([pa.array(column, f.type) for column, f in zip(zip(*rows), schema)], schema=schema)
+
+    @staticmethod
+    def _ledger(table: pa.Table, top: int) -> BatchLedger:
+        """The ``batches`` section as a ledger, every value checked."""
+        _in_range(table["first_seq"], "batches.first_seq", 1, top)
+        _in_range(table["last_seq"], "batches.last_seq", 1, top)
+        _in_range(table["lowest"], "batches.lowest", 0, _INT64)
+        _in_range(table["highest"], "batches.highest", 0, _INT64)
+        ledger = BatchLedger()
+        for batch_id, first, last, lowest, highest, subject, committed in zip(*(table[n].to_pylist() for n in table.column_names)):
+            if first > last or lowest > highest:
+                raise _bad(f"batch {_shown(batch_id)} has its sequences out of order")
+            if committed:
+                if batch_id in ledger.committed:
+                    raise _bad(f"batch {_shown(batch_id)} is committed twice in the state")
+                ledger.committed[batch_id] = last
+            else:
+                if batch_id in ledger.open or not subject:
+                    raise _bad(f"open batch {_shown(batch_id)} is listed twice or without a subject")
+                ledger.open[batch_id] = (first, last, lowest, highest, subject)
+        return ledger
 
     @classmethod
     def from_state(cls, state: EngineState, options: CheckOptions | None = None,
@@ -607,6 +655,8 @@ class AuditEngine:
             wanted.update({"rules/last": RuleState.SCHEMA, "rules/waiting": RuleState.WAITING})
         wanted.update({f"kept/{code}/{i}": kept_schema(code, i) for code, count in parts.items() for i in range(count)})
         tables = state.tables
+        if isinstance(tables, dict) and not _OPTIONAL_SECTIONS <= set(tables):
+            tables = {**{name: wanted[name].empty_table() for name in _OPTIONAL_SECTIONS if name not in tables}, **tables}
         if not isinstance(tables, dict) or set(tables) != set(wanted):
             names = sorted(tables) if isinstance(tables, dict) else []
             missing, unknown = sorted(set(wanted) - set(names)), sorted(set(names) - set(wanted))
@@ -654,6 +704,7 @@ class AuditEngine:
         engine.groups = _groups(tables["groups"], "groups", 2, code_of)
         engine.snapshot_subjects = _groups(tables["snapshot_subjects"], "snapshot_subjects", 1, None)
         engine.pending = [to_pandas(pending)] if pending.num_rows else []
+        engine.batches = cls._ledger(tables["batches"], top)
         engine.kept = {code: [] for code in CHECKS}
         for code, count in parts.items():
             for i in range(count):
@@ -686,7 +737,7 @@ class AuditEngine:
         )
         return EndView(state=state, expired=expired, runs=runs, pending=pending, latest=latest,
                        groups=(self.groups, self.snapshot_subjects), rules=self.rule_state,
-                       actor_names=self.actor_names)
+                       actor_names=self.actor_names, open_batches=self.batches.unfinished())
 
     def findings(self, state: StreamState | None, checks: Sequence[str], options: CheckOptions) -> pd.DataFrame:
         """The findings of ``checks`` (in that order, then stream order) as of

@@ -384,6 +384,21 @@ static int number(const unsigned char **p, const unsigned char *end, long long *
     return *p > first;
 }
 
+/* Whether the n bytes at p hold the 11 bytes "Nats-Batch-" (an atomic batch
+ * member's header block, ~30-100 bytes: a memchr per 'N' is enough). */
+static int batch_header(const unsigned char *p, Py_ssize_t n) {
+    static const char name[] = "Nats-Batch-";
+    const Py_ssize_t m = sizeof(name) - 1;
+    const unsigned char *end = p + n;
+    while (end - p >= m) {
+        const unsigned char *at = memchr(p, 'N', (size_t)(end - p - m + 1));
+        if (at == NULL) return 0;
+        if (memcmp(at, name, (size_t)m) == 0) return 1;
+        p = at + 1;
+    }
+    return 0;
+}
+
 /* deliveries(buf, pos, sid, prefix, limit, end_seq, seqs, stamps, subjects, payloads) -> (pos, done);
  * see _scan._deliveries. */
 static PyObject *deliveries(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
@@ -444,6 +459,8 @@ static PyObject *deliveries(PyObject *self, PyObject *const *args, Py_ssize_t na
         if (end - p < 2 || p[0] != '\r' || p[1] != '\n') break;
         p += 2;
         if (size > end - p - 2) break;  /* the payload is not all here yet */
+        /* An atomic batch member: declined, the general parser keeps its header. */
+        if (hlen > 0 && batch_header(p, hlen < size ? hlen : size)) break;
         if (seq > last) { done = 1; break; }
         const unsigned char *body = p + (hlen < size ? hlen : size);
         PyObject *items[4] = {

@@ -8,7 +8,7 @@ through ``decode_messages``, so a message is judged the same way everywhere.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -24,10 +24,12 @@ from .wire import (
     decode_event,
     decode_snapshot,
     delete_marker,
+    header_value,
     parse_timestamp,
 )
 
 __all__ = [
+    "BATCH_SCHEMA",
     "ERROR_SCHEMA",
     "EVENT_SCHEMA",
     "FINDING_SCHEMA",
@@ -72,6 +74,20 @@ FINDING_SCHEMA = pa.schema([
     ("message", pa.string()),
 ])
 
+# The atomic batch headers of the messages that carry them (nats-server
+# 2.12+ keeps them as published on every member of a committed batch; a
+# fast batch, 2.14+, stores none: its protocol lives in reply subjects).
+# Not a frame of SPEC §2: only the streaming audit's batch check reads it.
+# ``batch_seq`` is null where ``Nats-Batch-Sequence`` is not a number.
+BATCH_SCHEMA = pa.schema([
+    ("stream_seq", pa.int64()),
+    ("subject", pa.string()),
+    ("batch_id", pa.string()),
+    ("batch_seq", pa.int64()),
+    ("commit", pa.string()),
+])
+_NO_BATCHES = pa.RecordBatch.from_pylist([], schema=BATCH_SCHEMA)
+
 # The code of a server's delete marker among the error rows: not a decode error.
 MARKER_CODE = "expired_by_ttl"
 
@@ -80,11 +96,14 @@ SCHEMAS = {"events": EVENT_SCHEMA, "snapshots": SNAPSHOT_SCHEMA, "replay_errors"
 
 @dataclass(frozen=True)
 class DecodedBatch:
-    """One run of stream messages split into the three frames' batches."""
+    """One run of stream messages split into the three frames' batches,
+    with the atomic batch headers of its messages (``BATCH_SCHEMA``; empty
+    where none carries them, or the headers were not read)."""
 
     events: pa.RecordBatch
     snapshots: pa.RecordBatch
     errors: pa.RecordBatch
+    batches: pa.RecordBatch = field(default_factory=lambda: _NO_BATCHES)
 
     def __len__(self) -> int:
         return self.events.num_rows + self.snapshots.num_rows + self.errors.num_rows
@@ -135,7 +154,9 @@ def decode_messages(
     last message expired (a subject delete marker, 2.11+), not corruption:
     it lands among the errors with code ``expired_by_ttl`` (its header block
     as ``raw``), never ``malformed_payload``. The fast path never takes an
-    empty payload, so only this loop judges one.
+    empty payload, so only this loop judges one. The header blocks naming
+    an atomic batch (``Nats-Batch-Id``) become the ``batches`` rows
+    (``batch_headers``), whatever their payload.
     """
     # Events go straight into columns (no row objects for the collector to
     # walk): the fast path fills them for every message in the Go store's
@@ -175,7 +196,34 @@ def decode_messages(
         keep = np.ones(len(payloads), dtype=bool)
         keep[dropped] = False
         events = events.filter(pa.array(keep))
-    return DecodedBatch(events, _snapshot_batch(snapshots), _error_batch(errors))
+    return DecodedBatch(events, _snapshot_batch(snapshots), _error_batch(errors),
+                        batch_headers(seqs, subjects, headers) if headers else _NO_BATCHES)
+
+
+def batch_headers(seqs: Sequence[int], subjects: Sequence[str], headers: Mapping[int, bytes]) -> pa.RecordBatch:
+    """The ``BATCH_SCHEMA`` rows of the messages whose header block names an
+    atomic batch (``Nats-Batch-Id``), in stream order.
+
+    Example:
+        >>> block = b"NATS/1.0\\r\\nNats-Batch-Id: b1\\r\\nNats-Batch-Sequence: 2\\r\\n\\r\\n"
+        >>> batch_headers([7], ["s.events.a.a-1"], {7: block}).to_pylist()[0]["batch_seq"]
+        2
+    """
+    rows = []
+    for seq, subject in zip(seqs, subjects):
+        block = headers.get(seq)
+        if block is None or b"Nats-Batch-" not in block:
+            continue
+        batch_id = header_value(block, "Nats-Batch-Id")
+        if batch_id is None:
+            continue
+        number = header_value(block, "Nats-Batch-Sequence")
+        rows.append((seq, subject, batch_id, int(number) if number and number.isascii() and number.isdigit() and len(number) < 19 else None,
+                     header_value(block, "Nats-Batch-Commit")))
+    if not rows:
+        return _NO_BATCHES
+    return pa.RecordBatch.from_arrays([pa.array(column, f.type) for column, f in zip(zip(*rows), BATCH_SCHEMA)],
+                                      schema=BATCH_SCHEMA)
 
 
 def _event_batch(seq: Sequence[int], stored: Sequence[int], subject: Sequence[str], event_id: list, event_type: list,

@@ -88,10 +88,11 @@ class RawBatch:
     stored_ns: list[int] = field(default_factory=list)  # JetStream stored time, ns since epoch
     subjects: list[str] = field(default_factory=list)
     payloads: list[bytes] = field(default_factory=list)  # without the header block
-    # The header block of each header-only message (an empty payload), by
-    # stream sequence: a TTL delete marker is one (``Nats-Marker-Reason``),
-    # and an empty payload is rare enough to keep its headers for the one
-    # place a message is judged (``model.frames.decode_messages``).
+    # The header blocks worth keeping (``keeps_header``), by stream
+    # sequence: a header-only message's (an empty payload: a TTL delete
+    # marker is one, ``Nats-Marker-Reason``) and an atomic batch member's
+    # (``Nats-Batch-Id``...). Both are rare enough to keep their headers for
+    # the one place a message is judged (``model.frames.decode_messages``).
     headers: dict[int, bytes] = field(default_factory=dict)
 
     def __len__(self) -> int:
@@ -152,6 +153,13 @@ def _ack_fields(reply: bytes) -> tuple[bytes, int, int, int] | None:
     return prefix, int(tokens[base + 3]), int(tokens[base + 5]), int(tokens[base + 6])
 
 
+# What every atomic batch header's name starts with (``Nats-Batch-Id``,
+# ``-Sequence``, ``-Commit``): nats-server 2.12+ stores them as published
+# on each message of a committed batch (measured on 2.12.8, 2.14.6 and
+# 2.15.1); it matches them case-sensitively, and so does this.
+BATCH_HEADER = b"Nats-Batch-"
+
+
 @functools.lru_cache(maxsize=64)
 def _fast_regex(sid: bytes, prefix: bytes) -> re.Pattern[bytes]:
     """Matches the control line of one consumer's deliveries.
@@ -178,8 +186,9 @@ def _deliveries(buf: bytes, pos: int, sid: bytes, prefix: bytes, limit: int, end
     done), done being true at the cut: a sequence beyond ``end_seq`` (not
     taken), ``end_seq`` itself or a pending count of 0. It stops, not done,
     at anything else (an incomplete frame, a status, another sid, a line it
-    does not parse): the caller's general parser takes that frame. The two
-    may differ only in where they stop.
+    does not parse, a header block holding ``BATCH_HEADER``: an atomic batch
+    member, whose header is kept): the caller's general parser takes that
+    frame. The two may differ only in where they stop.
     """
     match, size_of_buf = _fast_regex(sid, prefix).match, len(buf)
     add_seq, add_stamp, add_subject, add_payload = seqs.append, stamps.append, subjects.append, payloads.append
@@ -191,6 +200,8 @@ def _deliveries(buf: bytes, pos: int, sid: bytes, prefix: bytes, limit: int, end
         stop = start + int(size)
         if stop + 2 > size_of_buf:
             break  # the payload is not all here yet
+        if hlen and buf.find(BATCH_HEADER, start, min(start + int(hlen), stop)) >= 0:
+            break  # an atomic batch member: the general parser keeps its header
         seq = int(seq)
         if seq > end_seq:
             return pos, True
@@ -224,6 +235,17 @@ def _epoch_seconds(whole: str) -> int:
     return int(datetime.datetime.fromisoformat(whole).replace(tzinfo=datetime.timezone.utc).timestamp())
 
 
+def keeps_header(header: bytes, payload: bytes) -> bool:
+    """Whether a delivery's header block is kept (``RawBatch.headers``):
+    a header-only message's, or one naming an atomic batch.
+
+    Example:
+        >>> keeps_header(b"NATS/1.0\\r\\nNats-Batch-Id: b1\\r\\n\\r\\n", b"{}"), keeps_header(b"NATS/1.0\\r\\n\\r\\n", b"{}")
+        (True, False)
+    """
+    return bool(header) and (not payload or BATCH_HEADER in header)
+
+
 def _add_message(batch: RawBatch, message: dict[str, Any]) -> None:
     """Append a ``STREAM.MSG.GET`` answer's message to ``batch``."""
     seq = int(message["seq"])
@@ -232,16 +254,20 @@ def _add_message(batch: RawBatch, message: dict[str, Any]) -> None:
     batch.subjects.append(message["subject"])
     payload = base64.b64decode(message.get("data") or b"")
     batch.payloads.append(payload)
-    if not payload and message.get("hdrs"):
-        batch.headers[seq] = base64.b64decode(message["hdrs"])
+    if message.get("hdrs"):
+        header = base64.b64decode(message["hdrs"])
+        if keeps_header(header, payload):
+            batch.headers[seq] = header
 
 
-def _empty_payload_headers(buf: bytes, start: int, stop: int, sid: bytes, headers: dict[int, bytes]) -> None:
-    """The header blocks of the header-only deliveries in ``buf[start:stop]``
-    (frames the fast path took and dropped the headers of), by sequence.
+def _kept_headers(buf: bytes, start: int, stop: int, sid: bytes, headers: dict[int, bytes]) -> None:
+    """The header blocks ``keeps_header`` keeps of the deliveries in
+    ``buf[start:stop]`` (frames the fast path took and dropped the headers
+    of), by sequence.
 
     Called only when that run held an empty payload: the fast path (and its
-    C twin) stays as it is, and this slow parse touches only such runs.
+    C twin) stays as it is, and this slow parse touches only such runs. (An
+    atomic batch member never gets here: the fast path declines it.)
     """
     pos = start
     while pos < stop:
@@ -249,7 +275,7 @@ def _empty_payload_headers(buf: bytes, start: int, stop: int, sid: bytes, header
         if got is None:
             return
         pos, op, args, header, payload = got
-        if op == b"HMSG" and not payload and header and args[1] == sid:
+        if op == b"HMSG" and keeps_header(header, payload) and args[1] == sid:
             ack = _ack_fields(args[2])
             if ack is not None:
                 headers[ack[1]] = header
@@ -704,7 +730,7 @@ class StreamScanner:
                     pos, done = _DELIVERIES(buf, pos, sid, ack_prefix, batch_size - counted, end,
                                             batch.seqs, batch.stored_ns, batch.subjects, batch.payloads)
                     if not headers_only and len(batch.seqs) > counted and b"" in batch.payloads[counted:]:
-                        _empty_payload_headers(buf, taken_from, pos, sid, batch.headers)
+                        _kept_headers(buf, taken_from, pos, sid, batch.headers)
                 received += len(batch.seqs) - counted
                 while not done and requested - received <= _PULL_BATCH:
                     self._send(pull)  # keep two requests outstanding: the pipe never idles
@@ -749,7 +775,7 @@ class StreamScanner:
                 stamps(ns)
                 subjects(args[0].decode(errors="replace"))
                 payloads(payload)
-                if not payload and header and not headers_only:
+                if not headers_only and keeps_header(header, payload):
                     batch.headers[seq] = header
                 received += 1
                 done = seq >= end or pending == 0

@@ -356,3 +356,85 @@ def test_a_per_subject_limit_explains_its_holes(nats_url: str, stream_name: str)
         holes = frame[frame["code"] == "deleted_sequence"]
         assert holes["expected"].tolist() == ["2..4"] and holes["severity"].tolist() == ["info"]
         assert all("max_msgs_per_subject" in message for message in holes["message"])
+
+
+# --- atomic batches -------------------------------------------------------------------------
+
+
+def publish_batch(store: EventStore, batch_id: str, events: list[Event]) -> list[int]:
+    """``events`` as one atomic batch (nats-server 2.12+): ``Nats-Batch-Id``,
+    ``Nats-Batch-Sequence`` 1..n, ``Nats-Batch-Commit: 1`` on the last, whose
+    ack gives the commit's stream sequence; returns the batch's sequences."""
+    import json
+
+    from aether_audit.model.wire import encode_event, event_subject
+
+    nc = store.core._nc
+    for number, event in enumerate(events, 1):
+        headers = {"Nats-Batch-Id": batch_id, "Nats-Batch-Sequence": str(number)}
+        subject, payload = event_subject(store.stream_name, event.actor_id), encode_event(event)
+        if number < len(events):
+            _run(store, nc.publish(subject, payload, headers=headers))
+            continue
+        headers["Nats-Batch-Commit"] = "1"
+        ack = json.loads(_run(store, nc.request(subject, payload, headers=headers, timeout=5)).data)
+        assert "error" not in ack, ack
+        return list(range(ack["seq"] - len(events) + 1, ack["seq"] + 1))
+    return []
+
+
+def _batch_findings(store: EventStore, **audit: Any) -> list[tuple[int, str]]:
+    frame = store.audit(progress=False, **audit).findings
+    frame = frame[frame["code"] == "batch_integrity"]
+    return list(zip(frame["stream_seq"].astype(int), frame["message"]))
+
+
+def test_atomic_batches_are_whole_and_committed_once(nats_url: str, stream_name: str, tmp_path: Path) -> None:
+    """A clean batch gives nothing; an ID committed again, a member deleted
+    and a commit deleted each give a ``batch_integrity`` finding naming the
+    batch and its sequences; an incremental audit knows the IDs committed
+    before its checkpoint."""
+    with connect(nats_url, stream=stream_name) as store:
+        _create_raw(store, stream_name, {"allow_atomic": True})
+        clean = publish_batch(store, "b-clean", [Event.new("order-1", "Happened", v) for v in (1, 2, 3)])
+        store.save_event(Event.new("user-7", "Happened", 1))  # an ordinary message between batches
+        middle = publish_batch(store, "b-middle", [Event.new("order-2", "Happened", v) for v in (1, 2, 3)])
+        assert len(clean) == 3 and _batch_findings(store) == []
+        checkpoint = tmp_path / "batches.ckpt"
+        assert _batch_findings(store, checkpoint=checkpoint) == []
+        # The server takes a new batch under an ID it committed before.
+        again = publish_batch(store, "b-clean", [Event.new("order-1", "Happened", 4)])
+        unfinished = publish_batch(store, "b-open", [Event.new("user-7", "Happened", v) for v in (2, 3)])
+        reuse = (again[0], f"atomic batch b-clean (batch sequence 1, stream sequence {again[0]}): the batch was "
+                           f"already committed at stream sequence {clean[2]}: the ID is used again")
+        # The checkpoint carried b-clean's commit: found reading only what came after it.
+        report = store.audit(progress=False, checkpoint=checkpoint)
+        assert report.read["from_seq"] == again[0]
+        found = report.findings[report.findings["code"] == "batch_integrity"]
+        assert list(zip(found["stream_seq"].astype(int), found["message"])) == [reuse]
+        store.delete_message(middle[1])  # batch sequence 2 of b-middle
+        store.delete_message(unfinished[1])  # the commit of b-open
+        assert _batch_findings(store) == [
+            (middle[2], f"atomic batch b-middle (batch sequence 3, stream sequence {middle[2]}): batch sequence 2 "
+                        f"is missing; not contiguous: it follows the batch's stream sequence {middle[0]} at {middle[2]}"),
+            reuse,
+            (unfinished[0], f"atomic batch b-open was never committed: batch sequences 1..1 at stream sequences "
+                            f"{unfinished[0]}..{unfinished[0]} and no Nats-Batch-Commit (its commit was deleted, "
+                            f"or the messages were published outside the batch protocol)"),
+        ]
+
+
+def test_batch_check_is_silent_without_atomic_batches(matrix_server: Any, stream_name: str) -> None:
+    """A stream that does not allow atomic batches: the headers are refused
+    (2.12+) or stored as any others (2.11), and promise nothing there."""
+    import json
+
+    with connect(matrix_server.url, stream=stream_name) as store:
+        _create_raw(store, stream_name, {})
+        store.save_event(Event.new("order-1", "Happened", 1))
+        reply = _run(store, store.core._nc.request(
+            f"{stream_name}.events.order.order-1", b"{}", timeout=5,
+            headers={"Nats-Batch-Id": "b1", "Nats-Batch-Sequence": "2", "Nats-Batch-Commit": "1"}))
+        stored = "error" not in json.loads(reply.data)  # 2.10/2.11 store it as any message
+        assert stored == (matrix_server.version in ("2.10.26", "2.11.11"))
+        assert _batch_findings(store) == []

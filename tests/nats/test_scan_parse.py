@@ -62,7 +62,8 @@ def delivery(seq: int, ns: int, pending: int, subject: bytes, payload: bytes, he
 
 subjects = st.sampled_from([b"s.events.order.order-1", b"s.snapshots.a.a-1", b"x", b"s.events.\xc3\xa9.a"])
 payloads = st.binary(max_size=30) | st.sampled_from([b'{"id":"e1"}', b"\r\nHMSG x 7 y 1 2\r\n", b""])
-headers = st.none() | st.sampled_from([b"NATS/1.0\r\nNats-Msg-Id: e1\r\n\r\n", b"NATS/1.0\r\n\r\n"])
+headers = st.none() | st.sampled_from([b"NATS/1.0\r\nNats-Msg-Id: e1\r\n\r\n", b"NATS/1.0\r\n\r\n",
+                                       b"NATS/1.0\r\nNats-Batch-Id: b1\r\nNats-Batch-Sequence: 1\r\n\r\n"])
 
 
 @st.composite
@@ -108,10 +109,12 @@ def test_a_delivery_is_taken_whole():
 
 def test_the_headers_of_header_only_deliveries_are_kept():
     """The fast path drops headers; a run that held an empty payload is parsed
-    again for them (``_empty_payload_headers``): a delete marker keeps its
-    ``Nats-Marker-Reason``, other messages keep nothing."""
+    again for them (``_kept_headers``): a delete marker keeps its
+    ``Nats-Marker-Reason``, an atomic batch member its ``Nats-Batch-*``,
+    other messages keep nothing."""
     marker = b"NATS/1.0\r\nNats-Marker-Reason: MaxAge\r\n\r\n"
     plain = b"NATS/1.0\r\nNats-Msg-Id: 1\r\n\r\n"
+    member = b"NATS/1.0\r\nNats-Batch-Id: b1\r\nNats-Batch-Sequence: 1\r\nNats-Batch-Commit: 1\r\n\r\n"
 
     def hmsg(seq: int, header: bytes, payload: bytes) -> bytes:
         reply = PREFIX + b"1.%d.%d.1700000000000000000.%d" % (seq, seq, 9 - seq)
@@ -124,5 +127,14 @@ def test_the_headers_of_header_only_deliveries_are_kept():
         pos, _ = parse(buf, 0, SID, PREFIX, 100, 100, *lists)
         assert lists[0] == [1, 2, 3, 4] and lists[3] == [b"{}", b"", b"{}", b""]
         headers: dict[int, bytes] = {}
-        _scan._empty_payload_headers(buf, 0, pos, SID, headers)
+        _scan._kept_headers(buf, 0, pos, SID, headers)
         assert headers == {2: marker, 4: marker}
+    # An atomic batch member is declined by both fast loops (they stop at
+    # it, not done): the general parser takes it, with its header.
+    buf = hmsg(1, plain, b"{}") + hmsg(2, member, b"{}") + hmsg(3, plain, b"{}")
+    for parse in PARSERS:
+        lists = ([], [], [], [])
+        assert parse(buf, 0, SID, PREFIX, 100, 100, *lists) == (len(hmsg(1, plain, b"{}")), False)
+        assert lists[0] == [1]
+    assert _scan._parse_frame(buf, len(hmsg(1, plain, b"{}")))[3] == member
+    assert _scan.keeps_header(member, b"{}") and not _scan.keeps_header(plain, b"{}")
