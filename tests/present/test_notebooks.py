@@ -62,7 +62,8 @@ def kernel_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
 
 
 def test_there_are_notebooks():
-    assert [p.name for p in NOTEBOOKS] == ["01_quickstart.ipynb", "02_integrity_audit.ipynb", "03_bi_export.ipynb"]
+    assert [p.name for p in NOTEBOOKS] == ["01_quickstart.ipynb", "02_integrity_audit.ipynb", "03_bi_export.ipynb",
+                                          "04_business_rules.ipynb"]
 
 
 # What a committed notebook may weigh: the figures are PNGs of ~30-60 KiB each.
