@@ -105,7 +105,7 @@ def split_range(first: int, last: int, parts: int) -> list[SeqRange]:
 
     Example:
         >>> [(r.first, r.last) for r in split_range(1, 10, 3)]
-        [(1, 4), (5, 7), (8, 10)]
+        [(1, 3), (4, 6), (7, 10)]
     """
     if last < first:
         return [SeqRange(first, last)]
