@@ -256,12 +256,18 @@ class _BatchReader(_Reading, DataSourceReader):
         super().__init__(source, schema)
         self.cut = source.cut
 
-    def pushFilters(self, filters: list[Any]) -> Iterator[Any]:  # noqa: N802 (Spark's name)
-        return self.push(filters)
-
     def partitions(self) -> list[SeqRange]:
         first, last = self.cut or _state_cut(self.options, self.stream, self.subject_prefix)
         return self._ranges(first, last)
+
+
+class _PushingReader(_BatchReader):
+    """A batch reader that takes actor filters. Spark refuses a reader with
+    ``pushFilters`` unless ``spark.sql.python.filterPushdown.enabled`` is
+    true, so this one is used only where ``register`` saw it so."""
+
+    def pushFilters(self, filters: list[Any]) -> Iterator[Any]:  # noqa: N802 (Spark's name)
+        return self.push(filters)
 
 
 class _StreamReader(_Reading, DataSourceStreamReader):
@@ -305,6 +311,8 @@ class AetherDataSource(DataSource):
     # ``defaultParallelism`` (planning runs in a Python worker, which has no
     # SparkContext to ask); without it, this machine's CPU count.
     default_parallelism: int | None = None
+    # Whether the session lets Python sources take filters (``register`` sets both).
+    pushdown: bool = False
 
     def __init__(self, options: dict[str, str]) -> None:
         super().__init__(options)
@@ -335,7 +343,7 @@ class AetherDataSource(DataSource):
         return spark_schema(self.kind)
 
     def reader(self, schema: StructType) -> DataSourceReader:
-        return _BatchReader(self, schema)
+        return (_PushingReader if self.pushdown else _BatchReader)(self, schema)
 
     def streamReader(self, schema: StructType) -> DataSourceStreamReader:  # noqa: N802
         return _StreamReader(self, schema)
@@ -344,15 +352,23 @@ class AetherDataSource(DataSource):
         return f"<AetherDataSource stream={self.stream!r} server={self.connect.describe()!r} table={self.kind!r}>"
 
 
-def register(spark: Any) -> type[AetherDataSource]:
+PUSHDOWN_CONF = "spark.sql.python.filterPushdown.enabled"
+
+
+def register(spark: Any, *, pushdown: bool = True) -> type[AetherDataSource]:
     """Register the source on ``spark``, its reads sized to the session's
-    ``defaultParallelism``; returns the registered class.
+    ``defaultParallelism``; returns the registered class. ``pushdown``
+    turns on ``spark.sql.python.filterPushdown.enabled`` (PySpark 4.1+, off
+    by default) so filters on ``actor_id`` and ``actor_type`` reach the server.
 
     Example:
         >>> register(spark)                                 # doctest: +SKIP
         >>> spark.read.format("aether").option("stream", "orders").load()  # doctest: +SKIP
     """
+    if pushdown:
+        spark.conf.set(PUSHDOWN_CONF, "true")
     bound = type("AetherDataSource", (AetherDataSource,),
-                 {"default_parallelism": spark.sparkContext.defaultParallelism, "__module__": __name__ + "._bound"})
+                 {"default_parallelism": spark.sparkContext.defaultParallelism, "pushdown": pushdown,
+                  "__module__": __name__ + "._bound"})
     spark.dataSource.register(bound)
     return bound

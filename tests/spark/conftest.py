@@ -34,7 +34,6 @@ def spark():
                .config("spark.sql.session.timeZone", "UTC").config("spark.ui.enabled", "false")
                .config("spark.driver.bindAddress", "127.0.0.1").config("spark.driver.host", "127.0.0.1")
                .config("spark.sql.shuffle.partitions", "2")
-               .config("spark.sql.python.filterPushdown.enabled", "true")
                .getOrCreate())
     session.sparkContext.setLogLevel("ERROR")
     register(session)

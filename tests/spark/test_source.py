@@ -12,6 +12,7 @@ import json
 import nats
 import orjson
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401 (pa.compute)
 import pytest
 
 import aether_audit
@@ -190,3 +191,16 @@ def test_streaming_into_delta_holds_each_event_once_across_a_restart(spark, nats
     seqs = DeltaTable(str(table)).to_pyarrow_table(columns=["stream_seq"]).column("stream_seq").to_pylist()
     assert sorted(seqs) == list(range(1, 5_001))
     assert asyncio.run(_consumers(nats_url, stream)) == 0
+
+
+def test_the_plain_class_registers_and_reads_with_sparks_defaults(spark, nats_url, anomalies):
+    from aether_audit.spark.source import PUSHDOWN_CONF, AetherDataSource, register
+
+    stream, store = anomalies
+    spark.conf.set(PUSHDOWN_CONF, "false")  # Spark's default: a reader taking filters would be refused
+    try:
+        spark.dataSource.register(AetherDataSource)
+        same(read(spark, nats_url, stream).where("actor_id = 'order-6'"),
+             expected(store, "events").filter(pa.compute.equal(expected(store, "events").column("actor_id"), "order-6")))
+    finally:
+        register(spark)
