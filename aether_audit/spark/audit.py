@@ -31,6 +31,7 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
+from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import from_arrow_schema
@@ -164,6 +165,9 @@ def audit_spark(
     every = rows[0]
     for other in rows[1:]:
         every = every.unionByName(other, allowMissingColumns=True)
+    # The checks' columns are read once (from the stream: once from the
+    # server) for the five jobs below, and let go before returning.
+    every = every.persist(StorageLevel.MEMORY_AND_DISK)
     seq_bounds = every.agg(F.min("stream_seq"), F.max("stream_seq")).first()
     lowest = state.first_seq if state is not None and state.first_seq else seq_bounds[0]
     schema = findings_schema()
@@ -180,7 +184,8 @@ def audit_spark(
         rows_guess = 0 if seq_bounds[0] is None else seq_bounds[1] - seq_bounds[0] + 1
         buckets = max(2 * spark.sparkContext.defaultParallelism, -(-rows_guess // BUCKET_ROWS))
         bucket = F.pmod(F.xxhash64("actor_id"), F.lit(buckets))
-        parts.append(every.groupBy(bucket.alias("_bucket")).applyInArrow(per_group, schema))
+        # Computed now (findings are few beside the rows), so the cache can go.
+        parts.append(every.groupBy(bucket.alias("_bucket")).applyInArrow(per_group, schema).localCheckpoint())
 
     driver: list[pa.Table] = []
     cross = [c for c in ("duplicate_event_id", "subject_collision") if c in names]
@@ -205,6 +210,7 @@ def audit_spark(
         table = pa.concat_tables(driver)
         parts.append(spark.createDataFrame(table.to_pandas(), schema) if table.num_rows
                      else spark.createDataFrame([], schema))
+    every.unpersist()
     out = parts[0]
     for other in parts[1:]:
         out = out.unionByName(other)
