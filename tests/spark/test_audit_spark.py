@@ -56,3 +56,18 @@ def test_audit_spark_on_a_parquet_export_equals_the_audit_of_the_export(spark, a
     from aether_audit.audit.checks import STREAM_WIDE
 
     assert [r for r in rows(found) if r[0] not in STREAM_WIDE] == [r for r in rows(expected) if r[0] not in STREAM_WIDE]
+
+
+def test_an_empty_stream_reads_as_no_rows_and_audits_as_the_audit_does(spark, nats_url):
+    from aether_audit.spark.audit import audit_spark
+
+    stream = "spark_empty"
+    with aether_audit.connect(nats_url, stream=stream) as store:
+        store.create_stream()
+        expected = store.audit(now=NOW).findings
+    assert spark.read.format("aether").option("url", nats_url).option("stream", stream).load().count() == 0
+    # The server lists sequence 0 as deleted in an empty stream's details, and
+    # the streaming audit's settle takes it for a hole (deleted_sequence at
+    # seq 0): left out here, reported; the rest is the same.
+    expected = expected[~((expected["code"] == "deleted_sequence") & (expected["stream_seq"] == 0))]
+    assert rows(audit_spark(spark, url=nats_url, stream=stream, now=NOW).toPandas()) == rows(expected)
