@@ -204,3 +204,29 @@ def test_the_plain_class_registers_and_reads_with_sparks_defaults(spark, nats_ur
              expected(store, "events").filter(pa.compute.equal(expected(store, "events").column("actor_id"), "order-6")))
     finally:
         register(spark)
+
+
+def test_a_mirror_and_a_stream_behind_a_domain_read_as_the_cli_reads_them(spark, nats_url, anomalies, server_factory):
+    from nats.js.api import StreamSource
+
+    stream, store = anomalies
+    mirror = "spark_source_mirror"
+
+    async def make_mirror() -> None:
+        nc = await nats.connect(nats_url)
+        js = nc.jetstream()
+        await js.add_stream(name=mirror, mirror=StreamSource(name=stream))
+        want = (await js.stream_info(stream)).state.last_seq
+        while (await js.stream_info(mirror)).state.last_seq < want:
+            await asyncio.sleep(0.05)
+        await nc.close()
+
+    asyncio.run(make_mirror())
+    with aether_audit.connect(nats_url, stream=mirror) as copy:  # the store's subjects learnt from the mirror
+        same(read(spark, nats_url, mirror, partitions=2), expected(copy, "events"))
+
+    server = server_factory("jetstream { domain: hub }\n")
+    with aether_audit.connect(server.url, stream="behind") as local:
+        run_sync(seed_scenario(local.core, "anomalies"))
+        want = expected(local, "events")
+    same(read(spark, server.url, "behind", js_domain="hub"), want)
