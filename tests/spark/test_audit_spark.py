@@ -44,6 +44,19 @@ def test_audit_spark_on_the_stream_equals_the_audit(spark, nats_url, anomalies):
     assert rows(found) == rows(expected)
 
 
+def test_named_checks_run_alone_in_their_order(spark, nats_url, anomalies):
+    from aether_audit.spark.audit import audit_spark
+
+    stream = anomalies[0]
+    names = ["deleted_sequence", "version_gap", "subject_collision"]
+    with aether_audit.connect(nats_url, stream=stream) as store:
+        expected = store.audit(names, now=NOW).findings
+    found = audit_spark(spark, url=nats_url, stream=stream, checks=names, now=NOW).toPandas()
+    assert set(found["code"]) == set(names)
+    assert list(dict.fromkeys(found["code"])) == names  # the order of checks, then stream order
+    assert rows(found) == rows(expected)
+
+
 def test_audit_spark_on_a_parquet_export_equals_the_audit_of_the_export(spark, anomalies):
     from aether_audit.spark.audit import audit_spark
 

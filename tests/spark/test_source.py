@@ -191,6 +191,9 @@ def test_streaming_into_delta_holds_each_event_once_across_a_restart(spark, nats
     seqs = DeltaTable(str(table)).to_pyarrow_table(columns=["stream_seq"]).column("stream_seq").to_pylist()
     assert sorted(seqs) == list(range(1, 5_001))
     assert asyncio.run(_consumers(nats_url, stream)) == 0
+    # A batch Spark runs again (its Delta commit made, Spark's commit log not) writes nothing.
+    delta_batches(table, app_id="test-events")(read(spark, nats_url, stream).limit(10), 0)
+    assert DeltaTable(str(table)).to_pyarrow_table(columns=["stream_seq"]).num_rows == 5_000
 
 
 def test_the_plain_class_registers_and_reads_with_sparks_defaults(spark, nats_url, anomalies):
