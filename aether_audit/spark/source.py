@@ -48,8 +48,12 @@ from pyspark.sql.datasource import (
     DataSourceReader,
     DataSourceStreamReader,
     EqualTo,
+    GreaterThan,
+    GreaterThanOrEqual,
     In,
     InputPartition,
+    LessThan,
+    LessThanOrEqual,
 )
 from pyspark.sql.pandas.types import from_arrow_schema, to_arrow_schema
 from pyspark.sql.types import StructType
@@ -167,10 +171,13 @@ def _run_batches(batches: Any) -> Iterator[Any]:
 @dataclass(frozen=True)
 class _Pushed:
     """Filters the reader serves: actor IDs (the per-actor read, by
-    subject) and one actor type (a subject filter on the server)."""
+    subject), one actor type (a subject filter on the server) and a
+    ``stream_seq`` range (the cut narrowed: fewer sequences to read)."""
 
     actor_ids: tuple[str, ...] | None = None
     actor_type: str | None = None
+    first_seq: int = 1
+    last_seq: int = 1 << 63
 
 
 class _Reading:
@@ -187,6 +194,7 @@ class _Reading:
         self.pushed = _Pushed()
 
     def _ranges(self, first: int, last: int) -> list[SeqRange]:
+        first, last = max(first, self.pushed.first_seq), min(last, self.pushed.last_seq)
         if self.pushed.actor_ids is not None:  # a few subjects: one read is the cheapest
             return [SeqRange(first, last)]
         parts = self.partitions_option or partition_count(last - first + 1, self.parallelism)
@@ -233,8 +241,17 @@ class _Reading:
         """Keep the filters the reader serves exactly; yield the others to Spark."""
         ids: set[str] | None = None
         actor_type = None
+        low, high = _Pushed.first_seq, _Pushed.last_seq
         for item in filters:
             column = item.attribute[0] if len(item.attribute) == 1 else None
+            value = getattr(item, "value", None)
+            if column == "stream_seq" and isinstance(value, int) and not isinstance(value, bool):
+                if isinstance(item, (GreaterThan, GreaterThanOrEqual, EqualTo)):
+                    low = max(low, value + 1 if isinstance(item, GreaterThan) else value)
+                if isinstance(item, (LessThan, LessThanOrEqual, EqualTo)):
+                    high = min(high, value - 1 if isinstance(item, LessThan) else value)
+                if isinstance(item, (GreaterThan, GreaterThanOrEqual, EqualTo, LessThan, LessThanOrEqual)):
+                    continue
             # Replay errors belong to an actor by their subject as well as
             # their payload (``read.reader.ActorSet``): Spark's equality is
             # the only exact judge there.
@@ -248,7 +265,8 @@ class _Reading:
                 actor_type = item.value
                 continue
             yield item
-        self.pushed = _Pushed(actor_ids=None if ids is None else tuple(sorted(ids)), actor_type=actor_type)
+        self.pushed = _Pushed(actor_ids=None if ids is None else tuple(sorted(ids)), actor_type=actor_type,
+                              first_seq=low, last_seq=high)
 
 
 class _BatchReader(_Reading, DataSourceReader):
@@ -355,11 +373,17 @@ class AetherDataSource(DataSource):
 PUSHDOWN_CONF = "spark.sql.python.filterPushdown.enabled"
 
 
-def register(spark: Any, *, pushdown: bool = True) -> type[AetherDataSource]:
+def register(spark: Any, *, pushdown: bool = False) -> type[AetherDataSource]:
     """Register the source on ``spark``, its reads sized to the session's
-    ``defaultParallelism``; returns the registered class. ``pushdown``
-    turns on ``spark.sql.python.filterPushdown.enabled`` (PySpark 4.1+, off
-    by default) so filters on ``actor_id`` and ``actor_type`` reach the server.
+    ``defaultParallelism``; returns the registered class.
+
+    ``pushdown=True`` also turns on ``spark.sql.python.filterPushdown.enabled``
+    (PySpark 4.1+, off by default) so filters on ``actor_id``,
+    ``actor_type`` and ``stream_seq`` reach the server. Off by default:
+    PySpark keeps the first filtered plan's reader with the loaded
+    DataFrame: a query without filters on the same DataFrame after a
+    filtered one reads only the filtered rows (seen on PySpark 4.3.0).
+    With it on, load a DataFrame per filtered query.
 
     Example:
         >>> register(spark)                                 # doctest: +SKIP

@@ -111,16 +111,48 @@ def test_a_50000_event_stream_reads_in_several_partitions_row_for_row(spark, nat
     assert asyncio.run(_consumers(nats_url, stream)) == 0  # every task's consumer is gone
 
 
-def test_actor_filters_are_pushed_down_and_give_sparks_answer(spark, nats_url, big):
+@pytest.fixture
+def pushing(spark):
+    """The source registered with filter pushdown for one test."""
+    from aether_audit.spark.source import register
+
+    register(spark, pushdown=True)
+    try:
+        yield spark
+    finally:
+        register(spark)
+
+
+def test_actor_filters_are_pushed_down_and_give_sparks_answer(pushing, nats_url, big):
     stream, store = big
-    df = read(spark, nats_url, stream)
-    one = df.where("actor_id = 'type3-8'")
+    # A DataFrame per filtered query: PySpark keeps a pushed reader with the loaded DataFrame.
+    one = read(pushing, nats_url, stream).where("actor_id = 'type3-8'")
     plan = one._jdf.queryExecution().executedPlan().toString()
     assert "= type3-8)" not in plan  # the source took the filter: Spark does not apply it again
     assert one.count() == BIG // 500
-    assert df.where("actor_type = 'type2'").count() == BIG // 5
-    assert df.where("actor_type = 'type2' and version > 50").count() == len(
+    assert read(pushing, nats_url, stream).where("actor_type = 'type2'").count() == BIG // 5
+    assert read(pushing, nats_url, stream).where("actor_type = 'type2' and version > 50").count() == len(
         [n for n in range(BIG) if n % 5 == 2 and n // 500 + 1 > 50])
+
+
+def test_a_stream_seq_range_narrows_the_cut(pushing, nats_url, big):
+    stream, store = big
+    whole = read(pushing, nats_url, stream).rdd.getNumPartitions()
+    tail = read(pushing, nats_url, stream).where(f"stream_seq > {BIG - 10_000} and stream_seq <= {BIG - 100}")
+    plan = tail._jdf.queryExecution().executedPlan().toString()
+    assert f"> {BIG - 10_000})" not in plan and f"<= {BIG - 100})" not in plan  # the source took them
+    assert tail.rdd.getNumPartitions() < whole
+    assert tail.count() == 9_900
+    assert tail.agg({"stream_seq": "min"}).first()[0] == BIG - 10_000 + 1
+    assert read(pushing, nats_url, stream).where("stream_seq = 7").count() == 1
+    assert read(pushing, nats_url, stream).where(f"stream_seq > {BIG}").count() == 0
+
+
+def test_without_pushdown_one_dataframe_serves_filtered_and_whole_queries(spark, nats_url, big):
+    stream, store = big
+    df = read(spark, nats_url, stream)
+    assert df.where("actor_id = 'type3-8' and stream_seq > 100").count() == BIG // 500 - 1
+    assert df.count() == BIG
 
 
 def test_a_read_holds_the_cut_planned_at_load_while_writers_go_on(spark, nats_url):
