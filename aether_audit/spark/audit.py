@@ -36,12 +36,12 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import from_arrow_schema
 
-from ..audit.checks import CHECKS, STREAM_WIDE, CheckOptions, check_names, concat_findings, hole_runs, merge_runs
+from ..audit.checks import STREAM_WIDE, CheckOptions, check_names, concat_findings, hole_runs, merge_runs
 from ..audit.engine import AuditEngine, engine_of_frames
 from ..export.layout import NS_SUFFIX, TIMESTAMP_COLUMNS
 from ..model.frames import FINDING_SCHEMA, SCHEMAS, StreamFrames, to_pandas
 from ..model.records import StreamState
-from .source import AetherDataSource, _options
+from .source import AetherDataSource, connection_of
 
 __all__ = ["CROSS_ACTOR", "audit_spark", "findings_schema"]
 
@@ -130,7 +130,8 @@ def audit_spark(
     """The findings of the checks as a Spark DataFrame in the findings shape.
 
     ``audit_spark(spark, url=..., stream=..., [connection options])`` reads
-    the stream through the data source (one cut for the three tables) and
+    the stream through the data source (registered first: ``source.register``;
+    one cut for the three tables) and
     judges it with its state, as ``aether-audit check`` does;
     ``audit_spark(events_df, snapshots=..., replay_errors=...)`` judges
     DataFrames read from the source or from an export (``spark.read.parquet``
@@ -266,7 +267,7 @@ def _stream_state(reader_options: dict[str, str]) -> StreamState:
 
     from ..read.reader import StreamReader
 
-    connect, stream, prefix = _options({k: v for k, v in reader_options.items() if k not in ("table", "partitions")})
+    connect, stream, prefix = connection_of({k: v for k, v in reader_options.items() if k not in ("table", "partitions")})
 
     async def ask() -> StreamState:
         async with StreamReader(connect, stream, subject_prefix=prefix) as reader:

@@ -42,7 +42,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
 from pyspark.sql.datasource import (
     DataSource,
     DataSourceReader,
@@ -130,7 +129,7 @@ def partition_count(messages: int, parallelism: int) -> int:
     return max(1, min(math.ceil(messages / MIN_PARTITION_ROWS), TASKS_PER_CORE * max(1, parallelism)))
 
 
-def _options(options: Mapping[str, str]) -> tuple[ConnectOptions, str, str | None]:
+def connection_of(options: Mapping[str, str]) -> tuple[ConnectOptions, str, str | None]:
     """The connection, the stream and the subject prefix from Spark options;
     a clear ``ValueError`` for what is missing or unknown (never naming a value)."""
     lowered = {k.lower(): v for k, v in options.items()}
@@ -334,7 +333,7 @@ class AetherDataSource(DataSource):
 
     def __init__(self, options: dict[str, str]) -> None:
         super().__init__(options)
-        self.connect, self.stream, self.subject_prefix = _options(options)
+        self.connect, self.stream, self.subject_prefix = connection_of(options)
         lowered = {k.lower(): v for k, v in options.items()}
         self.kind = lowered.get("table") or "events"
         if self.kind not in KINDS:
