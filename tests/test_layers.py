@@ -33,7 +33,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("nats",),              # connection, raw protocol + JetStream API, embedded server
     ("read",),              # reader, subject index, the Reader protocol
     ("audit", "export"),    # checks/engine/report...; pipeline/sinks/verify...
-    ("store", "present"),   # the store and its facade; HTML, plots, widgets, text
+    ("store", "present", "spark"),  # the store and its facade; HTML, plots, widgets, text; Spark source and audit
     (TOP,),                 # __init__, __main__, cli, demo, plots, widgets
 ]
 
