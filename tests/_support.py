@@ -97,3 +97,24 @@ class Fault:
 
         scanner.scan = scan
         scanner._handshake = handshake
+
+
+def spark_session(cores: int, app: str) -> Any:
+    """A ``local[cores]`` SparkSession for one test module, or a skip naming
+    AETHER_AUDIT_REQUIRE_SPARK where pyspark or Java is missing (a JVM
+    starts in ~5-10 s on 2 shared cores: one per module). Stop it after."""
+    try:
+        from pyspark.sql import SparkSession
+    except ImportError:
+        if required("AETHER_AUDIT_REQUIRE_SPARK"):
+            raise
+        pytest.skip(skip_reason("pyspark is not installed (pip install -e '.[test]')", "AETHER_AUDIT_REQUIRE_SPARK"))
+    if not shutil.which("java") and not os.environ.get("JAVA_HOME"):
+        pytest.skip(missing("no Java runtime for Spark (apt-get install default-jre-headless)",
+                            "AETHER_AUDIT_REQUIRE_SPARK"))
+    session = (SparkSession.builder.master(f"local[{cores}]").appName(app)
+               .config("spark.sql.session.timeZone", "UTC").config("spark.ui.enabled", "false")
+               .config("spark.driver.bindAddress", "127.0.0.1").config("spark.driver.host", "127.0.0.1")
+               .config("spark.sql.shuffle.partitions", str(cores)).getOrCreate())
+    session.sparkContext.setLogLevel("ERROR")
+    return session

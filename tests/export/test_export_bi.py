@@ -8,7 +8,6 @@ import datetime as dt
 import json
 import os
 import re
-import shutil
 from pathlib import Path
 
 import duckdb
@@ -23,7 +22,7 @@ from aether_audit.export.readback import read_export
 from aether_audit.nats.server import NatsServer
 from aether_audit.export.verify import verify_export
 
-from _support import missing, required, skip_reason
+from _support import spark_session
 
 KINDS = ("events", "snapshots", "replay_errors")
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "bi.md"
@@ -134,21 +133,7 @@ def test_the_docs_examples_run_and_count_the_manifests_rows(demo, engine):
 
 @pytest.fixture(scope="module")
 def spark():
-    try:
-        from pyspark.sql import SparkSession
-    except ImportError:
-        if required("AETHER_AUDIT_REQUIRE_SPARK"):
-            raise
-        pytest.skip(skip_reason("pyspark is not installed (a test extra: pip install -e '.[test]')",
-                                "AETHER_AUDIT_REQUIRE_SPARK"))
-    if not shutil.which("java") and not os.environ.get("JAVA_HOME"):
-        pytest.skip(missing("no Java runtime for Spark (apt-get install default-jre-headless)",
-                            "AETHER_AUDIT_REQUIRE_SPARK"))
-    session = (SparkSession.builder.master("local[1]").appName("aether-audit-tests")
-               .config("spark.sql.session.timeZone", "UTC").config("spark.ui.enabled", "false")
-               .config("spark.driver.bindAddress", "127.0.0.1").config("spark.driver.host", "127.0.0.1")
-               .config("spark.sql.shuffle.partitions", "1").getOrCreate())
-    session.sparkContext.setLogLevel("ERROR")
+    session = spark_session(1, "aether-audit-tests")
     yield session
     session.stop()
 
