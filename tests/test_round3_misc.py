@@ -20,7 +20,7 @@ import orjson
 import pandas as pd
 import pytest
 from test_cli import assert_one_line_error, cli
-from test_watch import Watcher
+from _watcher import Watcher
 
 import aether_audit
 from aether_audit import Event, NatsServer
