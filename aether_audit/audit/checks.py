@@ -797,32 +797,32 @@ def final_message_ttl(parts: Sequence[pd.DataFrame], end: EndView, options: Chec
                            "an actor's history can lose events without a delete")
 
 
-def final_rollup(parts: Sequence[pd.DataFrame], end: EndView, options: CheckOptions) -> pd.DataFrame:
-    """``allow_rollup_hdrs``: one publish with ``Nats-Rollup: sub`` purges a subject."""
-    state = end.state
-    if state is None or not state.allow_rollup_hdrs:
-        return findings()
-    return _config_finding("rollup_allowed", end, "allow_rollup_hdrs=false", "allow_rollup_hdrs=true",
-                           "allows rollups: one publish (Nats-Rollup) can purge an actor's whole subject")
+def _setting_final(code: str, on: Callable[[StreamState], bool], expected: str, found: str,
+                   why: str) -> Callable[[Sequence[pd.DataFrame], EndView, CheckOptions], pd.DataFrame]:
+    """The final step of a check that one setting of the stream's
+    configuration is off: a finding when ``on(state)`` (silent offline)."""
+    def final(parts: Sequence[pd.DataFrame], end: EndView, options: CheckOptions) -> pd.DataFrame:
+        if end.state is None or not on(end.state):
+            return findings()
+        return _config_finding(code, end, expected, found, why)
+
+    final.__doc__ = f"``{found}``: {why}."
+    return final
 
 
-def final_schedules(parts: Sequence[pd.DataFrame], end: EndView, options: CheckOptions) -> pd.DataFrame:
-    """``allow_msg_schedules``: the server itself can publish messages later."""
-    state = end.state
-    if state is None or not state.allow_msg_schedules:
-        return findings()
-    return _config_finding("schedules_allowed", end, "allow_msg_schedules=false", "allow_msg_schedules=true",
-                           "allows message schedules: the server can inject messages no writer sent at that time")
-
-
-def final_async_persist(parts: Sequence[pd.DataFrame], end: EndView, options: CheckOptions) -> pd.DataFrame:
-    """``persist_mode: async``: the ack goes out before the data is on disk."""
-    state = end.state
-    if state is None or (state.persist_mode or "default") != "async":
-        return findings()
-    return _config_finding("async_persist", end, "persist_mode=default", "persist_mode=async",
-                           "acknowledges writes before they are on disk (persist_mode async): "
-                           "an acknowledged event can be lost in a crash")
+# ``allow_rollup_hdrs``: one publish with ``Nats-Rollup: sub`` purges a subject.
+final_rollup = _setting_final(
+    "rollup_allowed", lambda state: bool(state.allow_rollup_hdrs), "allow_rollup_hdrs=false", "allow_rollup_hdrs=true",
+    "allows rollups: one publish (Nats-Rollup) can purge an actor's whole subject")
+# ``allow_msg_schedules``: the server itself can publish messages later.
+final_schedules = _setting_final(
+    "schedules_allowed", lambda state: bool(state.allow_msg_schedules), "allow_msg_schedules=false",
+    "allow_msg_schedules=true", "allows message schedules: the server can inject messages no writer sent at that time")
+# ``persist_mode: async``: the ack goes out before the data is on disk.
+final_async_persist = _setting_final(
+    "async_persist", lambda state: (state.persist_mode or "default") == "async", "persist_mode=default",
+    "persist_mode=async", "acknowledges writes before they are on disk (persist_mode async): "
+    "an acknowledged event can be lost in a crash")
 
 
 def final_per_subject_limit(parts: Sequence[pd.DataFrame], end: EndView, options: CheckOptions) -> pd.DataFrame:
