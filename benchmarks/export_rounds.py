@@ -107,7 +107,7 @@ def first_last(times: list[float]) -> dict[str, Any]:
 def measure(url: str, events: int, rounds: int, per_round: int, queries: int, root: Path) -> dict[str, Any]:
     import aether_audit
     from aether_audit.export import verify
-    from aether_audit.export.compact import compact_export
+    from aether_audit.export.compact import DEFAULT_THRESHOLD, compact_export
 
     stream = f"rounds_{events}_{int(time.time())}"
     appender = Appender(url, stream, events + rounds * per_round + 1, max(4, events // 100))
@@ -121,7 +121,7 @@ def measure(url: str, events: int, rounds: int, per_round: int, queries: int, ro
         store.export_parquet(auto, progress=False)
         for number in range(rounds):
             loop.run_until_complete(appender.append(per_round))
-            for name, path, threshold in (("plain", plain, None), ("auto", auto, 16)):
+            for name, path, threshold in (("plain", plain, None), ("auto", auto, DEFAULT_THRESHOLD)):
                 began = time.perf_counter()
                 store.export_parquet(path, incremental=True, progress=False, compact_threshold=threshold)
                 times[name].append(time.perf_counter() - began)
@@ -142,7 +142,7 @@ def measure(url: str, events: int, rounds: int, per_round: int, queries: int, ro
         verify.check_base(plain, previous)
         check[f"{name}_s"] = round(time.perf_counter() - began, 3)
     result: dict[str, Any] = {
-        "events": total, "rounds": rounds, "per_round": per_round,
+        "events": total, "rounds": rounds, "per_round": per_round, "threshold": DEFAULT_THRESHOLD,
         "fresh": {"files": files(fresh), **duckdb_ms(fresh, queries), "export_s": round(full_s, 3),
                   "eps": round(total / full_s)},
         "no_compact": {"files": files(plain), **duckdb_ms(plain, queries), **first_last(times["plain"])},

@@ -41,7 +41,7 @@ from .delta import compact_tables
 from .pipeline import ROW_GROUP_ROWS, RunWriter, clean, locked, publish, stage, stop_at, sync_run, write_seal
 from .verify import check_base
 
-__all__ = ["COMPACTORS", "DEFAULT_TARGET_SIZE", "DEFAULT_THRESHOLD", "compact_export", "compact_locked", "plan_bins"]
+__all__ = ["COMPACTORS", "DEFAULT_TARGET_SIZE", "DEFAULT_THRESHOLD", "compact_export", "compact_locked", "plan_bins", "plan_tail"]
 
 # 128 MiB: the size engines aim their files at (deltalake's OPTIMIZE
 # defaults to 100 MB, Spark reads 128 MiB splits).
@@ -52,14 +52,23 @@ DEFAULT_TARGET_SIZE = 128 << 20
 # of tiny rows from making one file of hundreds of millions.
 COMPACT_FILE_ROWS = 50_000_000
 # An --incremental run compacts a partition when it holds more than this
-# many files: at a run every 5 minutes, about every 80 minutes for an actor
-# type with events in every run. Issue 26 measured DuckDB's count(*) at
-# 62 ms over 611 files against 2 ms over 11, about 0.1 ms a file, so 16 a
-# partition cost a few ms at most; rewriting a partition's small files
-# every 16 rounds costs about a sixteenth of them a round. Measured with
-# benchmarks/export_rounds.py (20,000 events, 40 rounds): count(*) and a
-# group-by within 0.95x of a fresh export's.
-DEFAULT_THRESHOLD = 16
+# many files. Issue 26's benchmark (benchmarks/export_rounds.py, 100,000
+# events then 150 rounds of 200) put DuckDB's count(*) at ~2.6 ms plus
+# ~0.14 ms a file: at 16 a partition (34 files) it took 2.2x a fresh
+# export's, at 4 a partition about 2.5 files a partition on average. What
+# keeps 4 cheap is that an automatic pass rewrites only the newest files
+# (plan_tail), not the partition.
+DEFAULT_THRESHOLD = 4
+# plan_tail's two sizes. A file under FLOOR_SIZE always joins the merge of
+# the files after it: 8 MiB is ~50,000 events, rewritten at most every few
+# rounds, tens of ms. A bigger file joins only while it is at most
+# TAIL_RATIO times what has joined so far, so files grow geometrically
+# toward the target size and a row is rewritten about log8(target/floor)
+# more times, not once a round: simulated over a year of 5-minute runs of
+# 7.5 kB each, a partition holds 5 files on average and each run rewrites
+# ~1 MiB of it (against its whole self for a merge of everything).
+FLOOR_SIZE = 8 << 20
+TAIL_RATIO = 8
 
 
 def plan_bins(files: list[dict[str, Any]], target_size: int) -> list[list[dict[str, Any]]]:
@@ -84,6 +93,36 @@ def plan_bins(files: list[dict[str, Any]], target_size: int) -> list[list[dict[s
     if current:
         bins.append(current)
     return bins
+
+
+def plan_tail(files: list[dict[str, Any]], target_size: int, floor: int | None = None,
+              ratio: int | None = None) -> list[dict[str, Any]]:
+    """The newest files of a partition (in stream order) that an automatic
+    compaction merges into one: walking back from the newest, a file joins
+    while the merge stays within ``target_size`` and the file is under
+    ``floor`` bytes or at most ``ratio`` times the files joined so far. So
+    big, settled files are left alone and a pass costs about what the
+    recent runs wrote, not the partition (Lucene's tiered merges and their
+    floor segment size work alike).
+
+    Example:
+        >>> sizes = [{"bytes": b} for b in (500, 40, 10, 10, 10)]
+        >>> [f["bytes"] for f in plan_tail(sizes, 1000, floor=20, ratio=2)]
+        [40, 10, 10, 10]
+    """
+    floor = FLOOR_SIZE if floor is None else floor
+    ratio = TAIL_RATIO if ratio is None else ratio
+    if not files:
+        return []
+    start = len(files) - 1
+    size = files[start].get("bytes", 0)
+    while start > 0:
+        before = files[start - 1].get("bytes", 0)
+        if size + before > target_size or (before >= floor and before > ratio * size):
+            break
+        start -= 1
+        size += before
+    return files[start:]
 
 
 def _partitions(manifest: dict[str, Any]) -> dict[tuple[str, str | None], list[dict[str, Any]]]:
@@ -153,14 +192,17 @@ def compact_export(export_dir: str | os.PathLike[str], *, target_size: int = DEF
 def compact_locked(out_dir: Path, manifest: dict[str, Any], *, target_size: int = DEFAULT_TARGET_SIZE,
                    over: int | None = None, signer: Any = None) -> dict[str, Any]:
     """The compaction of a checked, published Parquet export whose lock the
-    caller holds; ``over``: only partitions holding more files than this
-    (what an ``--incremental`` run does). Returns the manifest (the same
+    caller holds. Without ``over`` every partition's small files are binned
+    (``plan_bins``, what ``--compact`` does); with it, only partitions
+    holding more files than ``over`` are compacted, and only their newest
+    files (``plan_tail``, what an ``--incremental`` run does). Returns the manifest (the same
     one when nothing is rewritten)."""
     work = []
     for (kind, partition), files in sorted(_partitions(manifest).items(), key=lambda kv: (kv[0][0], str(kv[0][1]))):
-        if over is not None and len(files) <= over:
-            continue
-        work += [(kind, partition, group) for group in plan_bins(files, target_size) if len(group) > 1]
+        if over is None:
+            work += [(kind, partition, group) for group in plan_bins(files, target_size) if len(group) > 1]
+        elif len(files) > over and len(group := plan_tail(files, target_size)) > 1:
+            work.append((kind, partition, group))
     if not work:
         return manifest
     tag = secrets.token_hex(4)

@@ -9,6 +9,7 @@ them stay well under a minute; the kills run the CLI in a subprocess.
 from __future__ import annotations
 
 import json
+import secrets
 import shutil
 import signal
 from collections import Counter
@@ -20,12 +21,13 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-from aether_audit import verify_export, verify_exports
-from aether_audit.export.compact import compact_export, partition_file_counts, plan_bins
+from aether_audit import Event, verify_export, verify_exports
+from aether_audit.export import compact
+from aether_audit.export.compact import compact_export, partition_file_counts, plan_bins, plan_tail
 from aether_audit.export.pipeline import STOP_ENV
 from aether_audit.model.signing import check_signature
 
-from _export_support import KINDS, store, write  # noqa: F401  (store: a fixture)
+from _export_support import KINDS, STAMP, store, write  # noqa: F401  (store: a fixture)
 from test_export_integrity import cli, export_cli, hive_rows, manifest_of
 
 ACTORS = ("order-1", "acct-7")
@@ -59,6 +61,36 @@ def test_plan_bins_keep_big_files_and_group_small_neighbours():
     files = [{"bytes": b} for b in (5, 5, 5, 100, 5, 5)]
     assert [len(b) for b in plan_bins(files, 15)] == [3, 1, 2]
     assert [len(b) for b in plan_bins(files, 1)] == [1] * 6  # every file is a bin of its own: nothing rewritten
+
+
+def test_plan_tail_merges_the_newest_files_and_leaves_settled_big_ones():
+    sizes = lambda files: [f["bytes"] for f in files]  # noqa: E731
+    files = [{"bytes": b} for b in (900, 300, 30, 5, 5, 5)]
+    assert sizes(plan_tail(files, 10_000, floor=10, ratio=4)) == [30, 5, 5, 5]  # 300 > 4 x 45: settled
+    assert sizes(plan_tail(files, 10_000, floor=10, ratio=1)) == [5, 5, 5]  # 30 > 1 x 15
+    assert sizes(plan_tail(files, 10_000, floor=10, ratio=8)) == sizes(files)  # 900 <= 8 x 345
+    assert sizes(plan_tail(files, 10_000, floor=1_000, ratio=1)) == sizes(files)  # all under the floor
+    assert sizes(plan_tail(files, 40, floor=1_000, ratio=1)) == [5, 5, 5]  # never past the target size
+    assert plan_tail(files[-1:], 40) == files[-1:] and plan_tail([], 40) == []
+
+
+def test_automatic_compaction_rewrites_only_the_newest_files(store, tmp_path, monkeypatch):
+    """What keeps an automatic pass cheap after a year of runs: the big file
+    a partition settled into is not rewritten with every few new ones."""
+    monkeypatch.setattr(compact, "FLOOR_SIZE", 1)  # every file is "big"; only the ratio decides
+    out = tmp_path / "export"
+    for version in range(1, 41):  # ~300 kB of incompressible data: many times what a round adds
+        for actor in ACTORS:
+            store.save_event(Event(id=f"{actor}/{version}", event_type="Big", actor_id=actor, version=version,
+                                   data={"blob": secrets.token_hex(2000)}, timestamp=STAMP))
+    first = {e["path"] for e in store.export_parquet(out, progress=False)["files"] if e["kind"] == "events"}
+    for version in range(41, 47):
+        write(store, range(version, version + 1), actors=ACTORS)  # a few hundred bytes of rows a file
+        manifest = store.export_parquet(out, incremental=True, progress=False, compact_threshold=2)
+        events = [e for e in manifest["files"] if e["kind"] == "events"]
+        assert first <= {e["path"] for e in events}  # the first run's files were never rewritten
+        assert max(partition_file_counts(manifest).values()) <= 2
+    assert counted(out) == (manifest["events"], manifest["events"]) and verify_export(out).ok and in_stream_order(out)
 
 
 def test_a_hundred_rounds_then_compact_is_exact_and_verifies(store, nats_url, tmp_path):
