@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from aether_audit import Event, verify_export, verify_exports
-from aether_audit.export import compact
+from aether_audit.export import compact, pipeline
 from aether_audit.export.compact import compact_export, partition_file_counts, plan_bins, plan_tail
 from aether_audit.export.pipeline import STOP_ENV
 from aether_audit.model.signing import check_signature
@@ -182,6 +182,19 @@ def test_automatic_compaction_keeps_the_file_count_bounded(store, tmp_path):
     assert manifest["events"] == 402 and counted(out) == (402, 402)
     assert verify_export(out).ok and in_stream_order(out)
     assert len(manifest["runs"]) == 201
+
+
+def test_the_ledger_of_runs_stays_bounded_and_still_adds_up(store, tmp_path, monkeypatch):
+    monkeypatch.setattr(pipeline, "MAX_RUNS", 3)
+    out = tmp_path / "export"
+    write(store, range(1, 2), actors=ACTORS)
+    store.export_parquet(out, progress=False)
+    manifest = rounds(store, out, range(2, 8), compact_threshold=None)
+    runs = manifest["runs"]
+    assert len(runs) == 3 and runs[0]["first_seq"] == manifest["first_seq"] and not runs[0]["incremental"]
+    assert sum(run["events"] for run in runs) == manifest["events"] == 14
+    assert [run["last_seq"] - run["first_seq"] + 1 for run in runs[1:]] == [2, 2]  # the newest runs as they were
+    assert verify_export(out).ok  # the ledger still tiles first_seq..last_seq and adds up
 
 
 def test_compact_refuses_what_it_cannot_do(store, tmp_path):
