@@ -744,6 +744,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("aether-audit: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # `check --json | head`: the reader left. Python's advice (the signal
+        # module's docs): point stdout at /dev/null so the flush at exit
+        # raises no second error, and exit as a tool killed by SIGPIPE does.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + 13
     except (AuditError, OSError, ValueError) as exc:
         if os.environ.get("AETHER_AUDIT_DEBUG"):
             traceback.print_exc()  # then the one line and exit 2, as without it

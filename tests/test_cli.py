@@ -41,6 +41,20 @@ def seeded(nats_url, stream_name):
     return nats_url, stream_name
 
 
+def test_a_reader_that_left_is_no_traceback(seeded):
+    """`check --json | head -c 1`: the pipe is closed before we write."""
+    url, stream = seeded
+    read, write = os.pipe()
+    os.close(read)
+    env = {key: value for key, value in os.environ.items() if key != "NATS_URL"}
+    try:
+        result = subprocess.run([sys.executable, "-m", "aether_audit", "check", "--server", url, "--stream", stream,
+                                 "--json"], stdout=write, stderr=subprocess.PIPE, text=True, env=env, timeout=120)
+    finally:
+        os.close(write)
+    assert result.returncode == 141 and result.stderr == "", result.stderr
+
+
 def test_help_explains_every_command():
     result = cli("--help")
     assert result.returncode == 0
