@@ -238,3 +238,22 @@ def test_check_on_an_empty_data_dir_says_it_holds_no_stream(tmp_path):
     assert json.loads(result.stdout)["exit_code"] == 2
     # without the variable, the advice to set it stays
     assert_one_line_error(cli("check", "--no-progress"), "is empty", "AETHER_AUDIT_DATA_DIR=DIR")
+
+
+def test_an_empty_stream_has_no_missing_sequence(nats_url, stream_name):
+    """A new stream reports sequences 0..0; no message 0 was ever deleted."""
+    import asyncio
+
+    import nats
+
+    async def create() -> None:
+        nc = await nats.connect(nats_url)
+        await nc.jetstream().add_stream(name=stream_name, subjects=[f"{stream_name}.events.>",
+                                                                    f"{stream_name}.snapshots.>"])
+        await nc.close()
+
+    asyncio.run(create())
+    with aether_audit.connect(nats_url, stream=stream_name) as store:
+        assert store.audit().counts["deleted_sequence"] == 0
+    result = cli("check", "--server", nats_url, "--stream", stream_name, "--json")
+    assert json.loads(result.stdout)["counts"]["deleted_sequence"] == 0, result.stderr

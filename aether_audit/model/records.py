@@ -220,7 +220,10 @@ class StreamState:
             first_ts=stamp(state.get("first_ts")),
             last_ts=stamp(state.get("last_ts")),
             num_deleted=int(state.get("num_deleted") or 0),
-            deleted=tuple(state.get("deleted") or ()),
+            # A new, empty stream lists sequence 0 as deleted (nats-server
+            # 2.15 answers first_seq 0, last_seq 0, deleted [0]); no message
+            # ever has sequence 0, so it is no hole.
+            deleted=tuple(seq for seq in state.get("deleted") or () if seq),
             max_age=timedelta(microseconds=max_age_ns / 1000) if max_age_ns else None,
             deny_delete=bool(config.get("deny_delete")),
             deny_purge=bool(config.get("deny_purge")),
