@@ -14,7 +14,7 @@ import asyncio
 import random
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -68,9 +68,12 @@ def seed_messages(stream: str, events: int, actors: int, seed: int = 42) -> Iter
             yield snapshot_subject(stream, actor), encode_snapshot(snapshot), None
 
 
-async def seed_stream(url: str, stream: str, events: int, actors: int) -> int:
+async def seed_stream(url: str, stream: str, events: int, actors: int,
+                      messages: Iterable[tuple[str, bytes, str | None]] | None = None) -> int:
     """Create ``stream`` with the Go store's config and seed it; returns the
-    number of messages stored."""
+    number of messages stored. ``messages``: other (subject, payload,
+    Nats-Msg-Id) triples to store instead of ``seed_messages(stream, events,
+    actors)`` (e.g. the scenario with broken messages mixed in)."""
     import nats
 
     nc = await nats.connect(url)
@@ -80,7 +83,7 @@ async def seed_stream(url: str, stream: str, events: int, actors: int) -> int:
     writer = await _raw_connection(url)
     frames: list[bytes] = []
     sent = 0
-    for subject, payload, msg_id in seed_messages(stream, events, actors):
+    for subject, payload, msg_id in (seed_messages(stream, events, actors) if messages is None else messages):
         frames.append(_hpub(subject, payload, msg_id))
         if len(frames) == WINDOW:
             sent = await _send_window(writer, frames, js, stream, sent)
