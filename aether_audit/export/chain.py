@@ -10,6 +10,12 @@ as lowercase hex (``data``/``extra`` are the frames' JSON texts, missing
 values are ``null``). Equal chain hashes at an actor's n-th event mean equal
 histories up to it. The nanoseconds come from ``timestamp_ns`` where a file
 has it (the microsecond layout), else from the nanosecond ``timestamp``.
+
+Two implementations of one contract: ``_cfast.chain_hashes`` (C, over the
+columns' Arrow buffers, ~0.15 s per 200,000 events) where it is built, and
+``_chain_hashes`` (the formula above in Python, ~0.5 s), which runs where
+the C loop declines or is not built; ``tests/export/test_chain.py`` checks
+they agree bit for bit.
 """
 
 from __future__ import annotations
