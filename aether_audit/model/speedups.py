@@ -3,7 +3,8 @@
 ``setup.py`` builds it where a C compiler is present; without it, or with
 ``AETHER_AUDIT_PURE_PYTHON=1`` (to compare, or to rule it out), its twins
 run, which document the contract both keep: ``_cfast.c`` mirrors
-``nats.scan._deliveries`` and ``model.fastdecode.go_events``.
+``nats.scan._deliveries``, ``model.fastdecode.go_events`` and
+``export.chain._chain_hashes``.
 
 Whether it runs is said, not guessed: ``status()`` is the line
 ``aether-audit --version`` and ``--help`` print, and ``large_read(count)``
