@@ -29,7 +29,7 @@ import secrets
 import ssl
 import time
 import urllib.parse
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -638,7 +638,8 @@ class StreamScanner:
 
     async def scan(self, stream: str, *, start_seq: int = 1, end_seq: int | None = None,
                    filter_subject: str | None = None, batch_size: int = 10_000,
-                   headers_only: bool = False) -> AsyncIterator[RawBatch]:
+                   headers_only: bool = False, pull: int = _PULL_BATCH,
+                   pause: Callable[[], Awaitable[object]] | None = None) -> AsyncIterator[RawBatch]:
         """Messages with ``start_seq <= seq <= end_seq`` in stream order, in batches.
 
         ``end_seq=None`` is the stream's last sequence when the scan starts (a
@@ -650,6 +651,13 @@ class StreamScanner:
         payloads (what an index needs: a tenth of the bytes). After a broken
         connection the scan resumes behind the last message received, so
         nothing is missed or doubled.
+
+        ``pull`` is the messages asked for per pull request (two are kept
+        outstanding). ``pause``, when given, is awaited each time the scan
+        needs more from the socket: a background scan that yields to other
+        reads waits there, and then the server has at most ``2 * pull``
+        messages of it left to send (a small ``pull`` bounds what it does
+        meanwhile).
         """
         async with self._lock:
             window = ReconnectWindow(self._options.reconnect_seconds)
@@ -663,7 +671,8 @@ class StreamScanner:
                         cursor = _Cursor(max(start_seq, 1) - 1, info["state"]["last_seq"], confirmed=True)
                     large_read(cursor.end_seq - cursor.resume_from() + 1)  # once: a warning without the C loops
                     if cursor.resume_from() <= cursor.end_seq:
-                        consume = self._consume(stream, filter_subject, max(1, batch_size), cursor, headers_only)
+                        consume = self._consume(stream, filter_subject, max(1, batch_size), cursor, headers_only,
+                                                pull, pause)
                         async with contextlib.aclosing(consume):
                             async for batch in consume:
                                 window.succeeded()
@@ -683,7 +692,8 @@ class StreamScanner:
                 yield cursor.batch
 
     async def _consume(self, stream: str, filter_subject: str | None, batch_size: int,
-                       cursor: _Cursor, headers_only: bool = False) -> AsyncIterator[RawBatch]:
+                       cursor: _Cursor, headers_only: bool = False, pull_size: int = _PULL_BATCH,
+                       pause: Callable[[], Awaitable[object]] | None = None) -> AsyncIterator[RawBatch]:
         """One consumer's deliveries from ``cursor.resume_from()``, collected in ``cursor.batch``.
 
         Yields each batch once it is full and returns at the cut. Raises
@@ -710,7 +720,7 @@ class StreamScanner:
             cursor.confirmed = True
             if not created.get("num_pending"):
                 return
-            body = json.dumps({"batch": _PULL_BATCH, "expires": _PULL_EXPIRES_NS,
+            body = json.dumps({"batch": pull_size, "expires": _PULL_EXPIRES_NS,
                                "idle_heartbeat": _HEARTBEAT_NS}).encode()
             pull = b"PUB %s.CONSUMER.MSG.NEXT.%s.%s %s %d\r\n%s\r\n" % (
                 self._api.encode(), stream.encode(), name.encode(), deliver, len(body), body)
@@ -732,9 +742,9 @@ class StreamScanner:
                     if not headers_only and len(batch.seqs) > counted and b"" in batch.payloads[counted:]:
                         _kept_headers(buf, taken_from, pos, sid, batch.headers)
                 received += len(batch.seqs) - counted
-                while not done and requested - received <= _PULL_BATCH:
+                while not done and requested - received <= pull_size:
                     self._send(pull)  # keep two requests outstanding: the pipe never idles
-                    requested += _PULL_BATCH
+                    requested += pull_size
                 if len(batch.seqs) >= batch_size:
                     cursor.after = batch.seqs[-1]
                     full, batch = batch, RawBatch()
@@ -750,6 +760,8 @@ class StreamScanner:
                 # PING, -ERR, a frame of an older consumer, or an incomplete one.
                 got = _parse_frame(buf, pos)
                 if got is None:
+                    if pause is not None:
+                        await pause()
                     buf, pos = await self._fill(buf[pos:]), 0
                     continue
                 pos, op, args, header, payload = got
