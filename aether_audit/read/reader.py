@@ -562,18 +562,53 @@ class StreamReader:
         errors there), ``snapshots`` the snapshot subjects, ``replay_errors``
         both.
         """
+        actor_ids = list(actor_ids)
         with self._foreground.running():
-            state = await self.stream_state()
+            raws = await self._read_indexed(actor_ids, kind, start_seq, end_seq)
+            if raws is None:
+                state = await self.stream_state()
+                first = max(start_seq or 1, state.first_seq or 1)
+                last = state.last_seq if end_seq is None else min(end_seq, state.last_seq)
+                raws = []
+                if first <= last:
+                    for subject in ActorSet.of(self.subject_prefix, actor_ids).subjects_for(kind):
+                        raws += await self._read_subject(subject, state, first, last)
             actors = ActorSet.of(self.subject_prefix, actor_ids)
-            first = max(start_seq or 1, state.first_seq or 1)
-            last = state.last_seq if end_seq is None else min(end_seq, state.last_seq)
-            parts: list[DecodedBatch] = []
-            if first <= last:
-                for subject in actors.subjects_for(kind):
-                    for raw in await self._read_subject(subject, state, first, last):
-                        parts.append(actors.keep(self._decode(raw)))
+            parts = [actors.keep(self._decode(raw)) for raw in raws]
         return DecodedBatch(*(_one_batch([getattr(p, part) for p in parts], kind)
                               for kind, part in _PARTS.items()))
+
+    async def _read_indexed(self, actor_ids: list[str], kind: str, start_seq: int | None,
+                            end_seq: int | None) -> list[RawBatch] | None:
+        """The read by the subject index in one round trip, or None where it
+        does not apply (no index yet, or not of this stream any more).
+
+        The stream's info and the gets of every sequence the index lists go
+        out in one write (``stream_info_and_messages``); the info then
+        proves the index is of this stream's generation. What was appended
+        past the index is read after, as any read does (``_read_subject``).
+        A sequence the index lists that is gone (deleted, or below the
+        stream's first) is simply not found.
+        """
+        index = self._index
+        if index is None or self._prefix is None:
+            return None
+        covered = index.last_seq  # what the index holds now, whatever a pass adds meanwhile
+        first = max(start_seq or 1, 1)
+        last = covered if end_seq is None else min(end_seq, covered)
+        subjects = ActorSet.of(self._prefix, actor_ids).subjects_for(kind)
+        seqs = sorted(seq for subject in subjects for seq in index.seqs_of(subject, last, first))
+        async with self._scanners.lease() as scanner:
+            info, found = await scanner.stream_info_and_messages(self.stream_name, seqs)
+        state = StreamState.from_info(info)
+        if self._index is not index or not index.serves(state):
+            return None
+        raws = [found]
+        tail_end = state.last_seq if end_seq is None else min(end_seq, state.last_seq)
+        if tail_end > covered:
+            for subject in subjects:
+                raws += await self._read_subject(subject, state, max(first, covered + 1), tail_end)
+        return raws
 
     async def _read_subject(self, subject: str, state: StreamState, first: int, last: int) -> list[RawBatch]:
         """The messages on ``subject`` from ``first`` to ``last``: by sequence
