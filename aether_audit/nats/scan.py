@@ -29,9 +29,9 @@ import secrets
 import ssl
 import time
 import urllib.parse
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -51,7 +51,7 @@ from ..model.errors import (
 )
 from ..model.speedups import cfast, large_read
 
-__all__ = ["JS_API", "RawBatch", "StreamScanner"]
+__all__ = ["JS_API", "Gate", "RawBatch", "StreamScanner"]
 
 # The JetStream API's subject prefix. A JetStream domain ``D`` is
 # ``$JS.D.API``; an account import may use any prefix: ``StreamScanner``
@@ -97,6 +97,15 @@ class RawBatch:
 
     def __len__(self) -> int:
         return len(self.seqs)
+
+
+class Gate(Protocol):
+    """When a scan that yields to other work may ask the server for more
+    (``StreamScanner.scan``'s ``gate``)."""
+
+    def may_pull(self) -> bool: ...
+
+    async def wait(self) -> None: ...
 
 
 class _Disconnected(Exception):
@@ -709,7 +718,7 @@ class StreamScanner:
     async def scan(self, stream: str, *, start_seq: int = 1, end_seq: int | None = None,
                    filter_subject: str | None = None, batch_size: int = 10_000,
                    headers_only: bool = False, pull: int = _PULL_BATCH,
-                   pause: Callable[[], Awaitable[object]] | None = None) -> AsyncIterator[RawBatch]:
+                   gate: Gate | None = None) -> AsyncIterator[RawBatch]:
         """Messages with ``start_seq <= seq <= end_seq`` in stream order, in batches.
 
         ``end_seq=None`` is the stream's last sequence when the scan starts (a
@@ -723,11 +732,10 @@ class StreamScanner:
         nothing is missed or doubled.
 
         ``pull`` is the messages asked for per pull request (two are kept
-        outstanding). ``pause``, when given, is awaited each time the scan
-        needs more from the socket: a background scan that yields to other
-        reads waits there, and then the server has at most ``2 * pull``
-        messages of it left to send (a small ``pull`` bounds what it does
-        meanwhile).
+        outstanding). A ``gate`` makes the scan yield to other work: it asks
+        for more only while ``gate.may_pull()``, and once what it asked for
+        has all come it awaits ``gate.wait()``, so while it waits the server
+        does nothing for it.
         """
         async with self._lock:
             window = ReconnectWindow(self._options.reconnect_seconds)
@@ -742,7 +750,7 @@ class StreamScanner:
                     large_read(cursor.end_seq - cursor.resume_from() + 1)  # once: a warning without the C loops
                     if cursor.resume_from() <= cursor.end_seq:
                         consume = self._consume(stream, filter_subject, max(1, batch_size), cursor, headers_only,
-                                                pull, pause)
+                                                pull, gate)
                         async with contextlib.aclosing(consume):
                             async for batch in consume:
                                 window.succeeded()
@@ -763,7 +771,7 @@ class StreamScanner:
 
     async def _consume(self, stream: str, filter_subject: str | None, batch_size: int,
                        cursor: _Cursor, headers_only: bool = False, pull_size: int = _PULL_BATCH,
-                       pause: Callable[[], Awaitable[object]] | None = None) -> AsyncIterator[RawBatch]:
+                       gate: Gate | None = None) -> AsyncIterator[RawBatch]:
         """One consumer's deliveries from ``cursor.resume_from()``, collected in ``cursor.batch``.
 
         Yields each batch once it is full and returns at the cut. Raises
@@ -812,7 +820,7 @@ class StreamScanner:
                     if not headers_only and len(batch.seqs) > counted and b"" in batch.payloads[counted:]:
                         _kept_headers(buf, taken_from, pos, sid, batch.headers)
                 received += len(batch.seqs) - counted
-                while not done and requested - received <= pull_size:
+                while not done and requested - received <= pull_size and (gate is None or gate.may_pull()):
                     self._send(pull)  # keep two requests outstanding: the pipe never idles
                     requested += pull_size
                 if len(batch.seqs) >= batch_size:
@@ -830,8 +838,13 @@ class StreamScanner:
                 # PING, -ERR, a frame of an older consumer, or an incomplete one.
                 got = _parse_frame(buf, pos)
                 if got is None:
-                    if pause is not None:
-                        await pause()
+                    if gate is not None and requested <= received:
+                        # Nothing asked for is still on its way: wait here
+                        # until the gate lets this scan ask again.
+                        self._buf, self._pos = buf, pos
+                        await gate.wait()
+                        buf, pos = self._buf, self._pos
+                        continue
                     buf, pos = await self._fill(buf[pos:]), 0
                     continue
                 pos, op, args, header, payload = got

@@ -210,14 +210,18 @@ class HeldPass:
         self.held = threading.Event()
         self.release: asyncio.Event | None = None
         core = store.core
+        gate = core._foreground  # the pass's gate: it asks only while may_pull(), else waits
 
-        async def gate() -> None:  # the pass's pause, awaited before each socket read
+        def may_pull() -> bool:
             growing = core._growing
-            if self.release is not None and growing is not None and growing.last_seq > 0:
-                self.held.set()
-                await self.release.wait()
+            return growing is None or growing.last_seq == 0 or self.release is None or self.release.is_set()
 
-        core._foreground.wait = gate
+        async def wait() -> None:
+            self.held.set()
+            assert self.release is not None
+            await self.release.wait()
+
+        gate.may_pull, gate.wait = may_pull, wait
 
         async def start() -> asyncio.Task:
             self.release = asyncio.Event()
@@ -304,6 +308,34 @@ def test_history_while_the_index_is_built_returns_the_seed_ways_rows(nats_url, s
             held.finish()
         for actor in ACTORS:
             assert _frame_rows(store.history(actor)) == planted.events[actor], actor
+
+
+def test_back_to_back_reads_still_get_the_index_built(nats_url, seeded, monkeypatch):
+    """Reads with no idle moment between them (one coroutine's loop) keep
+    the index pass waiting, but each gives it a step: the index gets built,
+    and every read meanwhile has the planted rows."""
+    from aether_audit.store.sync import run_sync
+
+    stream, planted = seeded
+    monkeypatch.setattr(reader_module, "_INDEX_BATCH", 5)
+    monkeypatch.setattr(reader_module, "_INDEX_PULL", 2)
+    with connect(nats_url, stream=stream) as store:
+        core = store.core
+
+        async def back_to_back() -> list[tuple[str, list]]:
+            seen = []
+            for _ in range(40):
+                for actor in ACTORS:
+                    seen.append((actor, _frame_rows(await core.history(actor))))
+                if core._index is not None:
+                    break
+            return seen
+
+        seen = run_sync(back_to_back())
+        assert core._index is not None
+        assert len(seen) > len(ACTORS)  # the pass did not just run alone after the first read
+        for actor, rows in seen:
+            assert rows == planted.events[actor], actor
 
 
 def test_many_actor_ids_take_the_whole_stream_pass_with_the_same_rows(nats_url, seeded, monkeypatch):
