@@ -730,7 +730,8 @@ class StreamReader:
 
         Per-actor reads build it by themselves in the background; call this
         to have it ready before the first one. One headers-only pass, or a
-        cache file of an earlier session (``read.index``) once checked.
+        cache file of an earlier session (``read.index``) once checked. The
+        pass yields to per-actor reads running meanwhile (``_Foreground``).
         """
         async with self._index_lock:
             state = await self.stream_state()
