@@ -18,7 +18,7 @@ from a timeout.
 from __future__ import annotations
 
 import asyncio
-import base64
+import binascii
 import contextlib
 import datetime
 import functools
@@ -31,7 +31,7 @@ import time
 import urllib.parse
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -51,7 +51,7 @@ from ..model.errors import (
 )
 from ..model.speedups import cfast, large_read
 
-__all__ = ["JS_API", "RawBatch", "StreamScanner"]
+__all__ = ["JS_API", "Gate", "RawBatch", "StreamScanner"]
 
 # The JetStream API's subject prefix. A JetStream domain ``D`` is
 # ``$JS.D.API``; an account import may use any prefix: ``StreamScanner``
@@ -97,6 +97,15 @@ class RawBatch:
 
     def __len__(self) -> int:
         return len(self.seqs)
+
+
+class Gate(Protocol):
+    """When a scan that yields to other work may ask the server for more
+    (``StreamScanner.scan``'s ``gate``)."""
+
+    def may_pull(self) -> bool: ...
+
+    async def wait(self) -> None: ...
 
 
 class _Disconnected(Exception):
@@ -252,12 +261,21 @@ def _add_message(batch: RawBatch, message: dict[str, Any]) -> None:
     batch.seqs.append(seq)
     batch.stored_ns.append(_rfc3339_ns(message["time"]))
     batch.subjects.append(message["subject"])
-    payload = base64.b64decode(message.get("data") or b"")
+    # binascii directly: what base64.b64decode calls after checking its
+    # argument's type (a third of its time on a 360-byte event).
+    payload = binascii.a2b_base64(message.get("data") or "")
     batch.payloads.append(payload)
-    if message.get("hdrs"):
-        header = base64.b64decode(message["hdrs"])
+    if hdrs := message.get("hdrs"):
+        header = binascii.a2b_base64(hdrs)
         if keeps_header(header, payload):
             batch.headers[seq] = header
+
+
+@functools.lru_cache(maxsize=16)
+def _reply_regex(inbox: bytes) -> re.Pattern[bytes]:
+    """Matches the control line of a reply to one of this connection's
+    requests (``MSG <inbox>.r.<token> 1 <size>``); groups: token, size."""
+    return re.compile(rb"MSG " + re.escape(inbox) + rb"\.r\.(\d+) 1 (\d+)\r\n")
 
 
 def _kept_headers(buf: bytes, start: int, stop: int, sid: bytes, headers: dict[int, bytes]) -> None:
@@ -601,44 +619,106 @@ class StreamScanner:
                 raise
         return batch
 
-    async def _get_messages(self, stream: str, seqs: list[int], window: int, batch: RawBatch) -> None:
+    async def stream_info_and_messages(self, stream: str, seqs: list[int]) -> tuple[dict[str, Any], RawBatch]:
+        """``stream_info`` and ``get_messages`` in one write, so one round
+        trip: a read by the subject index needs the stream's info to know
+        the index is of this stream and up to date, and knows the
+        sequences to get before that (~0.25 ms of a ~4 ms history at 200k).
+
+        Retried as ``api`` is (a broken connection, a stream without a
+        leader, within the reconnect window); silence for
+        ``connect_timeout`` is final.
+        """
+        async with self._lock:
+            window = ReconnectWindow(self._options.reconnect_seconds)
+            while True:
+                batch = RawBatch()
+                try:
+                    info = await self._get_messages(stream, seqs, 256, batch, info=True)
+                    assert info is not None
+                    return info, batch
+                except (_Disconnected, ConnectionFailed, JetStreamAPIError) as exc:
+                    self._drop()
+                    if isinstance(exc, JetStreamAPIError) and not leaderless(exc):
+                        raise
+                    await self._recover(exc, window, resuming=False)
+                except BaseException:
+                    self._drop()
+                    raise
+
+    async def _get_messages(self, stream: str, seqs: list[int], window: int, batch: RawBatch,
+                            info: bool = False) -> dict[str, Any] | None:
+        """The gets of ``seqs`` into ``batch``, ``window`` at a time; with
+        ``info``, the stream's info asked first in the same write, returned."""
         await self.connect()
+        where = self._options.describe()
         subject = f"{self._api}.STREAM.MSG.GET.{stream}".encode()
-        for start in range(0, len(seqs), window):
+        inbox = self._inbox.encode()
+        match = _reply_regex(inbox).match
+        answer_info: dict[str, Any] | None = None
+        for start in range(0, max(len(seqs), 1 if info else 0), window):
             chunk = seqs[start:start + window]
+            offset = 1 if info and not start else 0  # the info is answers[0], then the gets
             base = next(self._ids)
-            for _ in range(len(chunk) - 1):  # reserve one reply token per request
-                next(self._ids)
-            replies = {f"{self._inbox}.r.{base + i}".encode(): i for i in range(len(chunk))}
-            requests = []
-            for reply, i in replies.items():
-                body = b'{"seq":%d}' % chunk[i]
-                requests.append(b"PUB %s %s %d\r\n%s\r\n" % (subject, reply, len(body), body))
+            count = len(chunk) + offset
+            self._ids = itertools.count(base + count)  # one reply token per request
+            requests = [b"PUB %s.STREAM.INFO.%s %s.r.%d 0\r\n\r\n" % (self._api.encode(), stream.encode(), inbox, base)
+                        ] if offset else []
+            requests += [b"PUB %s %s.r.%d %d\r\n%s\r\n" % (subject, inbox, base + offset + i, len(body), body)
+                         for i, body in enumerate(b'{"seq":%d}' % seq for seq in chunk)]
             self._send(b"".join(requests))  # one write: a syscall per request would dominate
-            answers: list[dict[str, Any] | None] = [None] * len(chunk)
-            missing = len(chunk)
+            answers: list[bytes | None] = [None] * count
+            missing = count
             try:
                 async with asyncio.timeout(self._options.connect_timeout):
                     while missing:
-                        op, args, _, payload = await self._frame()
-                        index = replies.get(args[0]) if op in (b"MSG", b"HMSG") else None
-                        if index is not None and answers[index] is None:
-                            answers[index] = orjson.loads(payload)
+                        # The replies already received, straight from the
+                        # buffer (a regex match each, no frame objects)...
+                        buf, pos = self._buf, self._pos
+                        while missing and (m := match(buf, pos)) is not None:
+                            stop = m.end() + int(m[2])
+                            if stop + 2 > len(buf):
+                                break  # not all here yet
+                            index = int(m[1]) - base
+                            if 0 <= index < count and answers[index] is None:
+                                answers[index] = buf[m.end():stop]
+                                missing -= 1
+                            pos = stop + 2
+                        self._pos = pos
+                        if not missing:
+                            break
+                        # ... then one frame the general way: it waits for
+                        # more, answers a PING, raises on -ERR, skips a
+                        # frame of another request.
+                        op, args, header, payload = await self._frame()
+                        if op == b"HMSG" and header.startswith(b"NATS/1.0 503"):
+                            raise ConnectionFailed(f"JetStream is not enabled or not available at {where}")
+                        token = args[0].rpartition(b".r.")[2] if op in (b"MSG", b"HMSG") else b""
+                        index = int(token) - base if token.isdigit() and args[0].startswith(inbox) else -1
+                        if 0 <= index < count and answers[index] is None:
+                            answers[index] = payload
                             missing -= 1
             except TimeoutError as exc:
                 self.silent = True
-                raise NoAnswer(f"no answer from {self._options.describe()} to {missing} of "
-                               f"{len(chunk)} gets from {stream} within {self._options.connect_timeout:g} s") from exc
-            for answer in answers:
-                message = (answer or {}).get("message")
+                raise NoAnswer(f"no answer from {where} to {missing} of {count} "
+                               f"requests to {stream} within {self._options.connect_timeout:g} s") from exc
+            self.silent = False
+            if offset:
+                answer_info = orjson.loads(answers[0] or b"{}")
+                if error := answer_info.get("error"):
+                    raise api_error(error, stream, where)
+            for answer in answers[offset:]:
+                message = orjson.loads(answer or b"{}").get("message")
                 if message is not None:  # else deleted since it was indexed (err_code 10037)
                     _add_message(batch, message)
+        return answer_info
 
     # -- scanning ---------------------------------------------------------
 
     async def scan(self, stream: str, *, start_seq: int = 1, end_seq: int | None = None,
                    filter_subject: str | None = None, batch_size: int = 10_000,
-                   headers_only: bool = False) -> AsyncIterator[RawBatch]:
+                   headers_only: bool = False, pull: int = _PULL_BATCH,
+                   gate: Gate | None = None) -> AsyncIterator[RawBatch]:
         """Messages with ``start_seq <= seq <= end_seq`` in stream order, in batches.
 
         ``end_seq=None`` is the stream's last sequence when the scan starts (a
@@ -650,6 +730,12 @@ class StreamScanner:
         payloads (what an index needs: a tenth of the bytes). After a broken
         connection the scan resumes behind the last message received, so
         nothing is missed or doubled.
+
+        ``pull`` is the messages asked for per pull request (two are kept
+        outstanding). A ``gate`` makes the scan yield to other work: it asks
+        for more only while ``gate.may_pull()``, and once what it asked for
+        has all come it awaits ``gate.wait()``, so while it waits the server
+        does nothing for it.
         """
         async with self._lock:
             window = ReconnectWindow(self._options.reconnect_seconds)
@@ -663,7 +749,8 @@ class StreamScanner:
                         cursor = _Cursor(max(start_seq, 1) - 1, info["state"]["last_seq"], confirmed=True)
                     large_read(cursor.end_seq - cursor.resume_from() + 1)  # once: a warning without the C loops
                     if cursor.resume_from() <= cursor.end_seq:
-                        consume = self._consume(stream, filter_subject, max(1, batch_size), cursor, headers_only)
+                        consume = self._consume(stream, filter_subject, max(1, batch_size), cursor, headers_only,
+                                                pull, gate)
                         async with contextlib.aclosing(consume):
                             async for batch in consume:
                                 window.succeeded()
@@ -683,7 +770,8 @@ class StreamScanner:
                 yield cursor.batch
 
     async def _consume(self, stream: str, filter_subject: str | None, batch_size: int,
-                       cursor: _Cursor, headers_only: bool = False) -> AsyncIterator[RawBatch]:
+                       cursor: _Cursor, headers_only: bool = False, pull_size: int = _PULL_BATCH,
+                       gate: Gate | None = None) -> AsyncIterator[RawBatch]:
         """One consumer's deliveries from ``cursor.resume_from()``, collected in ``cursor.batch``.
 
         Yields each batch once it is full and returns at the cut. Raises
@@ -710,7 +798,7 @@ class StreamScanner:
             cursor.confirmed = True
             if not created.get("num_pending"):
                 return
-            body = json.dumps({"batch": _PULL_BATCH, "expires": _PULL_EXPIRES_NS,
+            body = json.dumps({"batch": pull_size, "expires": _PULL_EXPIRES_NS,
                                "idle_heartbeat": _HEARTBEAT_NS}).encode()
             pull = b"PUB %s.CONSUMER.MSG.NEXT.%s.%s %s %d\r\n%s\r\n" % (
                 self._api.encode(), stream.encode(), name.encode(), deliver, len(body), body)
@@ -732,9 +820,9 @@ class StreamScanner:
                     if not headers_only and len(batch.seqs) > counted and b"" in batch.payloads[counted:]:
                         _kept_headers(buf, taken_from, pos, sid, batch.headers)
                 received += len(batch.seqs) - counted
-                while not done and requested - received <= _PULL_BATCH:
+                while not done and requested - received <= pull_size and (gate is None or gate.may_pull()):
                     self._send(pull)  # keep two requests outstanding: the pipe never idles
-                    requested += _PULL_BATCH
+                    requested += pull_size
                 if len(batch.seqs) >= batch_size:
                     cursor.after = batch.seqs[-1]
                     full, batch = batch, RawBatch()
@@ -750,6 +838,13 @@ class StreamScanner:
                 # PING, -ERR, a frame of an older consumer, or an incomplete one.
                 got = _parse_frame(buf, pos)
                 if got is None:
+                    if gate is not None and requested <= received:
+                        # Nothing asked for is still on its way: wait here
+                        # until the gate lets this scan ask again.
+                        self._buf, self._pos = buf, pos
+                        await gate.wait()
+                        buf, pos = self._buf, self._pos
+                        continue
                     buf, pos = await self._fill(buf[pos:]), 0
                     continue
                 pos, op, args, header, payload = got

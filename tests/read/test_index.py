@@ -65,9 +65,9 @@ def test_a_new_session_uses_the_cached_index(nats_url, stream_name, cache_dir):
         passes = []
         real = store.core._extend_index
 
-        async def counting(index, last_seq):
+        async def counting(index, last_seq, **options):
             passes.append(last_seq - index.last_seq)
-            await real(index, last_seq)
+            await real(index, last_seq, **options)
 
         store.core._extend_index = counting
         store.index_subjects()

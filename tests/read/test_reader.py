@@ -10,7 +10,10 @@ hand from what the fixture planted, never derived from the code under test.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
+import json
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -191,6 +194,148 @@ def test_every_per_actor_operation_gives_the_same_rows_before_during_and_after_t
     # And a fresh store on the grown stream.
     with connect(nats_url, stream=stream) as store:
         run_check(store, planted, name)
+
+
+class HeldPass:
+    """The background index pass held still part-way, from the test's thread:
+    reads meanwhile find the index neither absent nor whole (``_growing``)."""
+
+    def __init__(self, store: EventStore, monkeypatch: pytest.MonkeyPatch) -> None:
+        from aether_audit.store.sync import run_sync
+
+        # Tiny batches and pulls: the first batch is indexed long before the end.
+        monkeypatch.setattr(reader_module, "_INDEX_BATCH", 7)
+        monkeypatch.setattr(reader_module, "_INDEX_PULL", 3)
+        self.store, self.run = store, run_sync
+        self.held = threading.Event()
+        self.release: asyncio.Event | None = None
+        core = store.core
+        gate = core._foreground  # the pass's gate: it asks only while may_pull(), else waits
+
+        def may_pull() -> bool:
+            growing = core._growing
+            return growing is None or growing.last_seq == 0 or self.release is None or self.release.is_set()
+
+        async def wait() -> None:
+            self.held.set()
+            assert self.release is not None
+            await self.release.wait()
+
+        gate.may_pull, gate.wait = may_pull, wait
+
+        async def start() -> asyncio.Task:
+            self.release = asyncio.Event()
+            return asyncio.get_running_loop().create_task(core.index_subjects())
+
+        self.task = run_sync(start())
+        assert self.held.wait(30), "the index pass never got part-way"
+
+    @property
+    def covered(self) -> int:
+        growing = self.store.core._growing
+        return -1 if growing is None else growing.last_seq
+
+    def finish(self) -> None:
+        async def release() -> None:
+            assert self.release is not None
+            self.release.set()
+            await self.task
+
+        if not self.task.done():
+            self.run(release())
+
+
+@pytest.mark.parametrize("name", CHECKS)
+def test_every_per_actor_operation_gives_the_same_rows_while_the_index_is_built(nats_url, seeded, name, monkeypatch):
+    stream, planted = seeded
+    with connect(nats_url, stream=stream) as store:
+        held = HeldPass(store, monkeypatch)
+        try:
+            last = store.stream_state().last_seq
+            assert store.core._index is None and 0 < held.covered < last
+            run_check(store, planted, name)  # by sequence up to the pass, a filtered consumer beyond
+            assert 0 < held.covered < last  # still part-way: nothing above waited for the pass
+        finally:
+            held.finish()
+        assert store.core._index is not None and store.core._index.last_seq == last
+        run_check(store, planted, name)
+
+
+async def _seed_way(url: str, stream: str, actor: str) -> list[tuple[int, str]]:
+    """(stream seq, event id) of the actor's events as the Go store reads
+    them: a consumer filtered on its subject from the start, every message
+    whose JSON is an event naming it (what unmarshals into its Event)."""
+    import nats
+
+    nc = await nats.connect(url)
+    try:
+        subscription = await nc.jetstream().pull_subscribe(event_subject(stream, actor), durable=None)
+        rows = []
+        try:
+            while True:
+                try:
+                    messages = await subscription.fetch(100, timeout=0.5)
+                except nats.errors.TimeoutError:
+                    break
+                for message in messages:
+                    try:
+                        event = json.loads(message.data)
+                    except ValueError:
+                        continue
+                    if (isinstance(event, dict) and event.get("actorId") == actor
+                            and type(event.get("version")) is int and isinstance(event.get("id"), str)):
+                        rows.append((message.metadata.sequence.stream, event["id"]))
+                if len(messages) < 100:
+                    break
+        finally:
+            await subscription.unsubscribe()
+        return rows
+    finally:
+        await nc.close()
+
+
+def test_history_while_the_index_is_built_returns_the_seed_ways_rows(nats_url, seeded, monkeypatch):
+    stream, planted = seeded
+    with connect(nats_url, stream=stream) as store:
+        plant(store, planted, 1)  # more to index, so the pass is held well before the end
+        held = HeldPass(store, monkeypatch)
+        try:
+            for actor in ACTORS:
+                assert 0 < held.covered < store.stream_state().last_seq
+                seed = asyncio.run(_seed_way(nats_url, stream, actor))
+                assert _frame_rows(store.history(actor)) == seed == planted.events[actor], actor
+        finally:
+            held.finish()
+        for actor in ACTORS:
+            assert _frame_rows(store.history(actor)) == planted.events[actor], actor
+
+
+def test_back_to_back_reads_still_get_the_index_built(nats_url, seeded, monkeypatch):
+    """Reads with no idle moment between them (one coroutine's loop) keep
+    the index pass waiting, but each gives it a step: the index gets built,
+    and every read meanwhile has the planted rows."""
+    from aether_audit.store.sync import run_sync
+
+    stream, planted = seeded
+    monkeypatch.setattr(reader_module, "_INDEX_BATCH", 5)
+    monkeypatch.setattr(reader_module, "_INDEX_PULL", 2)
+    with connect(nats_url, stream=stream) as store:
+        core = store.core
+
+        async def back_to_back() -> list[tuple[str, list]]:
+            seen = []
+            for _ in range(40):
+                for actor in ACTORS:
+                    seen.append((actor, _frame_rows(await core.history(actor))))
+                if core._index is not None:
+                    break
+            return seen
+
+        seen = run_sync(back_to_back())
+        assert core._index is not None
+        assert len(seen) > len(ACTORS)  # the pass did not just run alone after the first read
+        for actor, rows in seen:
+            assert rows == planted.events[actor], actor
 
 
 def test_many_actor_ids_take_the_whole_stream_pass_with_the_same_rows(nats_url, seeded, monkeypatch):
