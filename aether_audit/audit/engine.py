@@ -526,10 +526,12 @@ class AuditEngine:
 
     # --- state (a checkpoint) -----------------------------------------------------------
 
-    def to_state(self) -> EngineState:
+    def to_state(self, kept: bool = True) -> EngineState:
         """Everything the next run needs, after ``settle`` (the key stores'
         buffers are written as segments first). ``from_state`` of it gives an
-        engine that goes on exactly as this one would.
+        engine that goes on exactly as this one would. ``kept=False``: without
+        the ``kept/CODE/I`` tables (a checkpoint writes those as it grows,
+        ``kept_table`` of the frames added since its last write).
 
         Example:
             >>> engine = AuditEngine()
@@ -559,13 +561,9 @@ class AuditEngine:
             "pending": pending if isinstance(pending, pa.Table)
             else pa.Table.from_pandas(pending, schema=STATE_SCHEMAS["pending"], preserve_index=False).replace_schema_metadata(None),
         }
-        for code, parts in self.kept.items():
+        for code, parts in self.kept.items() if kept else ():
             for i, part in enumerate(parts):
-                schema = kept_schema(code, i)
-                tables[f"kept/{code}/{i}"] = (
-                    pa.Table.from_pandas(pd.concat(part, ignore_index=True)[schema.names], schema=schema,
-                                         preserve_index=False).replace_schema_metadata(None)
-                    if part else schema.empty_table())
+                tables[f"kept/{code}/{i}"] = self.kept_table(code, i, part)
         scalars = {
             "runs": [list(run) for run in self.runs], "next_seq": self.next_seq, "lowest_seq": self.lowest_seq,
             "counts": dict(self.counts), "samples": thin(self.samples), "ord": self.ord,
@@ -578,6 +576,16 @@ class AuditEngine:
             scalars["rules"], rule_tables = self.rule_state.to_state(n)
             tables.update(rule_tables)
         return EngineState(scalars, tables)
+
+    @staticmethod
+    def kept_table(code: str, part: int, frames: Sequence[pd.DataFrame]) -> pa.Table:
+        """``frames`` of what check ``code`` keeps in part ``part`` as one
+        table of its ``kept_schema``."""
+        schema = kept_schema(code, part)
+        if not frames:
+            return schema.empty_table()
+        return pa.Table.from_pandas(pd.concat(frames, ignore_index=True)[schema.names], schema=schema,
+                                    preserve_index=False).replace_schema_metadata(None)
 
     def _batch_table(self) -> pa.Table:
         rows = [(k, *v, False) for k, v in self.batches.open.items()]

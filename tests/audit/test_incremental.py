@@ -351,12 +351,14 @@ def test_a_section_of_another_schema_is_refused(store, tmp_path):
         store.audit(checkpoint=checkpoint)
 
 
-def test_a_format_1_checkpoint_says_to_start_a_new_one(store, tmp_path):
+@pytest.mark.parametrize("old", [1, 3])
+def test_an_old_format_checkpoint_says_to_start_a_new_one(store, tmp_path, old):
+    # 3: the findings and a watch's list inside the file, rewritten whole by every save (issue 27).
     from _checkpoint_support import rewrite
 
     checkpoint = _made(store, tmp_path)
-    rewrite(checkpoint, header=lambda h: {**h, "format": 1})
-    _one_line_exit_2(_check_cli(store, checkpoint), "has format 1, not 3", "start a new checkpoint")
+    rewrite(checkpoint, header=lambda h: {**h, "format": old})
+    _one_line_exit_2(_check_cli(store, checkpoint), f"has format {old}, not 4", "start a new checkpoint")
 
 
 def test_watch_given_a_bad_checkpoint_exits_2_at_once(store, tmp_path):
@@ -420,8 +422,9 @@ def test_a_changed_signed_checkpoint_is_refused(store, tmp_path):
     # Vouch for less (the version gap forgotten): a valid state, the checksum
     # recomputed, the signature left as it was.
     def forget_the_gap(path):
-        rewrite(path, header=lambda h: {**h, "engine": {**h["engine"], "parts": {**h["engine"]["parts"], "version_gap": 0}}},
-                sections=lambda s: {name: data for name, data in s.items() if name != "kept/version_gap/0"})
+        # (The findings kept are logs beside the file, named by the header.)
+        rewrite(path, header=lambda h: {**h, "engine": {**h["engine"], "parts": {**h["engine"]["parts"], "version_gap": 0}},
+                                         "logs": {k: v for k, v in h["logs"].items() if k != "kept/version_gap/0"}})
 
     forget_the_gap(checkpoint)
     with pytest.raises(CheckpointError, match="changed after it was signed"):
