@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from seeding import _caught_up, _hpub, _raw_connection, seed_messages  # noqa: E402
 
+from aether_audit.audit.checkpoint import MAGIC  # noqa: E402
 from aether_audit.nats.server import NatsServer  # noqa: E402
 
 
@@ -160,8 +161,13 @@ def main() -> None:
         result.update({
             "change_messages": args.change, "change_findings": child.lines - printed,
             "change_bytes_written": written(child.process.pid) - wrote0 - (child.stdout_bytes - out0),
-            "change_files_touched": sorted(name for name, info in changed.items() if after.get(name) != info),
+            "change_files_touched": {name: info[2] for name, info in sorted(changed.items()) if after.get(name) != info},
         })
+        head = checkpoint.read_bytes()
+        at = len(MAGIC) + 8
+        header = json.loads(head[at: at + int.from_bytes(head[len(MAGIC): at], "big")])
+        result["checkpoint_sections"] = dict(header["sections"])
+        result["checkpoint_header_bytes"] = int.from_bytes(head[len(MAGIC): at], "big")
         child.process.terminate()
         child.process.wait(60)
         print(json.dumps(result, indent=1))
