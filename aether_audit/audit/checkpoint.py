@@ -71,7 +71,7 @@ import pandas as pd
 import pyarrow as pa
 
 from .checks import CHECKS, CheckOptions, history_rewritten
-from .engine import MAX_PARTS, MAX_SAMPLES, AuditEngine, EngineState, kept_schema, thin
+from .engine import KEY_LOGS, MAX_PARTS, MAX_SAMPLES, AuditEngine, EngineState, kept_schema, thin
 from ..model.errors import CheckpointError
 from ..model.files import write_atomic
 from ..model.records import StreamState
@@ -256,6 +256,8 @@ def save_checkpoint(path: Path, engine: AuditEngine, state: StreamState, emitted
     for code, parts in engine.kept.items():
         for i, part in enumerate(parts):
             sources[f"kept/{code}/{i}"] = (part, lambda frames, code=code, i=i: engine.kept_table(code, i, frames))
+    for name, store in (("keys/ids", engine.ids), ("keys/versions", engine.versions)):
+        sources[name] = (store.buffer, lambda batches, schema=KEY_LOGS[name]: pa.Table.from_batches(batches, schema=schema))
     emitted = emitted if emitted is not None else Emitted()
     emitted.compacted()
     sources[EMITTED] = (emitted.changes, Emitted.table)
@@ -374,8 +376,11 @@ def _check_header(header: Any, size: int) -> None:
     logs = header["logs"]
     if not isinstance(logs, dict):
         raise CheckpointError("logs must be an object")
+    missing = sorted({EMITTED, *KEY_LOGS} - set(logs))  # the kept ones: each part the engine names (from_state)
+    if missing:
+        raise CheckpointError(f"logs must name {', '.join(missing)} (a list of files, empty or not)")
     for name, files in logs.items():
-        if name != EMITTED and not _KEPT_LOG.fullmatch(name):
+        if name != EMITTED and name not in KEY_LOGS and not _KEPT_LOG.fullmatch(name):
             raise CheckpointError(f"unknown log {name[:60]!r}")
         if not isinstance(files, list) or len(files) > MAX_LOG_SEGMENTS:
             raise CheckpointError(f"log {name} must be a list of at most {MAX_LOG_SEGMENTS} files")
@@ -494,6 +499,8 @@ def _load(path: Path, options: CheckOptions, signer: Any) -> Checkpoint:
     written = {f"kept/{code}/{i}": Log(header["logs"].get(f"kept/{code}/{i}", []), part, len(part))
                for code, parts in engine.kept.items() for i, part in enumerate(parts)}
     written[EMITTED] = Log(header["logs"].get(EMITTED, []), emitted.changes, len(emitted.changes))
+    for name, store in (("keys/ids", engine.ids), ("keys/versions", engine.versions)):
+        written[name] = Log(header["logs"].get(name, []), store.buffer, len(store.buffer))
     return Checkpoint(path=path, stream=header["stream"], created=header["created"],
                       first_seq=header["first_seq"], last_seq=header["last_seq"],
                       samples=engine.samples, engine=engine, emitted=emitted, logs=written, signer=header["signer"])
@@ -505,6 +512,8 @@ def _read_log(directory: Path, name: str, files: list[list[Any]]) -> pa.Table:
     ``AuditEngine.from_state``, or here for ``emitted``)."""
     if name == EMITTED:
         schema = EMITTED_SCHEMA
+    elif name in KEY_LOGS:
+        schema = KEY_LOGS[name]
     else:
         match = _KEPT_LOG.fullmatch(name)
         code, part = match.group(1), int(match.group(2))

@@ -54,7 +54,7 @@ from .checks import (
 )
 from ..model.errors import CheckpointError
 from ..model.frames import FINDING_SCHEMA, SNAPSHOT_SCHEMA, DecodedBatch, StreamFrames, to_pandas
-from .keys import KeyStore
+from .keys import KeyStore, store_schema
 from .rules import RuleState
 from ..model.records import StreamState
 
@@ -105,6 +105,10 @@ STATE_SCHEMAS: dict[str, pa.Schema] = {
                           pa.field("lowest", pa.int64(), nullable=False), pa.field("highest", pa.int64(), nullable=False),
                           pa.field("subject", pa.string(), nullable=False), pa.field("committed", pa.bool_(), nullable=False)]),
 }
+# The key stores' rows not yet spilled into a segment (``KeyStore.buffer``):
+# a checkpoint keeps them as logs, so a save does not write a segment (256
+# partitions: ~260 KB however few keys) for the few keys of a poll.
+KEY_LOGS = {"keys/ids": store_schema(("actor_id", "subject")), "keys/versions": store_schema()}
 # A checkpoint written before atomic batches were checked has no "batches"
 # section: read as none (a batch ID committed before it is then not known).
 _OPTIONAL_SECTIONS = {"batches"}
@@ -248,13 +252,15 @@ class AuditEngine:
     segments (a temporary directory when None)."""
 
     def __init__(self, options: CheckOptions | None = None, directory: Path | None = None,
-                 keys: Mapping[str, Any] | None = None) -> None:
+                 keys: Mapping[str, Any] | None = None, buffered: Mapping[str, pa.Table] | None = None) -> None:
         self.options = options or CheckOptions()
         self.directory = directory
         keys = keys or {}
+        buffered = buffered or {}
         self.ids = KeyStore(None if directory is None else directory, keys.get("ids", ()),
-                            extra=("actor_id", "subject"), name="ids")
-        self.versions = KeyStore(None if directory is None else directory, keys.get("versions", ()), name="versions")
+                            extra=("actor_id", "subject"), name="ids", buffered=buffered.get("ids"))
+        self.versions = KeyStore(None if directory is None else directory, keys.get("versions", ()), name="versions",
+                                 buffered=buffered.get("versions"))
         self.actor_code: dict[str, int] = {}
         self.actor_names: list[str] = []
         self.max_version = np.zeros(1024, dtype=np.int64)
@@ -531,15 +537,18 @@ class AuditEngine:
         buffers are written as segments first). ``from_state`` of it gives an
         engine that goes on exactly as this one would. ``kept=False``: without
         the ``kept/CODE/I`` tables (a checkpoint writes those as it grows,
-        ``kept_table`` of the frames added since its last write).
+        ``kept_table`` of the frames added since its last write) and with the
+        key stores' buffers left as they are (it logs them, ``KEY_LOGS``);
+        else the buffers are written as segments first.
 
         Example:
             >>> engine = AuditEngine()
             >>> sorted(engine.to_state().tables)[:3]
             ['actors', 'batches', 'groups']
         """
-        self.ids.flush()
-        self.versions.flush()
+        if kept:
+            self.ids.flush()
+            self.versions.flush()
         n = len(self.actor_names)
 
         def groups(mapping: dict[str, list[str]], name: str) -> pa.Table:
@@ -654,15 +663,25 @@ class AuditEngine:
             _int(count, f"parts.{code}", 0, MAX_PARTS)
         keys = _exact_keys(scalars["keys"], {"ids", "versions"}, "keys")
         segments = {name: _segments(keys[name], name, directory) for name in ("ids", "versions")}
+        tables = state.tables if isinstance(state.tables, dict) else {}
+        buffered = {}
+        for name, schema in KEY_LOGS.items():
+            table = _valid(name, tables.get(name, schema.empty_table()), schema)
+            if any(column.null_count for column in table.columns):
+                raise _bad(f"{name} holds nulls")
+            _in_range(table["seq"], f"{name}.seq", 1, top)
+            _in_range(table["ord"], f"{name}.ord", 0, counts["events"] - 1)
+            buffered[name[len("keys/"):]] = table
         for name, listed in segments.items():
-            if sum(segment["rows"] for segment in listed) > counts["events"]:
+            if sum(segment["rows"] for segment in listed) + buffered[name].num_rows > counts["events"]:
                 raise _bad(f"keys.{name} hold more rows than events were counted")
 
         wanted = dict(STATE_SCHEMAS)
         if rules is not None:
             wanted.update({"rules/last": RuleState.SCHEMA, "rules/waiting": RuleState.WAITING})
         wanted.update({f"kept/{code}/{i}": kept_schema(code, i) for code, count in parts.items() for i in range(count)})
-        tables = state.tables
+        tables = {name: table for name, table in state.tables.items() if name not in KEY_LOGS} \
+            if isinstance(state.tables, dict) else state.tables
         if isinstance(tables, dict) and not _OPTIONAL_SECTIONS <= set(tables):
             tables = {**{name: wanted[name].empty_table() for name in _OPTIONAL_SECTIONS if name not in tables}, **tables}
         if not isinstance(tables, dict) or set(tables) != set(wanted):
@@ -700,7 +719,7 @@ class AuditEngine:
                 if code != "history_rewritten":  # the one finding about a stream before a rewrite
                     _in_range(table["stream_seq"], f"kept/{code}/{i}.stream_seq", 1, top)
 
-        engine = cls(options, directory, keys=segments)
+        engine = cls(options, directory, keys=segments, buffered=buffered)
         code_of = {actor: code for code, actor in enumerate(names)}
         engine.actor_names, engine.actor_code = names, code_of
         size = max(1024, n)

@@ -167,8 +167,8 @@ def _bad_checkpoints(nats_url: str, stream_name: str, tmp_path: Path) -> dict[st
     assert check_json(nats_url, stream_name + "_other", "--checkpoint", str(other)).returncode in (0, 1)
     missing = tmp_path / "missing.ckpt"
     assert check_json(nats_url, stream_name, "--checkpoint", str(missing)).returncode in (0, 1)
-    next((tmp_path / "missing.ckpt.keys").glob("ids-*.arrow")).unlink()
-    return {"garbage": garbage, "another stream's": other, "missing a segment": missing}
+    next((tmp_path / "missing.ckpt.keys").glob("log-*.arrow")).unlink()  # its findings or keys (format 4: logs)
+    return {"garbage": garbage, "another stream's": other, "missing a log file": missing}
 
 
 def test_watch_with_a_bad_checkpoint_exits_2_at_once(nats_url, stream_name, tmp_path):
