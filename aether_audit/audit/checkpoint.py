@@ -5,7 +5,9 @@ and the segment files it names.
 state, holes, pending snapshots), the stream's identity and what was read;
 the exact event-ID and version structures live beside it in ``FILE.keys/``
 as immutable segment files the checkpoint names (with their sizes). What
-only grows, the findings each check keeps (``kept/CODE/I``) and the
+only grows, the findings each check keeps (``kept/CODE/I``), the keys not
+yet spilled into a segment (``keys/ids``, ``keys/versions``: else every
+save wrote a 256-partition segment, ~260 KB, for a poll's few keys) and the
 identities a watch yielded (``emitted``), is kept there too, as *logs*:
 immutable ``log-<16 hex>.arrow`` files (an Arrow IPC stream each) that the
 header names in order with their rows, sizes and SHA-256. A write adds a
