@@ -1,25 +1,29 @@
 """Checkpoints of incremental audits: what the next run needs, in one file
 and the segment files it names.
 
-``FILE`` holds the engine's state (``AuditEngine.to_state``: per-actor
-state, holes, pending snapshots), the stream's identity and what was read;
-the exact event-ID and version structures live beside it in ``FILE.keys/``
-as immutable segment files the checkpoint names (with their sizes). What
-only grows, the findings each check keeps (``kept/CODE/I``), the keys not
-yet spilled into a segment (``keys/ids``, ``keys/versions``: else every
-save wrote a 256-partition segment, ~260 KB, for a poll's few keys) and the
-identities a watch yielded (``emitted``), is kept there too, as *logs*:
-immutable ``log-<16 hex>.arrow`` files (an Arrow IPC stream each) that the
-header names in order with their rows, sizes and SHA-256. A write adds a
-file for the rows added since the last one, so a run that found 10 more
-findings writes ~10 findings' worth, not the 100,000 before them (issue
-27: the whole 34.7 MB file was rewritten for any change); small files merge
-pairwise as they pile up (a binary counter: every row is rewritten
-O(log n) times in all, at most ``MAX_LOG_SEGMENTS`` files a log). A log
-that shrank (retention dropped findings, a reread) is written again whole.
-``FILE`` is written atomically (``model.files.write_atomic``) after the
-segments it names, and files it no longer names are removed only after
-it, so a crash leaves the old checkpoint or the new one, whole.
+``FILE`` holds the engine's small state (``AuditEngine.to_state``: holes,
+pending snapshots, atomic batches, the rules' state), the stream's identity
+and what was read. Beside it, in ``FILE.keys/``, live the exact event-ID
+and version structures, as immutable segment files the checkpoint names
+(with their sizes), and *logs*: immutable ``log-<16 hex>.arrow`` files (an
+Arrow IPC stream each) that the header names in order with their rows,
+sizes and SHA-256. Logs hold what grows: the findings each check keeps
+(``kept/CODE/I``), the keys not yet spilled into a segment (``keys/ids``,
+``keys/versions``), the identities a watch yielded (``emitted``), and, as
+logs of upserts (each key's last row counts, in the order keys first
+came), the per-actor and per-subject state (``KEYED``). A write adds one
+file per log of what was added or changed since the last write, so a run
+that found 10 more findings for one actor writes ~10 findings and one
+actor's worth, not the 100,000 findings before them (issue 27: the whole
+34.7 MB file was rewritten for any change, and a 256-partition key segment,
+~260 KB, for a poll's few keys). Small files merge pairwise as they pile up
+(a binary counter: every row is rewritten O(log n) times in all, at most
+``MAX_LOG_SEGMENTS`` files a log); a log that shrank (retention dropped
+findings, a reread) or an upsert log twice the size of its table is
+written again whole. ``FILE`` is written atomically
+(``model.files.write_atomic``) after the files it names, and files it no
+longer names are removed only after it, so a crash leaves the old
+checkpoint or the new one, whole.
 
 Layout (format 4): a magic line, an 8-byte header length, the JSON header,
 the Arrow IPC stream sections the header lists (name and size, in order,
@@ -68,12 +72,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from .checks import CHECKS, CheckOptions, history_rewritten
-from .engine import KEY_LOGS, MAX_PARTS, MAX_SAMPLES, AuditEngine, EngineState, kept_schema, thin
+from .engine import KEY_LOGS, MAX_PARTS, MAX_SAMPLES, STATE_SCHEMAS, AuditEngine, EngineState, kept_schema, thin
 from ..model.errors import CheckpointError
 from ..model.files import write_atomic
 from ..model.records import StreamState
@@ -100,6 +106,10 @@ _KEPT_LOG = re.compile(r"kept/([a-z_]{1,60})/([0-9])")
 # log of additions and removals (an ``overdue`` withdrawn when its awaited
 # event arrived).
 EMITTED = "emitted"
+# The per-actor and per-subject sections: one row a key, changed in place
+# (an actor's last version) or added; kept as logs of upserts (``_upsert``),
+# so a write costs the actors a run touched, not every actor.
+KEYED = {"actors": "actor_id", "subjects": "subject", "groups": "subject", "snapshot_subjects": "subject"}
 EMITTED_SCHEMA = pa.schema([
     pa.field("added", pa.bool_(), nullable=False), pa.field("code", pa.string(), nullable=False),
     pa.field("actor_id", pa.string()), pa.field("stream_seq", pa.int64()), pa.field("subject", pa.string()),
@@ -249,6 +259,7 @@ def save_checkpoint(path: Path, engine: AuditEngine, state: StreamState, emitted
     """
     signer = signer_of(sign, CheckpointError)
     engine_state = engine.to_state(kept=False)
+    keyed = {name: engine_state.tables.pop(name) for name in KEYED}
     sections = {name: _ipc(table) for name, table in engine_state.tables.items()}
     listed = [[name, len(data)] for name, data in sections.items()]
     if signer is not None:
@@ -264,6 +275,7 @@ def save_checkpoint(path: Path, engine: AuditEngine, state: StreamState, emitted
     emitted.compacted()
     sources[EMITTED] = (emitted.changes, Emitted.table)
     written = {name: _append(directory, (logs or {}).get(name), source, make) for name, (source, make) in sources.items()}
+    written.update({name: _upsert(directory, (logs or {}).get(name), table, KEYED[name]) for name, table in keyed.items()})
     header = {
         "format": FORMAT,
         "stream": state.name,
@@ -305,6 +317,45 @@ def _append(directory: Path, log: Log | None, source: list[Any], make: Callable[
         tables = [_read_ipc(item[0], _read_log_file(directory, item)) for item in files[-2:]]
         files[-2:] = [_write_log_file(directory, pa.concat_tables(tables))]
     return Log(files, source, len(source))
+
+
+def _upsert(directory: Path, log: Log | None, table: pa.Table, key: str) -> Log:
+    """A keyed table (one row a key, rows in the order keys first came)
+    as a log of *upserts*: the rows changed or added since the table ``log``
+    was written from (its ``source``), when that one's keys are a prefix of
+    this one's; else, or once the log holds twice the rows it describes,
+    the whole table. Read back by ``_replayed``."""
+    files: list[list[Any]] = []
+    rows = table
+    old = log.source if log is not None and isinstance(log.source, pa.Table) else None
+    if old is not None and old.schema.equals(table.schema) and table.num_rows >= old.num_rows \
+            and table[key].slice(0, old.num_rows).equals(old[key]):
+        prefix = table.slice(0, old.num_rows)
+        changed = pa.array(np.zeros(old.num_rows, dtype=bool))
+        for name in table.column_names:
+            a, b = prefix[name], old[name]
+            differ = pc.or_(pc.fill_null(pc.not_equal(a, b), False), pc.xor(pc.is_null(a), pc.is_null(b)))
+            changed = pc.or_(changed, differ)
+        rows = pa.concat_tables([prefix.filter(changed), table.slice(old.num_rows)])
+        files = list(log.files)
+        if sum(item[1] for item in files) + rows.num_rows > 2 * table.num_rows + 1024:
+            files, rows = [], table
+    if rows.num_rows:
+        files.append(_write_log_file(directory, rows))
+    while len(files) >= 2 and (files[-1][1] * 2 >= files[-2][1] or len(files) > MAX_LOG_SEGMENTS):
+        tables = [_read_ipc(item[0], _read_log_file(directory, item)) for item in files[-2:]]
+        files[-2:] = [_write_log_file(directory, pa.concat_tables(tables))]
+    return Log(files, table, table.num_rows)
+
+
+def _replayed(table: pa.Table, key: str) -> pa.Table:
+    """An upsert log read back: the last row of each key, in the order the
+    keys first came."""
+    if table.num_rows == 0:
+        return table
+    keys = table[key].to_numpy(zero_copy_only=False)
+    last = pd.Series(np.arange(table.num_rows)).groupby(keys, sort=False).last().to_numpy()
+    return table.take(pa.array(last))
 
 
 def _write_log_file(directory: Path, table: pa.Table) -> list[Any]:
@@ -378,11 +429,11 @@ def _check_header(header: Any, size: int) -> None:
     logs = header["logs"]
     if not isinstance(logs, dict):
         raise CheckpointError("logs must be an object")
-    missing = sorted({EMITTED, *KEY_LOGS} - set(logs))  # the kept ones: each part the engine names (from_state)
+    missing = sorted({EMITTED, *KEY_LOGS, *KEYED} - set(logs))  # the kept ones: each part the engine names (from_state)
     if missing:
         raise CheckpointError(f"logs must name {', '.join(missing)} (a list of files, empty or not)")
     for name, files in logs.items():
-        if name != EMITTED and name not in KEY_LOGS and not _KEPT_LOG.fullmatch(name):
+        if name != EMITTED and name not in KEY_LOGS and name not in KEYED and not _KEPT_LOG.fullmatch(name):
             raise CheckpointError(f"unknown log {name[:60]!r}")
         if not isinstance(files, list) or len(files) > MAX_LOG_SEGMENTS:
             raise CheckpointError(f"log {name} must be a list of at most {MAX_LOG_SEGMENTS} files")
@@ -406,8 +457,7 @@ def _check_header(header: Any, size: int) -> None:
                 or type(item[1]) is not int or not 0 <= item[1] <= size):
             raise CheckpointError(f"a section must be [name, size], not {str(item)[:60]}")
         name, length = item
-        known = name in ("actors", "subjects", "groups", "snapshot_subjects", "pending", "batches", "rules/last",
-                         "rules/waiting")
+        known = name in ("pending", "batches", "rules/last", "rules/waiting")
         if name == SIGNATURE:
             if signer is None or i != len(sections) - 1 or length != SIGNATURE_SIZE:
                 raise CheckpointError(f"the signature must be the last section, {SIGNATURE_SIZE} bytes, of a signed checkpoint")
@@ -484,6 +534,8 @@ def _load(path: Path, options: CheckOptions, signer: Any) -> Checkpoint:
             tables[name] = _read_ipc(name, body[at: at + size])
         at += size
     logs = {name: _read_log(keys_dir(path), name, files) for name, files in header["logs"].items()}
+    for name, key in KEYED.items():
+        logs[name] = _replayed(logs[name], key)
     emitted = Emitted.of_table(logs.pop(EMITTED)) if EMITTED in logs else Emitted()
     tables.update(logs)
     try:
@@ -501,6 +553,8 @@ def _load(path: Path, options: CheckOptions, signer: Any) -> Checkpoint:
     written = {f"kept/{code}/{i}": Log(header["logs"].get(f"kept/{code}/{i}", []), part, len(part))
                for code, parts in engine.kept.items() for i, part in enumerate(parts)}
     written[EMITTED] = Log(header["logs"].get(EMITTED, []), emitted.changes, len(emitted.changes))
+    for name in KEYED:
+        written[name] = Log(header["logs"][name], tables[name], tables[name].num_rows)
     for name, store in (("keys/ids", engine.ids), ("keys/versions", engine.versions)):
         written[name] = Log(header["logs"].get(name, []), store.buffer, len(store.buffer))
     return Checkpoint(path=path, stream=header["stream"], created=header["created"],
@@ -514,6 +568,8 @@ def _read_log(directory: Path, name: str, files: list[list[Any]]) -> pa.Table:
     ``AuditEngine.from_state``, or here for ``emitted``)."""
     if name == EMITTED:
         schema = EMITTED_SCHEMA
+    elif name in KEYED:
+        schema = STATE_SCHEMAS[name]
     elif name in KEY_LOGS:
         schema = KEY_LOGS[name]
     else:
@@ -531,13 +587,14 @@ def _read_log(directory: Path, name: str, files: list[list[Any]]) -> pa.Table:
             raise CheckpointError(f"log file {item[0]} holds {table.num_rows} rows, not the {item[1]} named")
         tables.append(table)
     table = pa.concat_tables(tables) if tables else schema.empty_table()
-    if name == EMITTED:
-        try:
-            table.validate(full=True)
-        except pa.ArrowException as exc:
-            raise CheckpointError(f"log {name} is not valid Arrow: {_first_line(exc)}") from exc
-        if table["added"].null_count or table["code"].null_count:
-            raise CheckpointError(f"log {name} holds nulls where it may not")
+    # In full before any value is read (an upsert log is replayed, emitted
+    # turned into Python values, here; from_state checks the rest again).
+    try:
+        table.validate(full=True)
+    except pa.ArrowException as exc:
+        raise CheckpointError(f"log {name} is not valid Arrow: {_first_line(exc)}") from exc
+    if any(table[f.name].null_count for f in schema if not f.nullable):
+        raise CheckpointError(f"log {name} holds nulls where it may not")
     return table
 
 

@@ -182,3 +182,103 @@ def test_emitted_keeps_removals_across_a_save(tmp_path):
     again = Emitted.of_table(table)
     assert again.keys == emitted.keys and key not in again
     assert orjson.dumps(sorted(again.keys, key=str))
+
+
+LOG_WORKER = """
+import hashlib, json, random, sys
+from pathlib import Path
+sys.path[:0] = sys.argv[4].split(":")
+from _checkpoint_support import rewrite, split
+from test_checkpoint_fuzz import _mutate_bytes
+from aether_audit.audit.checkpoint import load_checkpoint
+from aether_audit.audit.checks import CHECKS, CheckOptions
+from aether_audit.model.errors import CheckpointError
+
+path, count, seed = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+keys = path.with_name(path.name + ".keys")
+original_header = path.read_bytes()
+items = [(log, item) for log, files in split(original_header)[0]["logs"].items() for item in files]
+originals = {item[0]: (keys / item[0]).read_bytes() for _, item in items}
+rng = random.Random(seed)
+options = CheckOptions.of(now="2026-12-01T00:00:00Z")
+for i in range(count):
+    path.write_bytes(original_header)
+    for name, data in originals.items():
+        (keys / name).write_bytes(data)
+    log, item = rng.choice(items)
+    data = originals[item[0]]
+    for _ in range(rng.randint(1, 3)):
+        data = _mutate_bytes(data, rng)
+    (keys / item[0]).write_bytes(data)
+    def named(h, log=log, item=item, data=data):
+        h["logs"][log] = [[f, r, len(data), hashlib.sha256(data).hexdigest()] if f == item[0] else [f, r, s, d]
+                          for f, r, s, d in h["logs"][log]]
+        return h
+    rewrite(path, header=named)  # the hash recomputed: only the loader's own checks stand
+    print(json.dumps({"i": i, "log": log}), flush=True)
+    try:
+        engine = load_checkpoint(path, options).engine
+    except CheckpointError as exc:
+        assert "\\n" not in str(exc), str(exc)
+        print(json.dumps({"i": i, "outcome": "refused"}), flush=True)
+        continue
+    try:
+        engine.findings(None, list(CHECKS), options)
+        engine.begin_run(engine.next_seq)
+        engine.settle(None)
+    finally:
+        engine.close()
+    print(json.dumps({"i": i, "outcome": "audited"}), flush=True)
+"""
+
+
+def test_log_file_bytes_never_kill_the_process(store, tmp_path):
+    """200 byte mutations of the log files (findings, keys, per-actor state),
+    their size and SHA-256 recomputed in the header as an attacker would, in
+    one process: it exits 0, each refused in one line or loaded and used."""
+    import json
+    import random
+    import subprocess
+    import sys
+
+    checkpoint = tmp_path / "a.ckpt"
+    broken(store, 0, 30)
+    for n in range(1, 4):
+        store.save_event(aether_audit.Event.new(f"order-{n}", "Placed", 1, {"n": n}))
+    run_sync(audit_stream(store.core, checkpoint=checkpoint, now=NOW))
+    script = tmp_path / "worker.py"
+    script.write_text(LOG_WORKER)
+    here = Path(__file__).parent
+    done = subprocess.run([sys.executable, str(script), str(checkpoint), "200", str(random.Random(7).randrange(99)),
+                           f"{here}:{here.parent}"], capture_output=True, text=True, timeout=300, check=False)
+    lines = [json.loads(line) for line in done.stdout.splitlines()]
+    assert done.returncode == 0, f"worker ended with {done.returncode} after {lines[-1:]}: {done.stderr[-2000:]}"
+    outcomes = [line["outcome"] for line in lines if "outcome" in line]
+    assert len(outcomes) == 200 and set(outcomes) <= {"refused", "audited"}
+    assert outcomes.count("refused") > 100
+
+
+def test_a_poll_touching_one_actor_writes_that_actor_not_all(store, tmp_path):
+    """The per-actor state is a log of upserts: a run whose events touch one
+    actor of 300 adds a file of one ``actors`` row."""
+    import pyarrow as pa
+
+    from aether_audit import Event
+
+    checkpoint = tmp_path / "a.ckpt"
+    for n in range(300):
+        store.save_event(Event.new(f"order-{n}", "Placed", 1, {}))
+    run_sync(audit_stream(store.core, checkpoint=checkpoint, now=NOW))
+    before = {name for name, *_ in logs(checkpoint)["actors"]}
+    subjects = logs(checkpoint)["subjects"]
+    store.save_event(Event.new("order-7", "Paid", 2, {}))
+    report = run_sync(audit_stream(store.core, checkpoint=checkpoint, now=NOW))
+    new = [item for item in logs(checkpoint)["actors"] if item[0] not in before]
+    assert [rows for _, rows, _, _ in new] == [1]
+    table = pa.ipc.open_stream(pa.BufferReader((keys_dir(checkpoint) / new[0][0]).read_bytes())).read_all()
+    assert table.to_pylist()[0]["actor_id"] == "order-7" and table.to_pylist()[0]["max_version"] == 2
+    assert logs(checkpoint)["subjects"] == subjects  # no subject was new: nothing written
+    full = run_sync(audit_stream(store.core, now=NOW))
+    pd.testing.assert_frame_equal(report.findings, full.findings)
+    again = run_sync(audit_stream(store.core, checkpoint=checkpoint, now=NOW))  # replayed: the same engine
+    pd.testing.assert_frame_equal(again.findings, full.findings)

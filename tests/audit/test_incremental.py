@@ -350,19 +350,21 @@ def test_a_date_where_a_number_belongs_is_refused_without_a_warning(store, tmp_p
 
 
 def test_a_section_of_another_schema_is_refused(store, tmp_path):
-    """Valid Arrow, checksum right, but not the table the engine wrote: an
-    ``actors`` section whose versions are strings."""
+    """Valid Arrow, checksum right, but not the table the engine wrote: a
+    ``batches`` section whose sequences are strings (the per-actor tables
+    are log files since format 4: tests/audit/test_checkpoint_logs.py)."""
     import pyarrow as pa
 
     from _checkpoint_support import rewrite
 
     checkpoint = _made(store, tmp_path)
-    table = pa.table({"actor_id": ["order-1"], "max_version": ["4"], "last_ts": [0], "has_history": [True]})
+    table = pa.table({"batch_id": ["b"], "first_seq": ["1"], "last_seq": [1], "lowest": [1], "highest": [1],
+                      "subject": ["s"], "committed": [True]})
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, table.schema) as writer:
         writer.write_table(table)
-    rewrite(checkpoint, sections=lambda s: {**s, "actors": sink.getvalue().to_pybytes()})
-    with pytest.raises(CheckpointError, match="section actors has schema"):
+    rewrite(checkpoint, sections=lambda s: {**s, "batches": sink.getvalue().to_pybytes()})
+    with pytest.raises(CheckpointError, match="section batches has schema"):
         store.audit(checkpoint=checkpoint)
 
 
@@ -460,8 +462,8 @@ def test_a_flipped_arrow_byte_of_a_signed_checkpoint_is_refused(store, tmp_path)
     checkpoint = _made(store, tmp_path, sign=seed)
 
     def flip(sections):
-        data = sections["actors"]
-        return {**sections, "actors": data[:-20] + bytes([data[-20] ^ 1]) + data[-19:]}
+        data = sections["pending"]
+        return {**sections, "pending": data[:-20] + bytes([data[-20] ^ 1]) + data[-19:]}
 
     rewrite(checkpoint, sections=flip)
     with pytest.raises(CheckpointError, match="changed after it was signed"):
