@@ -559,8 +559,11 @@ class AuditEngine:
         pending = (pd.concat(self.pending, ignore_index=True)[_PENDING_COLUMNS] if self.pending
                    else STATE_SCHEMAS["pending"].empty_table())
         tables = {
-            "actors": pa.table([pa.array(self.actor_names, pa.string()), pa.array(self.max_version[:n]),
-                                pa.array(self.last_ts[:n]), pa.array(self.has_history[:n])], schema=STATE_SCHEMAS["actors"]),
+            # Copies: Arrow would share the arrays' memory, and a checkpoint
+            # compares the next state with this one (``checkpoint._upsert``).
+            "actors": pa.table([pa.array(self.actor_names, pa.string()), pa.array(self.max_version[:n].copy()),
+                                pa.array(self.last_ts[:n].copy()), pa.array(self.has_history[:n].copy())],
+                               schema=STATE_SCHEMAS["actors"]),
             "subjects": pa.table([pa.array(list(self.first_on_subject), pa.string()),
                                   pa.array(np.fromiter(self.first_on_subject.values(), np.int64, len(self.first_on_subject)))],
                                  schema=STATE_SCHEMAS["subjects"]),

@@ -282,3 +282,34 @@ def test_a_poll_touching_one_actor_writes_that_actor_not_all(store, tmp_path):
     pd.testing.assert_frame_equal(report.findings, full.findings)
     again = run_sync(audit_stream(store.core, checkpoint=checkpoint, now=NOW))  # replayed: the same engine
     pd.testing.assert_frame_equal(again.findings, full.findings)
+
+
+def test_one_engine_saved_twice_writes_the_actor_it_changed(store, tmp_path):
+    """As a watch saves: one engine, two steps and saves in one process; the
+    second adds the one actor row the step changed (the state compared is a
+    copy, not the engine's live arrays)."""
+    import pyarrow as pa
+
+    from aether_audit import Event
+    from aether_audit.audit.checks import CheckOptions
+    from aether_audit.audit.run import IncrementalAudit
+
+    checkpoint = tmp_path / "a.ckpt"
+    for n in range(50):
+        store.save_event(Event.new(f"order-{n}", "Placed", 1, {}))
+    audit = IncrementalAudit(store.core, CheckOptions.of(now=NOW), checkpoint)
+    try:
+        run_sync(audit.step(progress=False))
+        audit.save()
+        before = {name for name, *_ in logs(checkpoint)["actors"]}
+        store.save_event(Event.new("order-7", "Paid", 2, {}))
+        run_sync(audit.step(progress=False))
+        audit.save()
+    finally:
+        audit.close()
+    new = [item for item in logs(checkpoint)["actors"] if item[0] not in before]
+    assert [rows for _, rows, _, _ in new] == [1]
+    row = pa.ipc.open_stream(pa.BufferReader((keys_dir(checkpoint) / new[0][0]).read_bytes())).read_all().to_pylist()[0]
+    assert (row["actor_id"], row["max_version"]) == ("order-7", 2)
+    resumed = run_sync(audit_stream(store.core, checkpoint=checkpoint, now=NOW))
+    pd.testing.assert_frame_equal(resumed.findings, run_sync(audit_stream(store.core, now=NOW)).findings)
