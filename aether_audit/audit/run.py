@@ -137,6 +137,7 @@ class IncrementalAudit:
         self.state: StreamState | None = None
         self.settled: StreamState | None = None  # the state the engine was last settled on
         self.changed = True  # whether the last step changed the engine (see ``step``)
+        self.steps = 0  # steps taken
         self.read: dict[str, int | None] = {"from_seq": None, "to_seq": None}
         # What a watch yielded (kept in the checkpoint), and the checkpoint's
         # logs as last written: a save appends what was added since.
@@ -202,6 +203,7 @@ class IncrementalAudit:
         # a watch it may skip recomputing findings and saving (issue 27: an
         # idle watch over 100,000 findings took 68% of a core).
         same = self.settled is not None and state == self.settled
+        self.steps += 1
         self.state = state
         self.changed = True
         if self.vouched is not None:

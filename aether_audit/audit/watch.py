@@ -154,7 +154,9 @@ async def watch_stream(
                 failing, backoff = False, interval
             emitted = audit.emitted
             if audit.changed:
-                dirty = True
+                # The first step of an audit (re)built from the checkpoint that
+                # read nothing leaves the engine as the checkpoint has it.
+                dirty = dirty or audit.read["from_seq"] is not None or audit.steps > 1
                 fresh, held = _new_findings(audit, names, emitted, settle)
                 fresh += _resolved(audit, names, emitted)
             else:
