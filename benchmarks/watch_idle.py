@@ -1,7 +1,8 @@
 """An idle ``aether-audit watch`` with many findings behind it (issue 27).
 
-Seeds a stream where every 2nd message is malformed (``--messages``, half
-of them broken: one ``replay_error`` finding each), runs ``aether-audit
+Seeds a stream where every 2nd message is broken (``--messages``, half of
+them a JSON object that is not an event: a replay error and a
+``missing_field`` finding each), runs ``aether-audit
 watch --checkpoint`` on it as a child process until it has printed every
 finding and written its checkpoint, then measures:
 
