@@ -156,12 +156,15 @@ def main() -> None:
             "checkpoint_file_bytes": after[checkpoint.name][2], "checkpoint_total_bytes": total,
         }
         printed, out0, wrote0 = child.lines, child.stdout_bytes, written(child.process.pid)
+        cpu0 = cpu_seconds(child.process.pid)
         asyncio.run(seed(server.url, stream, args.change, start=args.messages, create=False))
         child.quiet(printed + args.change // 2, checkpoint)
         changed = files(checkpoint)
         result.update({
             "change_messages": args.change, "change_findings": child.lines - printed,
             "change_bytes_written": written(child.process.pid) - wrote0 - (child.stdout_bytes - out0),
+            # The polls that read the change and saved, and ~3 s of idle polls after.
+            "change_cpu_seconds": round(cpu_seconds(child.process.pid) - cpu0, 2),
             "change_files_touched": {name: info[2] for name, info in sorted(changed.items()) if after.get(name) != info},
         })
         head = checkpoint.read_bytes()
