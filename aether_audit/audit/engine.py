@@ -54,7 +54,7 @@ from .checks import (
 )
 from ..model.errors import CheckpointError
 from ..model.frames import FINDING_SCHEMA, SNAPSHOT_SCHEMA, DecodedBatch, StreamFrames, to_pandas
-from .keys import KeyStore
+from .keys import KeyStore, store_schema
 from .rules import RuleState
 from ..model.records import StreamState
 
@@ -105,6 +105,10 @@ STATE_SCHEMAS: dict[str, pa.Schema] = {
                           pa.field("lowest", pa.int64(), nullable=False), pa.field("highest", pa.int64(), nullable=False),
                           pa.field("subject", pa.string(), nullable=False), pa.field("committed", pa.bool_(), nullable=False)]),
 }
+# The key stores' rows not yet spilled into a segment (``KeyStore.buffer``):
+# a checkpoint keeps them as logs, so a save does not write a segment (256
+# partitions: ~260 KB however few keys) for the few keys of a poll.
+KEY_LOGS = {"keys/ids": store_schema(("actor_id", "subject")), "keys/versions": store_schema()}
 # A checkpoint written before atomic batches were checked has no "batches"
 # section: read as none (a batch ID committed before it is then not known).
 _OPTIONAL_SECTIONS = {"batches"}
@@ -248,13 +252,15 @@ class AuditEngine:
     segments (a temporary directory when None)."""
 
     def __init__(self, options: CheckOptions | None = None, directory: Path | None = None,
-                 keys: Mapping[str, Any] | None = None) -> None:
+                 keys: Mapping[str, Any] | None = None, buffered: Mapping[str, pa.Table] | None = None) -> None:
         self.options = options or CheckOptions()
         self.directory = directory
         keys = keys or {}
+        buffered = buffered or {}
         self.ids = KeyStore(None if directory is None else directory, keys.get("ids", ()),
-                            extra=("actor_id", "subject"), name="ids")
-        self.versions = KeyStore(None if directory is None else directory, keys.get("versions", ()), name="versions")
+                            extra=("actor_id", "subject"), name="ids", buffered=buffered.get("ids"))
+        self.versions = KeyStore(None if directory is None else directory, keys.get("versions", ()), name="versions",
+                                 buffered=buffered.get("versions"))
         self.actor_code: dict[str, int] = {}
         self.actor_names: list[str] = []
         self.max_version = np.zeros(1024, dtype=np.int64)
@@ -526,18 +532,23 @@ class AuditEngine:
 
     # --- state (a checkpoint) -----------------------------------------------------------
 
-    def to_state(self) -> EngineState:
+    def to_state(self, kept: bool = True) -> EngineState:
         """Everything the next run needs, after ``settle`` (the key stores'
         buffers are written as segments first). ``from_state`` of it gives an
-        engine that goes on exactly as this one would.
+        engine that goes on exactly as this one would. ``kept=False``: without
+        the ``kept/CODE/I`` tables (a checkpoint writes those as it grows,
+        ``kept_table`` of the frames added since its last write) and with the
+        key stores' buffers left as they are (it logs them, ``KEY_LOGS``);
+        else the buffers are written as segments first.
 
         Example:
             >>> engine = AuditEngine()
             >>> sorted(engine.to_state().tables)[:3]
             ['actors', 'batches', 'groups']
         """
-        self.ids.flush()
-        self.versions.flush()
+        if kept:
+            self.ids.flush()
+            self.versions.flush()
         n = len(self.actor_names)
 
         def groups(mapping: dict[str, list[str]], name: str) -> pa.Table:
@@ -548,8 +559,11 @@ class AuditEngine:
         pending = (pd.concat(self.pending, ignore_index=True)[_PENDING_COLUMNS] if self.pending
                    else STATE_SCHEMAS["pending"].empty_table())
         tables = {
-            "actors": pa.table([pa.array(self.actor_names, pa.string()), pa.array(self.max_version[:n]),
-                                pa.array(self.last_ts[:n]), pa.array(self.has_history[:n])], schema=STATE_SCHEMAS["actors"]),
+            # Copies: Arrow would share the arrays' memory, and a checkpoint
+            # compares the next state with this one (``checkpoint._upsert``).
+            "actors": pa.table([pa.array(self.actor_names, pa.string()), pa.array(self.max_version[:n].copy()),
+                                pa.array(self.last_ts[:n].copy()), pa.array(self.has_history[:n].copy())],
+                               schema=STATE_SCHEMAS["actors"]),
             "subjects": pa.table([pa.array(list(self.first_on_subject), pa.string()),
                                   pa.array(np.fromiter(self.first_on_subject.values(), np.int64, len(self.first_on_subject)))],
                                  schema=STATE_SCHEMAS["subjects"]),
@@ -559,13 +573,9 @@ class AuditEngine:
             "pending": pending if isinstance(pending, pa.Table)
             else pa.Table.from_pandas(pending, schema=STATE_SCHEMAS["pending"], preserve_index=False).replace_schema_metadata(None),
         }
-        for code, parts in self.kept.items():
+        for code, parts in self.kept.items() if kept else ():
             for i, part in enumerate(parts):
-                schema = kept_schema(code, i)
-                tables[f"kept/{code}/{i}"] = (
-                    pa.Table.from_pandas(pd.concat(part, ignore_index=True)[schema.names], schema=schema,
-                                         preserve_index=False).replace_schema_metadata(None)
-                    if part else schema.empty_table())
+                tables[f"kept/{code}/{i}"] = self.kept_table(code, i, part)
         scalars = {
             "runs": [list(run) for run in self.runs], "next_seq": self.next_seq, "lowest_seq": self.lowest_seq,
             "counts": dict(self.counts), "samples": thin(self.samples), "ord": self.ord,
@@ -578,6 +588,16 @@ class AuditEngine:
             scalars["rules"], rule_tables = self.rule_state.to_state(n)
             tables.update(rule_tables)
         return EngineState(scalars, tables)
+
+    @staticmethod
+    def kept_table(code: str, part: int, frames: Sequence[pd.DataFrame]) -> pa.Table:
+        """``frames`` of what check ``code`` keeps in part ``part`` as one
+        table of its ``kept_schema``."""
+        schema = kept_schema(code, part)
+        if not frames:
+            return schema.empty_table()
+        return pa.Table.from_pandas(pd.concat(frames, ignore_index=True)[schema.names], schema=schema,
+                                    preserve_index=False).replace_schema_metadata(None)
 
     def _batch_table(self) -> pa.Table:
         rows = [(k, *v, False) for k, v in self.batches.open.items()]
@@ -646,15 +666,25 @@ class AuditEngine:
             _int(count, f"parts.{code}", 0, MAX_PARTS)
         keys = _exact_keys(scalars["keys"], {"ids", "versions"}, "keys")
         segments = {name: _segments(keys[name], name, directory) for name in ("ids", "versions")}
+        tables = state.tables if isinstance(state.tables, dict) else {}
+        buffered = {}
+        for name, schema in KEY_LOGS.items():
+            table = _valid(name, tables.get(name, schema.empty_table()), schema)
+            if any(column.null_count for column in table.columns):
+                raise _bad(f"{name} holds nulls")
+            _in_range(table["seq"], f"{name}.seq", 1, top)
+            _in_range(table["ord"], f"{name}.ord", 0, counts["events"] - 1)
+            buffered[name[len("keys/"):]] = table
         for name, listed in segments.items():
-            if sum(segment["rows"] for segment in listed) > counts["events"]:
+            if sum(segment["rows"] for segment in listed) + buffered[name].num_rows > counts["events"]:
                 raise _bad(f"keys.{name} hold more rows than events were counted")
 
         wanted = dict(STATE_SCHEMAS)
         if rules is not None:
             wanted.update({"rules/last": RuleState.SCHEMA, "rules/waiting": RuleState.WAITING})
         wanted.update({f"kept/{code}/{i}": kept_schema(code, i) for code, count in parts.items() for i in range(count)})
-        tables = state.tables
+        tables = {name: table for name, table in state.tables.items() if name not in KEY_LOGS} \
+            if isinstance(state.tables, dict) else state.tables
         if isinstance(tables, dict) and not _OPTIONAL_SECTIONS <= set(tables):
             tables = {**{name: wanted[name].empty_table() for name in _OPTIONAL_SECTIONS if name not in tables}, **tables}
         if not isinstance(tables, dict) or set(tables) != set(wanted):
@@ -692,7 +722,7 @@ class AuditEngine:
                 if code != "history_rewritten":  # the one finding about a stream before a rewrite
                     _in_range(table["stream_seq"], f"kept/{code}/{i}.stream_seq", 1, top)
 
-        engine = cls(options, directory, keys=segments)
+        engine = cls(options, directory, keys=segments, buffered=buffered)
         code_of = {actor: code for code, actor in enumerate(names)}
         engine.actor_names, engine.actor_code = names, code_of
         size = max(1024, n)

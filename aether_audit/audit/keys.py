@@ -58,12 +58,18 @@ import pyarrow.compute as pc
 from ..model.errors import CheckpointError
 from ..model.files import sync_path, write_atomic
 
-__all__ = ["KeyStore", "key_hashes"]
+__all__ = ["KeyStore", "key_hashes", "store_schema"]
 
 PARTS = 256
 SPILL_ROWS = 250_000
 FRESH_ROWS = 200_000
 MAX_SEGMENTS = 24
+
+
+def store_schema(extra: Sequence[str] = ()) -> pa.Schema:
+    """The rows of a store: ``key, seq, ord`` and its ``extra`` columns."""
+    return pa.schema([("key", pa.large_string()), ("seq", pa.int64()), ("ord", pa.int64())]
+                     + [(name, pa.large_string()) for name in extra])
 
 
 def _flat(values: pa.Array | pa.ChunkedArray) -> pa.Array:
@@ -191,22 +197,26 @@ class KeyStore:
         *,
         extra: Sequence[str] = (),
         name: str = "keys",
-        spill_rows: int = SPILL_ROWS,
+        spill_rows: int | None = None,
+        buffered: pa.Table | None = None,
     ) -> None:
+        """``buffered``: rows added before but not yet spilled (a checkpoint
+        keeps them as a log, validated by its loader): back in the buffer."""
         self.name = name
         self._directory = directory
         self._temporary: tempfile.TemporaryDirectory[str] | None = None
         self.segments: list[dict[str, Any]] = [dict(s) for s in segments]  # {"file", "rows"}
         self.extra = tuple(extra)
-        self.spill_rows = spill_rows
-        self.schema = pa.schema(
-            [("key", pa.large_string()), ("seq", pa.int64()), ("ord", pa.int64())]
-            + [(name, pa.large_string()) for name in self.extra]
-        )
+        self.spill_rows = SPILL_ROWS if spill_rows is None else spill_rows  # read when made (tests lower it)
+        self.schema = store_schema(self.extra)
         self._core = pa.schema(list(self.schema)[:3])
         self._buffer: list[pa.RecordBatch] = []
         self._buffered = 0
         self._last_ord = -1
+        if buffered is not None and buffered.num_rows:
+            self._buffer = buffered.combine_chunks().to_batches()
+            self._buffered = buffered.num_rows
+            self._last_ord = int(pc.max(buffered["ord"]).as_py())
         # Keys added since the last ``repeats``, while few: an incremental
         # run then compares only them against what is stored.
         self._fresh: list[pa.Array] | None = []
@@ -362,6 +372,12 @@ class KeyStore:
         bounds = np.searchsorted(parts[order], np.arange(PARTS + 1))
         batch = table.to_batches()[0] if table.num_rows else pa.RecordBatch.from_pylist([], schema=self.schema)
         return [batch.slice(int(bounds[p]), int(bounds[p + 1] - bounds[p])) for p in range(PARTS)]
+
+    @property
+    def buffer(self) -> list[pa.RecordBatch]:
+        """The rows not yet in a segment: a list that only grows until the
+        next spill replaces it (what a checkpoint appends to its log)."""
+        return self._buffer
 
     def flush(self) -> None:
         """Write the buffer as a segment (nothing if empty), then merge while

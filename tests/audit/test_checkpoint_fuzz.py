@@ -38,6 +38,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import aether_audit
+from aether_audit.audit import keys
 from aether_audit.audit.run import audit_stream
 from aether_audit.model.errors import CheckpointError
 from aether_audit.store.scenario import seed_scenario
@@ -77,7 +78,10 @@ def made(nats_url: str, tmp_path_factory: pytest.TempPathFactory):
         full = run_sync(audit_stream(store.core, now=NOW))
         home = tmp_path_factory.mktemp("checkpoint")
         split_at = store.stream_state().last_seq * 2 // 3
-        run_sync(audit_stream(Prefix(store.core, split_at), checkpoint=home / "a.ckpt", now=NOW))
+        # Key segments (spilled every batch), not only logs: both are fuzzed.
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(keys, "SPILL_ROWS", 1)
+            run_sync(audit_stream(Prefix(store.core, split_at), checkpoint=home / "a.ckpt", now=NOW))
         yield store, home, full.findings
 
 

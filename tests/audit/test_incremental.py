@@ -4,6 +4,7 @@ without rereading it."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import subprocess
 import sys
@@ -162,7 +163,8 @@ def test_a_checkpoint_of_another_stream_is_refused(nats_url, stream_name, tmp_pa
 def test_a_damaged_checkpoint_is_a_clear_error(store, tmp_path, damage):
     _history(store, "order-1", [1, 2])
     checkpoint = tmp_path / "a.ckpt"
-    audit(store.core, checkpoint=checkpoint)
+    with spilled():
+        audit(store.core, checkpoint=checkpoint)
     data = checkpoint.read_bytes()
     if damage == "truncate":
         checkpoint.write_bytes(data[: len(data) // 2])
@@ -208,8 +210,21 @@ def test_check_json_names_the_checkpoint_and_the_range_read(store, tmp_path):
 def _made(store, tmp_path, **kwargs) -> Path:
     _history(store, "order-1", [1, 2, 4])
     checkpoint = tmp_path / "a.ckpt"
-    audit(store.core, checkpoint=checkpoint, **kwargs)
+    with spilled():
+        audit(store.core, checkpoint=checkpoint, **kwargs)
     return checkpoint
+
+
+@contextlib.contextmanager
+def spilled():
+    """Key stores that spill every batch into a segment: a checkpoint of a
+    few events then names key segments (else its few keys are a log,
+    format 4), for the tests of what a segment may be."""
+    from aether_audit.audit import keys
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(keys, "SPILL_ROWS", 1)
+        yield
 
 
 def _check_cli(store, checkpoint, *extra: str) -> subprocess.CompletedProcess:
@@ -335,28 +350,32 @@ def test_a_date_where_a_number_belongs_is_refused_without_a_warning(store, tmp_p
 
 
 def test_a_section_of_another_schema_is_refused(store, tmp_path):
-    """Valid Arrow, checksum right, but not the table the engine wrote: an
-    ``actors`` section whose versions are strings."""
+    """Valid Arrow, checksum right, but not the table the engine wrote: a
+    ``batches`` section whose sequences are strings (the per-actor tables
+    are log files since format 4: tests/audit/test_checkpoint_logs.py)."""
     import pyarrow as pa
 
     from _checkpoint_support import rewrite
 
     checkpoint = _made(store, tmp_path)
-    table = pa.table({"actor_id": ["order-1"], "max_version": ["4"], "last_ts": [0], "has_history": [True]})
+    table = pa.table({"batch_id": ["b"], "first_seq": ["1"], "last_seq": [1], "lowest": [1], "highest": [1],
+                      "subject": ["s"], "committed": [True]})
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, table.schema) as writer:
         writer.write_table(table)
-    rewrite(checkpoint, sections=lambda s: {**s, "actors": sink.getvalue().to_pybytes()})
-    with pytest.raises(CheckpointError, match="section actors has schema"):
+    rewrite(checkpoint, sections=lambda s: {**s, "batches": sink.getvalue().to_pybytes()})
+    with pytest.raises(CheckpointError, match="section batches has schema"):
         store.audit(checkpoint=checkpoint)
 
 
-def test_a_format_1_checkpoint_says_to_start_a_new_one(store, tmp_path):
+@pytest.mark.parametrize("old", [1, 3])
+def test_an_old_format_checkpoint_says_to_start_a_new_one(store, tmp_path, old):
+    # 3: the findings and a watch's list inside the file, rewritten whole by every save (issue 27).
     from _checkpoint_support import rewrite
 
     checkpoint = _made(store, tmp_path)
-    rewrite(checkpoint, header=lambda h: {**h, "format": 1})
-    _one_line_exit_2(_check_cli(store, checkpoint), "has format 1, not 3", "start a new checkpoint")
+    rewrite(checkpoint, header=lambda h: {**h, "format": old})
+    _one_line_exit_2(_check_cli(store, checkpoint), f"has format {old}, not 4", "start a new checkpoint")
 
 
 def test_watch_given_a_bad_checkpoint_exits_2_at_once(store, tmp_path):
@@ -420,8 +439,9 @@ def test_a_changed_signed_checkpoint_is_refused(store, tmp_path):
     # Vouch for less (the version gap forgotten): a valid state, the checksum
     # recomputed, the signature left as it was.
     def forget_the_gap(path):
-        rewrite(path, header=lambda h: {**h, "engine": {**h["engine"], "parts": {**h["engine"]["parts"], "version_gap": 0}}},
-                sections=lambda s: {name: data for name, data in s.items() if name != "kept/version_gap/0"})
+        # (The findings kept are logs beside the file, named by the header.)
+        rewrite(path, header=lambda h: {**h, "engine": {**h["engine"], "parts": {**h["engine"]["parts"], "version_gap": 0}},
+                                         "logs": {k: v for k, v in h["logs"].items() if k != "kept/version_gap/0"}})
 
     forget_the_gap(checkpoint)
     with pytest.raises(CheckpointError, match="changed after it was signed"):
@@ -442,8 +462,8 @@ def test_a_flipped_arrow_byte_of_a_signed_checkpoint_is_refused(store, tmp_path)
     checkpoint = _made(store, tmp_path, sign=seed)
 
     def flip(sections):
-        data = sections["actors"]
-        return {**sections, "actors": data[:-20] + bytes([data[-20] ^ 1]) + data[-19:]}
+        data = sections["pending"]
+        return {**sections, "pending": data[:-20] + bytes([data[-20] ^ 1]) + data[-19:]}
 
     rewrite(checkpoint, sections=flip)
     with pytest.raises(CheckpointError, match="changed after it was signed"):

@@ -167,8 +167,8 @@ def _bad_checkpoints(nats_url: str, stream_name: str, tmp_path: Path) -> dict[st
     assert check_json(nats_url, stream_name + "_other", "--checkpoint", str(other)).returncode in (0, 1)
     missing = tmp_path / "missing.ckpt"
     assert check_json(nats_url, stream_name, "--checkpoint", str(missing)).returncode in (0, 1)
-    next((tmp_path / "missing.ckpt.keys").glob("ids-*.arrow")).unlink()
-    return {"garbage": garbage, "another stream's": other, "missing a segment": missing}
+    next((tmp_path / "missing.ckpt.keys").glob("log-*.arrow")).unlink()  # its findings or keys (format 4: logs)
+    return {"garbage": garbage, "another stream's": other, "missing a log file": missing}
 
 
 def test_watch_with_a_bad_checkpoint_exits_2_at_once(nats_url, stream_name, tmp_path):
@@ -186,3 +186,96 @@ def test_watch_with_a_bad_checkpoint_exits_2_at_once(nats_url, stream_name, tmp_
         assert len(lines) == 1 and "checkpoint" in lines[0] and "retrying" not in lines[0], (kind, lines)
         assert [json.loads(line).get("exit_code") for line in result.stdout.splitlines()] == [2]  # --json: the error only
         assert took < 20.0, (kind, took)  # no retry: the interpreter's start alone (generous)
+
+
+def _checkpoint_files(checkpoint: Path) -> dict[str, tuple[int, int, int]]:
+    """(inode, mtime_ns, size) of the checkpoint and of every file in FILE.keys/."""
+    keys = checkpoint.with_name(checkpoint.name + ".keys")
+    paths = [checkpoint, *(sorted(keys.iterdir()) if keys.is_dir() else [])]
+    return {path.name: (path.stat().st_ino, path.stat().st_mtime_ns, path.stat().st_size) for path in paths}
+
+
+def _settled_files(checkpoint: Path, quiet: float = 1.5) -> dict[str, tuple[int, int, int]]:
+    """The checkpoint's files once they stayed the same for ``quiet`` seconds."""
+    deadline = time.monotonic() + WAIT
+    seen, since = None, time.monotonic()
+    while time.monotonic() < deadline:
+        now = _checkpoint_files(checkpoint) if checkpoint.exists() else None
+        if now != seen:
+            seen, since = now, time.monotonic()
+        elif now is not None and time.monotonic() - since >= quiet:
+            return now
+        time.sleep(0.1)
+    raise AssertionError(f"the checkpoint {checkpoint} kept changing for {WAIT} s")
+
+
+def test_an_idle_watch_does_not_rewrite_its_checkpoint(nats_url, stream_name, tmp_path):
+    """Issue 27: an idle poll reads the stream's state and nothing else: over
+    ~15 polls (0.2 s apart) no file of the checkpoint is written (same
+    inode, mtime and size); a new finding then writes it again."""
+    checkpoint = tmp_path / "watch.ckpt"
+    with aether_audit.connect(nats_url, stream=stream_name) as store:
+        seq = save(store, "order-1", 1, 3)
+        watcher = Watcher(nats_url, stream_name, checkpoint)
+        try:
+            watcher.until("version_gap", seq)
+            idle = _settled_files(checkpoint)
+            watcher.rest()  # the rest of that poll's findings
+            time.sleep(3.0)
+            assert _checkpoint_files(checkpoint) == idle
+            assert watcher.rest() == []
+            seq = save(store, "order-1", 5)
+            watcher.until("version_gap", seq)
+            assert _settled_files(checkpoint)[checkpoint.name] != idle[checkpoint.name]
+        finally:
+            assert watcher.stop() == 0
+
+
+def test_an_idle_poll_recomputes_no_findings(nats_url, stream_name, tmp_path, monkeypatch):
+    """Issue 27: the findings are computed again only when a poll changed the
+    engine (a new message, another stream state); idle polls only count."""
+    import asyncio
+
+    from aether_audit.audit import watch as watch_module
+    from aether_audit.audit.engine import AuditEngine
+    from aether_audit.audit.run import IncrementalAudit
+
+    calls = {"findings": 0, "steps": 0, "saves": 0}
+    for cls, name, key in ((AuditEngine, "findings", "findings"), (IncrementalAudit, "step", "steps"),
+                           (IncrementalAudit, "save", "saves")):
+        real = getattr(cls, name)
+
+        def counted(*args, _real=real, _key=key, **kwargs):
+            calls[_key] += 1
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(cls, name, counted)
+
+    async def follow(store) -> list[dict]:
+        stop = asyncio.Event()
+        found: list[dict] = []
+
+        async def consume() -> None:
+            async for finding in watch_module.watch_stream(store, checkpoint=tmp_path / "w.ckpt", interval=0.05,
+                                                           stop=stop, on_notice=None):
+                found.append(finding)
+
+        task = asyncio.ensure_future(consume())
+        deadline = asyncio.get_running_loop().time() + WAIT
+        while not any(f["code"] == "version_gap" for f in found):
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)
+        before = dict(calls)
+        await asyncio.sleep(1.5)
+        after = dict(calls)
+        stop.set()
+        await task
+        assert after["steps"] - before["steps"] >= 5, (before, after)  # it polled...
+        assert after["findings"] == before["findings"] and after["saves"] == before["saves"], (before, after)  # ...idly
+        return found
+
+    with aether_audit.connect(nats_url, stream=stream_name) as store:
+        save(store, "order-1", 1, 3)
+        found = run_sync(follow(store.core))
+    assert [f["stream_seq"] for f in found if f["code"] == "version_gap"] == [2]

@@ -279,8 +279,12 @@ KILLED = textwrap.dedent("""
     def die(*args, **kwargs):
         os.kill(os.getpid(), signal.SIGKILL)
 
-    if point == "segment":        # a key segment written, its index and rename not
-        _keys.KeyStore._write_index = die
+    if point == "segment":        # a log file written (format 4: the new findings and keys), the checkpoint not
+        write = _checkpoint._write_log_file
+        def write_then_die(*args, **kwargs):
+            write(*args, **kwargs)
+            die()
+        _checkpoint._write_log_file = write_then_die
     elif point == "checkpoint":   # the new segments written, the checkpoint not
         _checkpoint.write_atomic = die
     elif point == "prune":        # the new checkpoint written, no old segment removed yet
