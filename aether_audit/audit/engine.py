@@ -41,6 +41,7 @@ from .checks import (
     CheckOptions,
     EndView,
     SettledView,
+    SuffixMemo,
     check_names,
     concat_findings,
     has_actor,
@@ -266,7 +267,8 @@ class AuditEngine:
         self.max_version = np.zeros(1024, dtype=np.int64)
         self.last_ts = np.full(1024, _NAT, dtype=np.int64)
         self.has_history = np.zeros(1024, dtype=bool)
-        self.suffixes: dict[str, str] = {}  # actor -> its subject's actor part (a cache)
+        self.suffixes = SuffixMemo()  # actor -> its subject's actor part (a cache)
+        self._names: pa.Array | None = None  # actor_names as Arrow (``_codes`` looks batches up in it)
         self.first_on_subject: dict[str, int] = {}  # history: subject -> its first actor's code
         self.groups: dict[str, list[str]] = {}  # history subjects with two or more actors
         self.snapshot_subjects: dict[str, list[str]] = {}
@@ -295,19 +297,23 @@ class AuditEngine:
 
     # --- actors ------------------------------------------------------------------
 
-    def _codes(self, actors: Sequence[str]) -> np.ndarray:
-        """The code of each distinct actor ID ("" -> -1), new ones assigned."""
-        codes = np.empty(len(actors), dtype=np.int64)
-        table = self.actor_code
-        for i, actor in enumerate(actors):
-            if not actor:
-                codes[i] = -1
-                continue
-            code = table.get(actor)
-            if code is None:
-                code = table[actor] = len(self.actor_names)
-                self.actor_names.append(actor)
-            codes[i] = code
+    def _codes(self, actors: pa.Array) -> np.ndarray:
+        """The code of each distinct actor ID ("" -> -1), new ones assigned
+        (in the order given). One ``index_in`` against the known actors: a
+        step per actor in Python only for new ones."""
+        if self._names is None or len(self._names) != len(self.actor_names):
+            self._names = pa.array(self.actor_names, pa.large_string())
+        actors = actors.cast(pa.large_string())
+        at = pc.index_in(actors, value_set=self._names)
+        if at.null_count:
+            table = self.actor_code
+            for actor in actors.filter(pc.is_null(at)).to_pylist():
+                if actor and actor not in table:
+                    table[actor] = len(self.actor_names)
+                    self.actor_names.append(actor)
+            self._names = pa.array(self.actor_names, pa.large_string())
+            at = pc.index_in(actors, value_set=self._names)
+        codes = pc.fill_null(at, -1).to_numpy(zero_copy_only=False).astype(np.int64)
         if len(self.actor_names) > len(self.max_version):
             size = max(len(self.actor_names), 2 * len(self.max_version))
             grow = size - len(self.max_version)
@@ -380,7 +386,7 @@ class AuditEngine:
 
     def _view(self, events: pd.DataFrame, snapshots: pd.DataFrame, errors: pd.DataFrame) -> BatchView:
         subjects = subjects_of(events, "events", self.suffixes)
-        codes_of_actor = self._codes(list(subjects.actors))
+        codes_of_actor = self._codes(subjects.actors)
         mask = has_actor(events) & (events["version"] >= 1).to_numpy() & subjects.own
         history = events if mask.all() else events[mask]
         codes = codes_of_actor[subjects.actor_of_row[mask]] if len(history) else np.zeros(0, dtype=np.int64)
@@ -400,8 +406,8 @@ class AuditEngine:
         previous_ts = np.empty(len(codes), dtype=np.int64)
         previous_ts[order[1:]] = stamps[order[:-1]]
         prev_ts = np.where(after, previous_ts, self.last_ts[codes])
-        collisions = (self._history_collisions(history[is_first]), self._snapshot_collisions(snapshots))
         snapshot_subjects = subjects_of(snapshots, "snapshots", self.suffixes)
+        collisions = (self._history_collisions(history[is_first]), self._snapshot_collisions(snapshots, snapshot_subjects))
         # The last row of each actor in the batch carries over.
         last = np.ones(len(codes), dtype=bool)
         last[order[:-1]] = codes[order[1:]] != codes[order[:-1]]
@@ -432,10 +438,10 @@ class AuditEngine:
                 extra.append(index)
         return firsts.loc[extra]
 
-    def _snapshot_collisions(self, snapshots: pd.DataFrame) -> pd.DataFrame:
+    def _snapshot_collisions(self, snapshots: pd.DataFrame, subjects: Any) -> pd.DataFrame:
         if snapshots.empty:
             return snapshots
-        own = snapshots[has_actor(snapshots) & subjects_of(snapshots, "snapshots", self.suffixes).own]
+        own = snapshots[has_actor(snapshots) & subjects.own]
         extra = []
         for index, actor, subject in zip(own.index, own["actor_id"], own["subject"]):
             actors = self.snapshot_subjects.setdefault(subject, [actor])

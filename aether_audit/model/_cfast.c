@@ -964,6 +964,135 @@ static PyObject *sha256_test(PyObject *self, PyObject *const *args, Py_ssize_t n
     return PyUnicode_FromStringAndSize((const char *)hex, 64);
 }
 
+/* ---- key hashes of the audit's key store (audit/keys.py) ----------------
+ *
+ * Two per-key loops over an Arrow large_string column's buffers (int64
+ * offsets, UTF-8 bytes), each the exact twin of a numpy/pandas function in
+ * audit/keys.py, with the GIL released (the checks' thread hashes while the
+ * loop and the decoder hold it):
+ *   key_hashes      = pandas.util.hash_array(keys as str objects, categorize=False):
+ *                     SipHash-2-4 of the UTF-8 bytes, key "0123456789123456",
+ *                     then pandas' 64-bit mix. Stored indexes (.hash.npy) hold
+ *                     these values, so they must stay bit for bit the same.
+ *   key_partitions  = keys._partition_chunk (the partition of a key's last 16 bytes).
+ * The Python side passes only arrays without nulls; offsets are checked here.
+ */
+
+#include <stdint.h>
+
+#define KEY_ROTL(x, b) (uint64_t)(((x) << (b)) | ((x) >> (64 - (b))))
+#define KEY_SIPROUND                                                           \
+    do {                                                                       \
+        v0 += v1; v1 = KEY_ROTL(v1, 13); v1 ^= v0; v0 = KEY_ROTL(v0, 32);      \
+        v2 += v3; v3 = KEY_ROTL(v3, 16); v3 ^= v2;                             \
+        v0 += v3; v3 = KEY_ROTL(v3, 21); v3 ^= v0;                             \
+        v2 += v1; v1 = KEY_ROTL(v1, 17); v1 ^= v2; v2 = KEY_ROTL(v2, 32);      \
+    } while (0)
+
+static uint64_t key_le64(const unsigned char *p) {
+    uint64_t v = 0;
+    for (int i = 7; i >= 0; i--) v = (v << 8) | p[i];
+    return v;
+}
+
+static uint64_t key_siphash(const unsigned char *in, uint64_t n, uint64_t k0, uint64_t k1) {
+    uint64_t v0 = 0x736f6d6570736575ULL ^ k0, v1 = 0x646f72616e646f6dULL ^ k1;
+    uint64_t v2 = 0x6c7967656e657261ULL ^ k0, v3 = 0x7465646279746573ULL ^ k1;
+    uint64_t b = n << 56;
+    const unsigned char *end = in + (n - n % 8);
+    for (; in != end; in += 8) {
+        uint64_t m = key_le64(in);
+        v3 ^= m;
+        KEY_SIPROUND; KEY_SIPROUND;
+        v0 ^= m;
+    }
+    for (int i = (int)(n % 8) - 1; i >= 0; i--) b |= ((uint64_t)in[i]) << (8 * i);
+    v3 ^= b;
+    KEY_SIPROUND; KEY_SIPROUND;
+    v0 ^= b;
+    v2 ^= 0xff;
+    KEY_SIPROUND; KEY_SIPROUND; KEY_SIPROUND; KEY_SIPROUND;
+    return v0 ^ v1 ^ v2 ^ v3;
+}
+
+/* The buffers of one call: offsets (n + 1 int64), data, and out (n items of
+ * `width` bytes); 0 with an exception set when they do not fit together. */
+static int key_buffers(PyObject *const *args, Py_ssize_t nargs, const char *name, Py_ssize_t width,
+                       Py_buffer *views) {
+    if (nargs != 3) {
+        PyErr_Format(PyExc_TypeError, "%s(offsets, data, out) takes 3 arguments", name);
+        return 0;
+    }
+    if (PyObject_GetBuffer(args[0], &views[0], PyBUF_SIMPLE) < 0) return 0;
+    if (PyObject_GetBuffer(args[1], &views[1], PyBUF_SIMPLE) < 0) { PyBuffer_Release(&views[0]); return 0; }
+    if (PyObject_GetBuffer(args[2], &views[2], PyBUF_WRITABLE) < 0) {
+        PyBuffer_Release(&views[0]); PyBuffer_Release(&views[1]); return 0;
+    }
+    Py_ssize_t n = views[0].len / 8 - 1;
+    int ok = views[0].len % 8 == 0 && n >= 0 && views[2].len == n * width;
+    if (ok) {
+        const int64_t *off = (const int64_t *)views[0].buf;
+        for (Py_ssize_t i = 0; i < n && ok; i++) ok = off[i] >= 0 && off[i] <= off[i + 1];
+        ok = ok && (n == 0 || off[n] <= views[1].len);
+    }
+    if (!ok) {
+        PyErr_Format(PyExc_ValueError, "%s: offsets, data and out do not fit together", name);
+        for (int k = 0; k < 3; k++) PyBuffer_Release(&views[k]);
+        return 0;
+    }
+    return 1;
+}
+
+static PyObject *key_hashes(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    Py_buffer views[3];
+    if (!key_buffers(args, nargs, "key_hashes", 8, views)) return NULL;
+    const int64_t *off = (const int64_t *)views[0].buf;
+    const unsigned char *data = (const unsigned char *)views[1].buf;
+    uint64_t *out = (uint64_t *)views[2].buf;
+    Py_ssize_t n = views[0].len / 8 - 1;
+    const unsigned char key[16] = "0123456789123456";  /* pandas' _default_hash_key */
+    uint64_t k0 = key_le64(key), k1 = key_le64(key + 8);
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < n; i++) {
+        uint64_t v = key_siphash(data + off[i], (uint64_t)(off[i + 1] - off[i]), k0, k1);
+        v ^= v >> 30;  /* pandas' _hash_ndarray mix */
+        v *= 0xBF58476D1CE4E5B9ULL;
+        v ^= v >> 27;
+        v *= 0x94D049BB133111EBULL;
+        v ^= v >> 31;
+        out[i] = v;
+    }
+    Py_END_ALLOW_THREADS
+    for (int k = 0; k < 3; k++) PyBuffer_Release(&views[k]);
+    Py_RETURN_NONE;
+}
+
+static PyObject *key_partitions(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    Py_buffer views[3];
+    if (!key_buffers(args, nargs, "key_partitions", 2, views)) return NULL;
+    const int64_t *off = (const int64_t *)views[0].buf;
+    const unsigned char *data = (const unsigned char *)views[1].buf;
+    uint16_t *out = (uint16_t *)views[2].buf;
+    Py_ssize_t n = views[0].len / 8 - 1;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < n; i++) {
+        int64_t start = off[i], end = off[i + 1];
+        uint64_t sum = 0;
+        for (int64_t j = 1; j <= 16; j++) {  /* keys._TAIL, keys._WEIGHTS */
+            uint64_t weight = ((uint64_t)j * 0x9E3779B1ULL) | 1ULL;
+            if (end - j >= start) sum += ((uint64_t)data[end - j] + 1ULL) * weight;
+        }
+        sum += (uint64_t)(end - start) * 0x85EBCA6BULL;
+        sum ^= sum >> 17;
+        sum *= 0xED5AD4BBULL;
+        sum ^= sum >> 11;
+        out[i] = (uint16_t)(sum % 256ULL);  /* keys.PARTS */
+    }
+    Py_END_ALLOW_THREADS
+    for (int k = 0; k < 3; k++) PyBuffer_Release(&views[k]);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"go_events", (PyCFunction)(void (*)(void))go_events, METH_FASTCALL,
      "go_events(subjects, payloads, snapshot_prefix) -> (columns, todo); see _fastdecode.go_events"},
@@ -974,6 +1103,10 @@ static PyMethodDef methods[] = {
      "chain_hashes(rows, columns, heads) -> bytes | None; see export.chain.chain_hashes"},
     {"_sha256_hex", (PyCFunction)(void (*)(void))sha256_test, METH_FASTCALL,
      "_sha256_hex(data, hardware) -> str: the tests' check of both SHA-256 compressions"},
+    {"key_hashes", (PyCFunction)(void (*)(void))key_hashes, METH_FASTCALL,
+     "key_hashes(offsets, data, out); see audit.keys.key_hashes"},
+    {"key_partitions", (PyCFunction)(void (*)(void))key_partitions, METH_FASTCALL,
+     "key_partitions(offsets, data, out); see audit.keys._partition_chunk"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -245,3 +245,48 @@ def test_a_damaged_index_is_never_unpickled_and_is_rebuilt(tmp_path, damage):
     rebuilt = np.load(path, allow_pickle=False)
     assert rebuilt.dtype == np.uint64 and (rebuilt == hashes).all()
 
+
+
+# --- the C key loops (``_cfast.key_hashes``, ``key_partitions``) and their twins -------------
+
+_ALPHABET = "ab0\u00e9\u4e2d\U0001F600\x00-"
+
+
+def _key_arrays() -> list[pa.Array]:
+    rng = random.Random(27)
+    values = ["", "aether-audit", "x" * 300] + [
+        "".join(rng.choice(_ALPHABET) for _ in range(rng.randrange(0, 40))) for _ in range(3_000)]
+    whole = pa.array(values)
+    return [whole, whole.slice(5, 1_000), pa.array(values, pa.large_string()).slice(1), whole.slice(0, 0),
+            pa.chunked_array([whole.slice(0, 3), whole.slice(3)])]
+
+
+def test_the_c_key_loops_give_exactly_their_twins_values():
+    """Stored indexes hold these hashes: the C loop must be pandas' SipHash
+    bit for bit, and the partitions ``_partition_chunk``'s."""
+    from aether_audit.audit import keys as keys_module
+    from aether_audit.model.speedups import cfast
+    from _support import missing
+
+    if cfast is None:
+        pytest.skip(missing("aether_audit.model._cfast is not built", "AETHER_AUDIT_REQUIRE_CFAST"))
+    for keys in _key_arrays():
+        flat = keys.combine_chunks() if isinstance(keys, pa.ChunkedArray) else keys
+        twin = keys_module._pandas_hashes(flat) if len(flat) else np.zeros(0, np.uint64)
+        assert np.array_equal(keys_module.key_hashes(keys), twin)
+        large = flat.cast(pa.large_string())
+        twin_parts = (np.concatenate([keys_module._partition_chunk(large.slice(i, 97)) for i in range(0, len(large), 97)])
+                      if len(large) else np.zeros(0, np.uint16))
+        assert np.array_equal(partition_of(keys), twin_parts)
+    # Offsets that do not fit the data are refused, never read past it.
+    with pytest.raises(ValueError, match="do not fit"):
+        cfast.key_hashes(np.array([0, 5], np.int64), b"abc", np.empty(1, np.uint64))
+    with pytest.raises(ValueError, match="do not fit"):
+        cfast.key_partitions(np.array([3, 1], np.int64), b"abc", np.empty(1, np.uint16))
+
+
+def test_keys_with_nulls_take_the_pandas_path():
+    from aether_audit.audit import keys as keys_module
+
+    keys = pa.array(["a", None, "b"])
+    assert np.array_equal(keys_module.key_hashes(keys), keys_module._pandas_hashes(keys))
