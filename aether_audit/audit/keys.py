@@ -252,8 +252,8 @@ class KeyStore:
         self._buffered = 0
         self._last_ord = -1
         if buffered is not None and buffered.num_rows:
-            self._buffer = buffered.combine_chunks().to_batches()
-            self._buffered = buffered.num_rows
+            for batch in buffered.combine_chunks().to_batches():
+                self._buffer_batch(batch)  # sorted by partition again (stable: stream order within one)
             self._last_ord = int(pc.max(buffered["ord"]).as_py())
         # Keys added since the last ``repeats``, while few: an incremental
         # run then compares only them against what is stored.
@@ -389,23 +389,27 @@ class KeyStore:
             return
         columns = [_flat(keys).cast(pa.large_string()), pa.array(seqs, pa.int64()), pa.array(ords, pa.int64())]
         columns += [_flat(pa.array((extra or {})[name])).cast(pa.large_string()) for name in self.extra]
-        batch = pa.RecordBatch.from_arrays(columns, schema=self.schema)
-        parts = partition_of(columns[0])
+        self._buffer_batch(pa.RecordBatch.from_arrays(columns, schema=self.schema))
+        self._last_ord = max(self._last_ord, int(np.max(ords)))
+        if self._fresh is not None:
+            self._fresh.append(columns[0])
+            self._fresh_rows += len(keys)
+            if self._fresh_rows > FRESH_ROWS:
+                self._fresh = None
+        if self._buffered >= self.spill_rows:
+            self.flush()
+
+    def _buffer_batch(self, batch: pa.RecordBatch) -> None:
+        """``batch`` into the buffer, sorted by partition (stably), with its
+        partitions' bounds and its keys' hashes."""
+        parts = partition_of(batch.column(0))
         order = np.argsort(parts, kind="stable")
         if len(order) > 1 and (parts[1:] < parts[:-1]).any():
             batch = batch.take(pa.array(order))
         self._buffer.append(batch)
         self._bounds.append(np.searchsorted(parts[order], np.arange(PARTS + 1)))
         self._hashes.append(key_hashes(batch.column(0)))
-        self._buffered += len(keys)
-        self._last_ord = max(self._last_ord, int(np.max(ords)))
-        if self._fresh is not None:
-            self._fresh.append(batch.column(0))
-            self._fresh_rows += len(keys)
-            if self._fresh_rows > FRESH_ROWS:
-                self._fresh = None
-        if self._buffered >= self.spill_rows:
-            self.flush()
+        self._buffered += batch.num_rows
 
     def _buffer_part(self, p: int) -> pa.RecordBatch:
         """Partition ``p`` of the buffer: its rows in stream order (one small copy)."""
