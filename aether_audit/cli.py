@@ -678,7 +678,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--target-size", type=_size, metavar="SIZE",
                         help="size compacted files aim at, in bytes or with K/M/G (default: 128M)")
     export.add_argument("--compact-threshold", type=int, metavar="N",
-                        help="--incremental compacts the newest files of partitions holding more than N files (default: 4)")
+                        help="--incremental compacts the newest files of partitions holding more than N files (default: 1)")
     export.add_argument("--no-compact", action="store_true", help="--incremental keeps files as written")
     export.add_argument("--vacuum-hours", type=int, metavar="HOURS",
                         help="Delta: after --compact, delete files no version of the last HOURS needs "

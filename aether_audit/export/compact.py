@@ -53,12 +53,13 @@ DEFAULT_TARGET_SIZE = 128 << 20
 COMPACT_FILE_ROWS = 50_000_000
 # An --incremental run compacts a partition when it holds more than this
 # many files. Issue 26's benchmark (benchmarks/export_rounds.py, 100,000
-# events then 150 rounds of 200) put DuckDB's count(*) at ~2.6 ms plus
-# ~0.14 ms a file: at 16 a partition (34 files) it took 2.2x a fresh
-# export's, at 4 a partition about 2.5 files a partition on average. What
-# keeps 4 cheap is that an automatic pass rewrites only the newest files
-# (plan_tail), not the partition.
-DEFAULT_THRESHOLD = 4
+# events then 150 rounds of 200, quiet runs) put DuckDB's count(*) at
+# ~2.9 ms over a fresh export's 4 event files plus ~0.4 ms a file more: at
+# 16 a partition it took 2.2x a fresh export's, at 4 1.8x. At 1 a partition
+# under FLOOR_SIZE is one file after every run, as in a fresh export; what
+# keeps that cheap is that a pass rewrites only the newest files
+# (plan_tail), at most FLOOR_SIZE of small ones, not the partition.
+DEFAULT_THRESHOLD = 1
 # plan_tail's two sizes. A file under FLOOR_SIZE always joins the merge of
 # the files after it: 8 MiB is ~50,000 events, rewritten at most every few
 # rounds, tens of ms. A bigger file joins only while it is at most
