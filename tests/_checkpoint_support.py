@@ -46,3 +46,30 @@ def rewrite(path: Path, header: Callable[[dict[str, Any]], Any] | None = None,
     if header is not None:
         head = header(head)
     path.write_bytes(join(head, parts, sizes=sizes))
+
+
+def load_and_use(path: Path, options: Any, number: int) -> None:
+    """A fuzz worker's step: load the (mutated) checkpoint at ``path``, then
+    use everything it holds (the findings so far, a run settled on it).
+    Prints the outcome line the parent counts: refused in one line, or
+    audited; anything else (a traceback, a signal) fails the parent."""
+    import json
+
+    from aether_audit.audit.checkpoint import load_checkpoint
+    from aether_audit.audit.checks import CHECKS
+    from aether_audit.model.errors import CheckpointError
+
+    try:
+        engine = load_checkpoint(path, options).engine
+    except CheckpointError as exc:
+        assert "\n" not in str(exc), str(exc)
+        print(json.dumps({"i": number, "outcome": "refused"}), flush=True)
+        return
+    try:
+        engine.findings(None, list(CHECKS), options)
+        engine.begin_run(engine.next_seq)
+        engine.settle(None)
+        engine.findings(None, list(CHECKS), options)
+    finally:
+        engine.close()
+    print(json.dumps({"i": number, "outcome": "audited"}), flush=True)

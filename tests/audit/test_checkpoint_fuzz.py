@@ -334,11 +334,9 @@ WORKER = textwrap.dedent("""
     import json, random, sys
     from pathlib import Path
     sys.path[:0] = sys.argv[4].split(":")
-    from _checkpoint_support import join, split
+    from _checkpoint_support import join, load_and_use, split
     from test_checkpoint_fuzz import _mutate_bytes
-    from aether_audit.audit.checkpoint import load_checkpoint
-    from aether_audit.audit.checks import CHECKS, CheckOptions
-    from aether_audit.model.errors import CheckpointError
+    from aether_audit.audit.checks import CheckOptions
 
     path, count, seed = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
     header, sections = split(path.read_bytes())
@@ -352,21 +350,7 @@ WORKER = textwrap.dedent("""
             mutated[name] = _mutate_bytes(mutated[name], rng)
         path.write_bytes(join(header, mutated))
         print(json.dumps({"i": i, "section": name}), flush=True)
-        try:
-            engine = load_checkpoint(path, options).engine
-        except CheckpointError as exc:
-            assert "\\n" not in str(exc), str(exc)
-            print(json.dumps({"i": i, "outcome": "refused"}), flush=True)
-            continue
-        try:
-            # Use everything it holds: the findings so far, and a run settled on it.
-            engine.findings(None, list(CHECKS), options)
-            engine.begin_run(engine.next_seq)
-            engine.settle(None)
-            engine.findings(None, list(CHECKS), options)
-        finally:
-            engine.close()
-        print(json.dumps({"i": i, "outcome": "audited"}), flush=True)
+        load_and_use(path, options, i)
 """)
 
 

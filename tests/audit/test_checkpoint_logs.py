@@ -188,11 +188,9 @@ LOG_WORKER = """
 import hashlib, json, random, sys
 from pathlib import Path
 sys.path[:0] = sys.argv[4].split(":")
-from _checkpoint_support import rewrite, split
+from _checkpoint_support import load_and_use, rewrite, split
 from test_checkpoint_fuzz import _mutate_bytes
-from aether_audit.audit.checkpoint import load_checkpoint
-from aether_audit.audit.checks import CHECKS, CheckOptions
-from aether_audit.model.errors import CheckpointError
+from aether_audit.audit.checks import CheckOptions
 
 path, count, seed = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 keys = path.with_name(path.name + ".keys")
@@ -216,19 +214,7 @@ for i in range(count):
         return h
     rewrite(path, header=named)  # the hash recomputed: only the loader's own checks stand
     print(json.dumps({"i": i, "log": log}), flush=True)
-    try:
-        engine = load_checkpoint(path, options).engine
-    except CheckpointError as exc:
-        assert "\\n" not in str(exc), str(exc)
-        print(json.dumps({"i": i, "outcome": "refused"}), flush=True)
-        continue
-    try:
-        engine.findings(None, list(CHECKS), options)
-        engine.begin_run(engine.next_seq)
-        engine.settle(None)
-    finally:
-        engine.close()
-    print(json.dumps({"i": i, "outcome": "audited"}), flush=True)
+    load_and_use(path, options, i)
 """
 
 
