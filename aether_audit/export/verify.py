@@ -427,7 +427,8 @@ def _heads_problems(root: Path, manifest: dict[str, Any], heads: dict[str, tuple
         return [_file_problem("changed", f"{entry['path']}: {exc}")] if os.path.lexists(path) else []
     if stored == heads:
         return []
-    wrong = sorted(a for a in set(stored) | set(heads) if stored.get(a) != heads.get(a))
+    # key=str: a damaged file's null actor_id chains under None beside the strings
+    wrong = sorted((a for a in set(stored) | set(heads) if stored.get(a) != heads.get(a)), key=str)
     return [_file_problem("changed", f"{entry['path']}: the chain heads of {len(wrong)} actors (first: {wrong[0]}) "
                                      "are not the last events' recomputed hashes")]
 

@@ -31,14 +31,17 @@ def write(store, versions: range, actors=("order-1", "order-2", "acct-7")) -> No
                                    data={"n": n, "v": version}, timestamp=STAMP + pd.Timedelta(nanoseconds=version * 7 + n)))
 
 
-def rewrite_value(export: Path, entry: dict, row: int, *, fix_manifest: bool) -> None:
-    """Change ``data`` of one row of a listed file; with ``fix_manifest`` also
-    the file's sha256 and size in the manifest (a careful tamperer)."""
+def rewrite_value(export: Path, entry: dict, row: int, *, fix_manifest: bool, column: str = "data",
+                  value: str | None = '{"n":999}') -> None:
+    """Change ``column`` of one row of a listed file to ``value``; with
+    ``fix_manifest`` also the file's sha256 and size in the manifest (a
+    careful tamperer)."""
     path = export / entry["path"]
     table = pq.read_table(path)
-    data = table.column("data").to_pylist()
-    data[row] = '{"n":999}'
-    pq.write_table(table.set_column(table.schema.get_field_index("data"), "data", pa.array(data)), path)
+    values = table.column(column).to_pylist()
+    values[row] = value
+    at = table.schema.get_field_index(column)
+    pq.write_table(table.set_column(at, table.schema.field(at), pa.array(values, table.schema.field(at).type)), path)
     if fix_manifest:
         manifest = json.loads((export / "manifest.json").read_text())
         for listed in manifest["files"]:

@@ -226,6 +226,20 @@ def test_manifest_paths_never_leave_the_export(store, tmp_path):
 # --- verify DIR and signatures ---------------------------------------------------------------
 
 
+def test_a_row_whose_actor_was_erased_is_not_ok_and_no_crash(store, tmp_path):
+    """A null actor_id (a damaged file whose sha256 the tamperer fixed)
+    chains under None beside the actors' names; verify names it, once."""
+    write(store, range(1, 4))
+    out = tmp_path / "export"
+    store.export_parquet(out)
+    entry = next(e for e in manifest_of(out)["files"] if e.get("actor_type") == "acct")
+    rewrite_value(out, entry, 0, fix_manifest=True, column="actor_id", value=None)
+    result = verify_export(out)
+    assert not result.ok and any("chain heads" in p["message"] for p in result.problems.to_dict("records")), result
+    answer = cli("verify", str(out))
+    assert answer.returncode == 1 and "Traceback" not in answer.stderr, answer
+
+
 def test_verify_one_export_names_what_changed_was_added_or_removed(store, tmp_path):
     write(store, range(1, 4))
     out = tmp_path / "export"
