@@ -181,13 +181,47 @@ def file_columns(batch: pa.RecordBatch, kind: str, unit: str, *, partitioned: bo
         if name in (CHAIN_COLUMN, EXACT_TYPE_COLUMN):  # the run's own: appended after
             continue
         if unit == "us" and name in TIMESTAMP_COLUMNS:
-            columns[name] = pc.cast(pc.floor_temporal(batch.column(name), unit="microsecond"),
-                                    pa.timestamp("us", tz="UTC"))
+            columns[name] = floor_us(batch.column(name))
         elif unit == "us" and name.endswith("_ns") and name[:-3] in TIMESTAMP_COLUMNS:
             columns[name] = pc.cast(batch.column(name[:-3]), pa.int64())
         else:
             columns[name] = batch.column(name)
     return pa.RecordBatch.from_arrays(list(columns.values()), names=list(columns))
+
+
+_NS = pa.timestamp("ns", tz="UTC")
+_US = pa.timestamp("us", tz="UTC")
+# Below this a nanosecond time has no floored microsecond in range (its
+# floor times 1,000 is under int64's minimum): ``floor_us`` leaves it to
+# ``pc.floor_temporal``, whatever that does with it.
+_LOWEST_NS = np.iinfo(np.int64).min + 1000
+
+
+def floor_us(column: pa.Array) -> pa.Array:
+    """UTC nanosecond times floored to microseconds (``timestamp[us, tz=UTC]``).
+
+    Exactly ``pc.cast(pc.floor_temporal(column, unit="microsecond"), us)``,
+    by one numpy floor division over the values buffer (nulls kept by the
+    same validity bitmap): floor_temporal walks a calendar per value, 20 ms
+    per 200,000 values against 1.3 ms here, and a run floors two columns of
+    every event. Anything but an ``Array`` of UTC nanoseconds (or a time
+    near int64's minimum) goes the compute way.
+
+    >>> ns = pa.array([-1, 1_999, None, 2_000], _NS)
+    >>> pc.cast(floor_us(ns), pa.int64()).to_pylist()
+    [-1, 1, None, 2]
+    """
+    if not isinstance(column, pa.Array) or column.type != _NS or not len(column):
+        return pc.cast(pc.floor_temporal(column, unit="microsecond"), _US)
+    validity, data = column.buffers()
+    values = np.frombuffer(data, np.int64, count=column.offset + len(column))
+    shown = values[column.offset:]
+    lowest = shown.min() if not column.null_count else pc.min(column.view(pa.int64())).as_py()
+    if lowest is not None and lowest < _LOWEST_NS:
+        return pc.cast(pc.floor_temporal(column, unit="microsecond"), _US)
+    return pa.Array.from_buffers(_US, len(column), [validity if column.null_count else None,
+                                                    pa.py_buffer(values // 1000)],
+                                 column.null_count, column.offset)
 
 
 # --- the writers ---------------------------------------------------------------------------

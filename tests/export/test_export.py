@@ -577,3 +577,24 @@ def test_verify_and_read_export_need_an_export(tmp_path):
         verify_exports(tmp_path, tmp_path)
     with pytest.raises(ExportError, match="not an export directory"):
         read_export(tmp_path / "missing")
+
+
+def test_floor_us_is_floor_temporal() -> None:
+    """The numpy floor of ``file_columns`` gives what ``pc.floor_temporal``
+    gives: negatives, nulls, slices (offsets), all-null, and times near
+    int64's minimum (left to compute)."""
+    import numpy as np
+    import pyarrow.compute as pc
+
+    ns, us = pa.timestamp("ns", tz="UTC"), pa.timestamp("us", tz="UTC")
+    low = np.iinfo(np.int64).min
+    values = pa.array([-1, -1_000, -1_001, 999, 1_000, 1_001, None, 2**62 + 7, -(2**62) - 7, 0], pa.int64()).view(ns)
+    cases = [values, values.slice(3, 5), values.slice(6, 1), pa.array([None, None], ns), pa.array([], ns),
+             pa.array([5, 1_999], ns), pa.array([low + 2_000, 1], pa.int64()).view(ns)]
+    for column in cases:
+        want = pc.cast(pc.floor_temporal(column, unit="microsecond"), us)
+        got = _export.floor_us(column)
+        got.validate(full=True)
+        assert got.type == us and got.equals(want), (column, got, want)
+    with pytest.raises(pa.ArrowInvalid):  # the compute way, error and all
+        _export.floor_us(pa.array([low + 1], pa.int64()).view(ns))
