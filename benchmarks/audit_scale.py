@@ -35,12 +35,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from export_memory import peak_rss_kb  # noqa: E402
-from seeding import _caught_up, _hpub, _raw_connection, _send_window, seed_messages, seed_stream  # noqa: E402
+from seeding import _caught_up, _hpub, _raw_connection, _send_window, on_streams, report, seed_messages  # noqa: E402
 
 SIZES = (200_000, 3_000_000)
 
 
-def _child(mode: str, url: str, stream: str, checkpoint: str = "", clock_skew: str = "") -> None:
+def _child(mode: str, url: str, stream: str, checkpoint: str = "") -> None:
     """In the measured process: one audit or load, figures as JSON (with its CPU seconds)."""
     import resource
 
@@ -52,8 +52,7 @@ def _child(mode: str, url: str, stream: str, checkpoint: str = "", clock_skew: s
             rows = len(store.load(progress=False))
             extra = {"events": rows}
         else:
-            skew = {"clock_skew": float(clock_skew)} if clock_skew else {}
-            report = store.audit(checkpoint=checkpoint or None, keep_frames=False, progress=False, **skew)
+            report = store.audit(checkpoint=checkpoint or None, keep_frames=False, progress=False)
             extra = {"events": report.summary["events_scanned"], "findings": len(report.findings),
                      "read": report.read}
         seconds = time.perf_counter() - began
@@ -62,11 +61,8 @@ def _child(mode: str, url: str, stream: str, checkpoint: str = "", clock_skew: s
                       "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 2), **extra}))
 
 
-CLOCK_SKEW = ""  # --clock-skew: seconds, for streams seeded slower than 10,000 events/s
-
-
 def run_child(mode: str, url: str, stream: str, checkpoint: str = "") -> dict:
-    done = subprocess.run([sys.executable, __file__, "--child", mode, url, stream, checkpoint, CLOCK_SKEW],
+    done = subprocess.run([sys.executable, __file__, "--child", mode, url, stream, checkpoint],
                           capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"{mode} child failed: {done.stderr.strip().splitlines()[-3:]}")
@@ -149,7 +145,7 @@ def measure(url: str, streams: dict[int, str], runs: int = 2) -> dict:
 
 def main() -> None:
     if len(sys.argv) >= 5 and sys.argv[1] == "--child":
-        _child(*sys.argv[2:7])
+        _child(*sys.argv[2:6])
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", help="a server whose --streams are already seeded (smallest first)")
@@ -157,31 +153,8 @@ def main() -> None:
     parser.add_argument("--events", type=int, nargs=2, default=list(SIZES))
     parser.add_argument("--json", metavar="FILE", help="also write the figures here")
     parser.add_argument("--runs", type=int, default=2, help="fresh processes per figure, the fastest counts (default: 2)")
-    parser.add_argument("--clock-skew", type=float, metavar="SECONDS",
-                        help="the audit's clock_skew (default 300): the seeder dates events just behind the "
-                             "store's clock at 10,000 events/s, so a slower seeding (a busy machine) leaves most "
-                             "events more than 5 minutes behind their stored time, each a clock_skew finding")
     args = parser.parse_args()
-    global CLOCK_SKEW
-    CLOCK_SKEW = "" if args.clock_skew is None else str(args.clock_skew)
-    if args.url:
-        results = measure(args.url, dict(zip(args.events, args.streams or [f"audit_bench_{n}" for n in args.events])), args.runs)
-    else:
-        from aether_audit.nats.server import NatsServer
-
-        with NatsServer() as server:
-            streams = {}
-            for events in args.events:
-                streams[events] = f"audit_bench_{events}"
-                began = time.perf_counter()
-                asyncio.run(seed_stream(server.url, streams[events], events, events // 100))
-                print(f"seeded {events} events in {time.perf_counter() - began:.1f}s", file=sys.stderr, flush=True)
-            results = measure(server.url, streams, args.runs)
-    text = json.dumps(results, indent=2)
-    print(text)
-    if args.json:
-        Path(args.json).write_text(text + "\n")
-
+    report(on_streams(args.url, args.streams, args.events, "audit_bench", measure, args.runs), args.json)
 
 if __name__ == "__main__":
     main()

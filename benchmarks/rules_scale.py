@@ -20,7 +20,6 @@ that at the smallest (flat: per actor state, not per event).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import subprocess
 import sys
@@ -31,7 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from export_memory import peak_rss_kb  # noqa: E402
-from seeding import seed_stream  # noqa: E402
+from seeding import on_streams, report  # noqa: E402
 
 SIZES = (200_000, 3_000_000)
 
@@ -119,25 +118,7 @@ def main() -> None:
     parser.add_argument("--json", metavar="FILE", help="also write the figures here")
     parser.add_argument("--runs", type=int, default=3, help="alternated fresh processes per figure, the fastest counts (default: 3)")
     args = parser.parse_args()
-    if args.url:
-        names = args.streams or [f"rules_bench_{n}" for n in args.events]
-        results = measure(args.url, dict(zip(args.events, names)), args.runs)
-    else:
-        from aether_audit.nats.server import NatsServer
-
-        with NatsServer() as server:
-            streams = {}
-            for events in args.events:
-                streams[events] = f"rules_bench_{events}"
-                began = time.perf_counter()
-                asyncio.run(seed_stream(server.url, streams[events], events, events // 100))
-                print(f"seeded {events} events in {time.perf_counter() - began:.1f}s", file=sys.stderr, flush=True)
-            results = measure(server.url, streams, args.runs)
-    text = json.dumps(results, indent=2)
-    print(text)
-    if args.json:
-        Path(args.json).write_text(text + "\n")
-
+    report(on_streams(args.url, args.streams, args.events, "rules_bench", measure, args.runs), args.json)
 
 if __name__ == "__main__":
     main()

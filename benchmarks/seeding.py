@@ -11,10 +11,11 @@ than nats-py's per-message path (a million events in tens of seconds).
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -133,3 +134,30 @@ async def _caught_up(js: Any, stream: str, count: int, timeout: float = 120.0) -
         if time.monotonic() > deadline:
             raise RuntimeError(f"stream {stream} did not reach {count} messages")
         await asyncio.sleep(0.005)
+
+
+def on_streams(url: str | None, names: list[str] | None, sizes: list[int], prefix: str,
+               measure: Callable[[str, dict[int, str], int], dict[str, Any]], runs: int) -> dict[str, Any]:
+    """``measure(url, {size: stream}, runs)`` on streams already seeded on
+    ``url`` (``names``, default ``PREFIX_SIZE``), or, without ``url``, on an
+    embedded server where each size is seeded first (~100 events an actor)."""
+    if url:
+        return measure(url, dict(zip(sizes, names or [f"{prefix}_{n}" for n in sizes])), runs)
+    from aether_audit.nats.server import NatsServer
+
+    with NatsServer() as server:
+        streams = {}
+        for events in sizes:
+            streams[events] = f"{prefix}_{events}"
+            began = time.perf_counter()
+            asyncio.run(seed_stream(server.url, streams[events], events, events // 100))
+            print(f"seeded {events} events in {time.perf_counter() - began:.1f}s", file=sys.stderr, flush=True)
+        return measure(server.url, streams, runs)
+
+
+def report(results: dict[str, Any], path: str | None) -> None:
+    """The figures as JSON on stdout, and into ``path`` when given."""
+    text = json.dumps(results, indent=2)
+    print(text)
+    if path:
+        Path(path).write_text(text + "\n")
