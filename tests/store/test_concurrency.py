@@ -221,19 +221,18 @@ def findings_of(result: subprocess.CompletedProcess) -> list[tuple]:
 
 
 def wait_until_locked(checkpoint, process: subprocess.Popen) -> None:
-    from aether_audit.audit.run import CheckpointLock
-    from aether_audit.model.errors import CheckpointInUse
-
+    """Until ``process`` holds the checkpoint's lock: its pid is in the lock
+    file (``CheckpointLock`` writes it right after the flock). Read, never
+    probed with a flock of our own: a probe that held the lock for a moment
+    as the child started made the child refuse with CheckpointInUse."""
     deadline = time.monotonic() + WAIT
     while time.monotonic() < deadline:
         assert process.poll() is None, "the first run ended before it was seen holding the checkpoint"
         try:
-            CheckpointLock(checkpoint).release()
-        except CheckpointInUse:
-            # Locked; its pid is written just after the flock: wait for it too,
-            # or a SIGSTOP between the two leaves a message without the pid.
             if Path(f"{checkpoint}.lock").read_text().strip() == str(process.pid):
                 return
+        except FileNotFoundError:
+            pass
         time.sleep(0.005)
     raise AssertionError("the first run never locked the checkpoint")
 
