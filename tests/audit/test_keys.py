@@ -290,3 +290,27 @@ def test_keys_with_nulls_take_the_pandas_path():
 
     keys = pa.array(["a", None, "b"])
     assert np.array_equal(keys_module.key_hashes(keys), keys_module._pandas_hashes(keys))
+
+
+def test_many_spills_rewrite_each_row_a_few_times_not_once_per_spill(tmp_path, monkeypatch):
+    # Past MAX_SEGMENTS, size tiers: 200 spills of 5 rows rewrite each row
+    # about log4(200) times, where merging the newest two grew one segment
+    # by a spill each time and rewrote it at every later spill (quadratic).
+    from aether_audit.audit import keys as keys_module
+
+    monkeypatch.setattr(keys_module, "MAX_SEGMENTS", 4)
+    store = KeyStore(tmp_path, spill_rows=5)
+    merged_rows = []
+    merge = store._merge
+    monkeypatch.setattr(store, "_merge", lambda segments: merged_rows.append(sum(s["rows"] for s in segments))
+                        or merge(segments))
+    for spill in range(200):
+        ords = np.arange(spill * 5, spill * 5 + 5)
+        store.add(pa.array([f"k-{o}" for o in ords]), ords * 10, ords)
+    store.flush()
+    assert len(store.segments) <= 4 + 3 * 4
+    assert sum(merged_rows) <= 1000 * 5  # the newest two: 97,500
+    assert sum(segment["rows"] for segment in store.segments) == 1000
+    store.add(pa.array(["k-3", "k-997"]), [10_000, 10_010], [1000, 1001])  # seen in the first and the last spill
+    repeats = store.repeats(1000)
+    assert repeats["key"].tolist() == ["k-3", "k-997"] and repeats["first_seq"].tolist() == [30, 9970]
