@@ -93,8 +93,17 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
     from aether_audit.cli import main as cli_main
 
     mode, url, stream = spec["mode"], spec["url"], spec["stream"]
-    if mode in ("seed_history", "history"):
-        return asyncio.run(_history_seed(spec) if mode == "seed_history" else _history_ours(spec))
+    if mode == "seed_history":
+        return asyncio.run(_history_seed(spec))
+    if mode == "floor_history":
+        return asyncio.run(_history_floor(spec))
+    if mode in ("history", "noindex_history"):
+        if mode == "noindex_history":  # as for a stream over the index limit: no pass, every read filtered
+            from aether_audit.read import reader
+
+            reader.INDEX_LIMIT = -1
+        return asyncio.run(_history_ours(spec))
+    sampler = _Sampler()
     began = time.perf_counter()
     if mode == "load":
         with aether_audit.connect(url, stream=stream) as store:
@@ -114,7 +123,49 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
             raise SystemExit(f"aether-audit {mode} exited {code}")
         extra = {"exit": code}
     seconds = time.perf_counter() - began
-    return {"seconds": round(seconds, 3), "peak_rss_mb": round(peak_rss_kb() / 1024, 1), **extra}
+    return {"seconds": round(seconds, 3), "peak_rss_mb": round(peak_rss_kb() / 1024, 1), **sampler.stop(), **extra}
+
+
+class _Sampler:
+    """What bounds a job, sampled in its child: this process's CPU, the
+    whole machine's (the server's included: a quiet machine runs nothing
+    else), and this process's RSS every 50 ms (its level and its swings,
+    not only the peak)."""
+
+    def __init__(self) -> None:
+        self._cpu, self._machine = os.times(), self._machine_ticks()
+        self._rss_start = self._rss_mb()
+        self._rss: list[float] = []
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    @staticmethod
+    def _machine_ticks() -> tuple[int, int]:
+        """(busy, total) clock ticks of every core since boot (/proc/stat)."""
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        idle = fields[3] + fields[4]  # idle + iowait
+        return sum(fields) - idle, sum(fields)
+
+    @staticmethod
+    def _rss_mb() -> float:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+    def _sample(self) -> None:
+        while not self._done.wait(0.05):
+            self._rss.append(self._rss_mb())
+
+    def stop(self) -> dict[str, Any]:
+        self._done.set()
+        self._thread.join()
+        cpu, (busy, total) = os.times(), self._machine_ticks()
+        busy, total = busy - self._machine[0], total - self._machine[1]
+        rss = sorted(self._rss) or [self._rss_start]
+        return {"cpu_s": round(cpu.user + cpu.system - self._cpu.user - self._cpu.system, 2),
+                "machine_busy": round(busy / max(total, 1), 3),
+                "machine_cpu_s": round(busy / CLK_TCK, 2),
+                "rss_start_mb": round(self._rss_start), "rss_median_mb": round(rss[len(rss) // 2]),
+                "rss_p90_mb": round(rss[int(len(rss) * 0.9)])}
 
 
 async def _timed_ms(coroutine: Any) -> tuple[float, Any]:
@@ -139,6 +190,43 @@ async def _history_seed(spec: dict[str, Any]) -> dict[str, Any]:
     return {"calls_ms": calls, "median_ms": round(statistics.median(calls), 2), "rows": rows}
 
 
+async def _history_floor(spec: dict[str, Any]) -> dict[str, Any]:
+    """The server's floor under a read by sequence: for each later actor,
+    the requests ``history()`` sends once indexed (the stream's info and a
+    ``STREAM.MSG.GET`` per sequence, in one write) on a bare socket, timed
+    until every reply has come, and no reply decoded. Our index (not
+    timed) gives the sequences."""
+    from urllib.parse import urlsplit
+
+    import aether_audit
+    from aether_audit import event_subject
+
+    async with aether_audit.connect_async(spec["url"], stream=spec["stream"]) as store:
+        index = await store.index_subjects()
+    assert index is not None
+    where = urlsplit(spec["url"])
+    reader, writer = await asyncio.open_connection(where.hostname, where.port or 4222)
+    await reader.readline()  # INFO
+    writer.write(b'CONNECT {"verbose":false,"pedantic":false,"headers":true,"no_responders":true}\r\n'
+                 b"SUB _FLOOR.> 1\r\nPING\r\n")
+    while (await reader.readline()) != b"PONG\r\n":
+        pass
+    stream, calls = spec["stream"].encode(), []
+    for actor in spec["after"]:
+        seqs = index.seqs_of(event_subject(spec["stream"], actor), index.last_seq)
+        requests = b"PUB $JS.API.STREAM.INFO.%s _FLOOR.i 0\r\n\r\n" % stream + b"".join(
+            b"PUB $JS.API.STREAM.MSG.GET.%s _FLOOR.%d %d\r\n%s\r\n" % (stream, n, len(body), body)
+            for n, body in enumerate(b'{"seq":%d}' % seq for seq in seqs))
+        began = time.perf_counter()
+        writer.write(requests)
+        for _ in range(len(seqs) + 1):  # each reply: its control line, then its payload skipped
+            line = await reader.readline()
+            await reader.readexactly(int(line.split()[-1]) + 2)
+        calls.append(round((time.perf_counter() - began) * 1000, 2))
+    writer.close()
+    return {"calls_ms": calls, "median_ms": round(statistics.median(calls), 2)}
+
+
 async def _history_ours(spec: dict[str, Any]) -> dict[str, Any]:
     """history() of a fresh store: the first actor, the next ones at once
     (the index building behind them), then later ones once it is built."""
@@ -154,14 +242,17 @@ async def _history_ours(spec: dict[str, Any]) -> dict[str, Any]:
             rows += len(frame)
         # What is left of the background pass once those calls are done (0 when it was already over).
         index_wait_ms, _ = await _timed_ms(store.index_subjects())
-        after = []
+        after, cpu = [], time.process_time()
         for actor in spec["after"]:
             ms, frame = await _timed_ms(store.history(actor))
             after.append(ms)
             rows += len(frame)
+        # This process's CPU per later call: the client's part of the time.
+        after_cpu_ms = (time.process_time() - cpu) * 1000 / max(len(after), 1)
     return {"first_ms": first_ms, "during_ms": during, "during_max_ms": max(during, default=None),
             "index_wait_ms": index_wait_ms, "after_ms": after,
-            "after_median_ms": round(statistics.median(after), 2) if after else None, "rows": rows}
+            "after_median_ms": round(statistics.median(after), 2) if after else None,
+            "after_cpu_ms": round(after_cpu_ms, 2), "rows": rows}
 
 
 # --- the parent: children, alternation, the watch --------------------------------------------
@@ -183,8 +274,12 @@ def run_child(spec: dict[str, Any], scratch: Path) -> dict[str, Any]:
 
 def _summary(figures: list[dict[str, Any]]) -> dict[str, Any]:
     seconds = [f["seconds"] for f in figures]
+    fastest = min(figures, key=lambda f: f["seconds"])
     return {"fastest_s": min(seconds), "median_s": round(statistics.median(seconds), 3), "all_s": seconds,
-            "peak_rss_mb": max(f["peak_rss_mb"] for f in figures)}
+            "peak_rss_mb": max(f["peak_rss_mb"] for f in figures),
+            # of the fastest run: what bounded it (``_Sampler``)
+            **{key: fastest[key] for key in ("cpu_s", "machine_busy", "machine_cpu_s")},
+            **{key: max(f[key] for f in figures) for key in ("rss_start_mb", "rss_median_mb", "rss_p90_mb")}}
 
 
 def measure_jobs(url: str, stream: str, only: set[str], runs: int, scratch: Path) -> dict[str, Any]:
@@ -207,6 +302,10 @@ def measure_jobs(url: str, stream: str, only: set[str], runs: int, scratch: Path
             if mode in result:
                 result[mode]["over_load"] = round(result[mode]["fastest_s"] / load["fastest_s"], 3)
                 result[mode]["over_load_median"] = round(result[mode]["median_s"] / load["median_s"], 3)
+                # Its floor on these cores: the machine's CPU it took (the
+                # server's too), spread over every core all the time.
+                floor = result[mode]["machine_cpu_s"] / (os.cpu_count() or 1)
+                result[mode]["cpu_floor_over_load"] = round(floor / load["fastest_s"], 3)
     return result
 
 
@@ -217,12 +316,20 @@ def measure_history(url: str, stream: str, actors: int, runs: int, during: int, 
     first, next_ones, later = picked[0], picked[1:1 + during], picked[1 + during:]
     seed_spec = {"mode": "seed_history", "url": url, "stream": stream, "actors": next_ones + later}
     ours_spec = {"mode": "history", "url": url, "stream": stream, "first": first, "during": next_ones, "after": later}
+    # What bounds ours: the same first and next reads with no index pass at
+    # all (each a filtered consumer, the seed's kind of read), and the
+    # server's own time for the later reads' requests (``_history_floor``).
+    bounds = {"noindex": {**ours_spec, "mode": "noindex_history", "after": []},
+              "floor": {**ours_spec, "mode": "floor_history"}}
+    children = [("seed", seed_spec), ("ours", ours_spec), *bounds.items()]
     per_run = []
     for number in range(runs):
         pair: dict[str, Any] = {}
-        for name, spec in (("seed", seed_spec), ("ours", ours_spec))[::1 if number % 2 == 0 else -1]:
+        for name, spec in children[number % len(children):] + children[:number % len(children)]:
             pair[name] = run_child(spec, scratch)
         seed, ours = pair["seed"]["median_ms"], pair["ours"]
+        pair["noindex_max_over_seed"] = round(pair["noindex"]["during_max_ms"] / seed, 3)
+        pair["floor_speedup"] = round(seed / pair["floor"]["median_ms"], 2)
         pair["during_max_over_seed"] = round(ours["during_max_ms"] / seed, 3) if ours["during_max_ms"] else None
         # Actor by actor: the seed's way read the same actors, in the same order, first.
         same = list(zip(ours["during_ms"], pair["seed"]["calls_ms"]))
@@ -234,7 +341,8 @@ def measure_history(url: str, stream: str, actors: int, runs: int, during: int, 
         pair["after_speedup"] = round(seed / ours["after_median_ms"], 2) if ours["after_median_ms"] else None
         per_run.append(pair)
         print(f"  history run {number + 1}: seed {seed} ms, first {ours['first_ms']} ms, during max "
-              f"{ours['during_max_ms']} ms, index wait {ours['index_wait_ms']} ms, after {ours['after_median_ms']} ms",
+              f"{ours['during_max_ms']} ms (no index: {pair['noindex']['during_max_ms']} ms), index wait "
+              f"{ours['index_wait_ms']} ms, after {ours['after_median_ms']} ms (floor {pair['floor']['median_ms']} ms)",
               file=sys.stderr, flush=True)
 
     def mid(values: list[Any]) -> Any:
@@ -254,6 +362,13 @@ def measure_history(url: str, stream: str, actors: int, runs: int, during: int, 
         "during_slower_than_seed_same_actor": [p["during_slower_than_seed_same_actor"] for p in per_run],
         "during_max_over_seed_same_actor": mid([p["during_max_over_seed_same_actor"] for p in per_run]),
         "after_speedup": mid([p["after_speedup"] for p in per_run]),
+        "noindex_during_max_ms": mid([p["noindex"]["during_max_ms"] for p in per_run]),
+        "noindex_during_median_ms": mid([statistics.median(p["noindex"]["during_ms"]) for p in per_run]),
+        "during_median_ms": mid([statistics.median(p["ours"]["during_ms"]) for p in per_run]),
+        "noindex_max_over_seed": mid([p["noindex_max_over_seed"] for p in per_run]),
+        "floor_median_ms": mid([p["floor"]["median_ms"] for p in per_run]),
+        "after_cpu_ms": mid([p["ours"]["after_cpu_ms"] for p in per_run]),
+        "floor_speedup": mid([p["floor_speedup"] for p in per_run]),
         "rows_read": {"seed": per_run[0]["seed"]["rows"], "ours": per_run[0]["ours"]["rows"]},
         "runs": per_run,
     }
@@ -449,13 +564,13 @@ def measure(url: str, sizes: list[int], streams: list[str] | None, only: set[str
         if only - {"watch"}:
             if not asyncio.run(_stored(url, stream)):
                 began = time.perf_counter()
-                asyncio.run(seed_stream(url, stream, events, max(1, events // PER_ACTOR)))
+                asyncio.run(seed_stream(url, stream, events, actors_of(events, args)))
                 results["seeding_s"][stream] = round(time.perf_counter() - began, 1)
                 print(f"seeded {events:,} events into {stream} in {results['seeding_s'][stream]} s",
                       file=sys.stderr, flush=True)
             figures.update(measure_jobs(url, stream, only, args.runs, scratch))
         if "history" in only:
-            figures["history"] = measure_history(url, stream, max(1, events // PER_ACTOR), args.runs, args.during,
+            figures["history"] = measure_history(url, stream, actors_of(events, args), args.runs, args.during,
                                                  args.sample, scratch)
         if "watch" in only:
             if events in args.watch_events:
@@ -470,6 +585,14 @@ def measure(url: str, sizes: list[int], streams: list[str] | None, only: set[str
         results["sizes"][str(events)] = figures
     results["goals"] = goals(results, sizes)
     return results
+
+
+def actors_of(events: int, args: argparse.Namespace) -> int:
+    """The actors of a stream of ``events``: ``--actors`` at the largest
+    size, else ~``PER_ACTOR`` events each."""
+    if args.actors and events == max(args.events):
+        return args.actors
+    return max(1, events // PER_ACTOR)
 
 
 def goals(results: dict[str, Any], sizes: list[int]) -> dict[str, Any]:
@@ -517,6 +640,11 @@ def table(results: dict[str, Any]) -> str:
             if job:
                 row(f"{mode} s fastest/median, peak MB (ours/load)", f"{job['fastest_s']:.2f}/{job['median_s']:.2f}, {job['peak_rss_mb']:.0f}",
                     f"load {load['fastest_s']:.2f}/{load['median_s']:.2f}" if load else "", job.get("over_load"))
+                row(f"  {mode}: CPU s (this process/machine), machine busy", f"{job['cpu_s']:.1f}/{job['machine_cpu_s']:.1f}, "
+                    f"{job['machine_busy']:.0%}", f"load {load['cpu_s']:.1f}/{load['machine_cpu_s']:.1f}" if load else "",
+                    job.get("cpu_floor_over_load"))
+                row(f"  {mode}: RSS MB after imports, median, p90", f"{job['rss_start_mb']}, {job['rss_median_mb']}, "
+                    f"{job['rss_p90_mb']}")
         history = figures.get("history")
         if history:
             seed = f"seed's way {history['seed_ms']:.1f}"
@@ -528,8 +656,15 @@ def table(results: dict[str, Any]) -> str:
                 str(n) for n in history["during_slower_than_seed_same_actor"]) + f" of {history['actors_sampled']['during']}",
                 "worst actor (ours/seed)", history["during_max_over_seed_same_actor"])
             row("  index pass left after them, ms", f"{history['index_wait_ms']:.1f}")
+            row("  the same reads with no index pass: max, median ms (ours/seed)",
+                f"{history['noindex_during_max_ms']:.1f}, {history['noindex_during_median_ms']:.1f}", seed,
+                history["noindex_max_over_seed"])
+            row("  ours during the pass: median ms", f"{history['during_median_ms']:.1f}")
             row(f"history later {history['actors_sampled']['after']} actors, indexed, median ms (seed/ours)",
                 f"{history['after_median_ms']:.2f}", seed, history["after_speedup"])
+            row("  the server's floor for those requests, median ms (seed/floor)", f"{history['floor_median_ms']:.2f}",
+                seed, history["floor_speedup"])
+            row("  ours: this process's CPU per call, ms", f"{history['after_cpu_ms']:.2f}")
         watch = figures.get("watch")
         if watch and "skipped" not in watch:
             row("watch idle, % of a core", f"{watch['idle_core_pct']:.2f}%")
@@ -557,6 +692,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3, help="fresh processes per figure, alternated (default: 3)")
     parser.add_argument("--only", default=",".join(FIGURES),
                         help=f"comma-separated figures of {','.join(FIGURES)} (check and export measure load too)")
+    parser.add_argument("--actors", type=int, help="actors of the largest size (default: ~100 events each); with "
+                        "the smallest size's actors, what check's memory owes to actors and what to events")
     parser.add_argument("--during", type=int, default=20, help="actors read right after the first (default: 20)")
     parser.add_argument("--sample", type=int, default=40, help="later actors read once indexed (default: 40)")
     parser.add_argument("--idle", type=float, default=20.0, help="seconds of the idle watch measured (default: 20)")
