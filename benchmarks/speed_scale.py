@@ -23,6 +23,13 @@ median are kept, the machine being shared):
    ``--idle`` seconds of idleness (% of a core), the checkpoint's size, and
    the bytes written to the checkpoint's folder when ~10 events arrive.
 
+Beside each figure, what bounds it, in the same run: this process's CPU
+and the machine's (the server's included) over each job, and its RSS after
+imports, median and p90; for ``history`` the same first and next reads
+with no index pass at all (a stream over the index limit reads so), and
+the server's own time for the indexed read's requests on a bare socket
+(``_history_floor``), with this process's CPU per indexed call.
+
 Seconds are taken inside the child around the job (imports done, connection
 included); load and the CLI commands run in the same kind of process (the
 CLI through ``aether_audit.cli.main``), so the ratios compare like with

@@ -63,7 +63,7 @@ __all__ = ["KeyStore", "key_hashes", "store_schema"]
 
 PARTS = 256
 # Rows buffered before a spill. At 100,000 a 3M-event check peaked ~30 MB
-# lower (470-519 MB against 508-537, alternated) but took ~8% longer (30
+# lower (470-519 MB against 508-537, alternated) but took ~9% longer (30
 # spills and their merges against 12 spills).
 SPILL_ROWS = 250_000
 FRESH_ROWS = 200_000
