@@ -156,7 +156,7 @@ class _Sampler:
 
     @staticmethod
     def _rss_mb() -> float:
-        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+        return (_proc_value(os.getpid(), "status", "VmRSS:") or 0) / 1024
 
     def _sample(self) -> None:
         while not self._done.wait(0.05):
